@@ -1,0 +1,241 @@
+"""Model zoo: counts against the paper and torchvision, block semantics, shapes and dtypes."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import cli, flops, models
+from resnet_jax.layers import BatchNorm, adaptive_avg_pool, pad_shortcut
+
+# He et al. 2015, Table 6 (CIFAR, option A) and torchvision's counts (ImageNet, option B, 1000 classes).
+PARAMS = {
+    "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet56": 853_018,
+    "resnet110": 1_727_962, "resnet1202": 19_421_274,
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+    "resnet101": 44_549_160, "resnet152": 60_192_808,
+}
+# Table 1 multiply-adds at 224 px, with the paper's v1 stride placement.
+PAPER_MACS = {"resnet18": 1.8e9, "resnet34": 3.6e9, "resnet50": 3.8e9, "resnet101": 7.6e9,
+              "resnet152": 11.3e9, "vgg19": 19.6e9}
+
+
+def _param_tree(name, **kw):
+  model = models.get_model(name, **kw)
+  size = models.default_image_size(name)
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  return jax.eval_shape(lambda r, x: model.init(r, x, train=False), jax.random.key(0), x)["params"]
+
+
+def _size(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_parameter_counts(name):
+  assert flops.count_params(models.get_model(name), models.default_image_size(name)) == PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_MACS))
+def test_flops_match_table_1(name):
+  kw = {} if name == "vgg19" else {"stride_placement": "v1"}
+  macs = flops.count_macs(models.get_model(name, **kw), 224)
+  assert abs(macs / PAPER_MACS[name] - 1) <= 0.05, f"{name}: {macs:.3e} vs {PAPER_MACS[name]:.3e}"
+
+
+def test_v15_strides_the_3x3_and_costs_more():
+  v1 = flops.count_macs(models.get_model("resnet50", stride_placement="v1"), 224)
+  v15 = flops.count_macs(models.get_model("resnet50"), 224)
+  assert 4.0e9 < v15 < 4.2e9 and v15 > v1  # torchvision reports 4.1e9 for its v1.5 ResNet-50
+
+
+@pytest.mark.parametrize("depth", [18, 50, 20])
+def test_plain_net_is_residual_net_minus_projections(depth):
+  res, plain = _param_tree(f"resnet{depth}"), _param_tree(f"plain{depth}")
+  proj = {f"{blk}/{k}": v for blk, sub in res.items() if isinstance(sub, dict)
+          for k, v in sub.items() if k.startswith("proj_")}
+  assert _size(plain) == _size(res) - _size(proj)
+  if depth == 20:
+    assert not proj  # option A has no parameters: CIFAR twins have equal counts (paper, sec. 4.2)
+  flat_plain = jax.tree_util.tree_flatten_with_path(plain)[0]
+  assert not any("proj_" in jax.tree_util.keystr(p) for p, _ in flat_plain)
+
+
+def _block_io(block, x, variables=None, train=False):
+  variables = variables or block.init(jax.random.key(1), x)
+  out, state = block.apply(variables, x, mutable=["intermediates", "batch_stats"])
+  return variables, out, state["intermediates"]["response"][0]
+
+
+def _norm(train=False):
+  return lambda **kw: BatchNorm(use_running_average=not train, **kw)
+
+
+def _conv():
+  import functools  # pylint: disable=g-import-not-at-top
+  return functools.partial(models._conv, dtype=jnp.float32)  # pylint: disable=protected-access
+
+
+def test_residual_adds_shortcut_after_last_bn_before_relu():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
+  block = models.ResidualBlock(16, conv=_conv(), norm=_norm())
+  variables, out, response = _block_io(block, x)
+  np.testing.assert_allclose(out, jax.nn.relu(response + x), atol=1e-6)
+  _, plain_out, plain_resp = _block_io(models.PlainBlock(16, conv=_conv(), norm=_norm()), x, variables)
+  np.testing.assert_allclose(plain_resp, response, atol=1e-6)  # same branch F ...
+  np.testing.assert_allclose(plain_out, jax.nn.relu(response), atol=1e-6)  # ... and no shortcut path
+
+
+def test_option_a_subsamples_and_zero_pads():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
+  block = models.ResidualBlock(32, conv=_conv(), norm=_norm(), strides=2, shortcut="A")
+  variables, out, response = _block_io(block, x)
+  assert "proj_conv" not in variables["params"]
+  sc = jnp.concatenate([x[:, ::2, ::2], jnp.zeros((2, 4, 4, 16))], -1)
+  np.testing.assert_allclose(out, jax.nn.relu(response + sc), atol=1e-6)
+  np.testing.assert_array_equal(pad_shortcut(x, 16, 1), x)
+
+
+@pytest.mark.parametrize("kind,expect_proj", [("B", False), ("C", True)])
+def test_projection_options(kind, expect_proj):
+  x = jnp.ones((1, 8, 8, 16))
+  same = models.ResidualBlock(16, conv=_conv(), norm=_norm(), shortcut=kind).init(jax.random.key(0), x)
+  grow = models.ResidualBlock(32, conv=_conv(), norm=_norm(), strides=2, shortcut=kind).init(
+      jax.random.key(0), x)
+  assert ("proj_conv" in same["params"]) == expect_proj
+  assert "proj_conv" in grow["params"] and "proj_bn" in grow["params"]
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("block_cls,filters", [(models.ResidualBlock, 16), (models.BottleneckBlock, 4)])
+def test_zero_init_block_is_identity_plus_relu(block_cls, filters, train):
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 16))
+  block = block_cls(filters, conv=_conv(), norm=_norm(train), zero_init_residual=True)
+  _, out, _ = _block_io(block, x)
+  np.testing.assert_allclose(out, jax.nn.relu(x), atol=1e-6)
+
+
+def test_bottleneck_stride_placement():
+  x = jnp.ones((1, 8, 8, 16))
+  for placement, strided in (("v1", "conv1"), ("v1.5", "conv2")):
+    block = models.BottleneckBlock(8, conv=_conv(), norm=_norm(), strides=2, stride_placement=placement)
+    out, state = block.apply(block.init(jax.random.key(0), x), x, capture_intermediates=True,
+                             mutable=["intermediates"])
+    assert out.shape == (1, 4, 4, 32)
+    assert state["intermediates"][strided]["__call__"][0].shape[1] == 4
+    other = "conv2" if strided == "conv1" else "conv1"
+    assert state["intermediates"][other]["__call__"][0].shape[1] == (8 if strided == "conv2" else 4)
+
+
+def test_group_batch_norm_normalises_each_group():
+  x = jax.random.normal(jax.random.key(0), (4, 3, 3, 5)) * 3 + 1
+  bn = BatchNorm(group_size=2)
+  variables = bn.init(jax.random.key(0), x)
+  y, _ = bn.apply(variables, x, mutable=["batch_stats"])
+  for half in (slice(0, 2), slice(2, 4)):
+    g = x[half]
+    ref = (g - g.mean((0, 1, 2))) / jnp.sqrt(g.var((0, 1, 2)) + 1e-5)
+    np.testing.assert_allclose(y[half], ref, atol=1e-4)
+  with pytest.raises(ValueError, match="bn_group_size=3"):
+    BatchNorm(group_size=3).apply(variables, x, mutable=["batch_stats"])
+
+
+def test_adaptive_avg_pool():
+  x = jax.random.normal(jax.random.key(0), (2, 14, 14, 3))
+  np.testing.assert_allclose(adaptive_avg_pool(x, 7), x.reshape(2, 7, 2, 7, 2, 3).mean((2, 4)), atol=1e-6)
+  assert adaptive_avg_pool(jnp.ones((1, 1, 1, 2)), 7).shape == (1, 7, 7, 2)  # torchvision replicates
+
+
+# XLA compiles deep nets slowly on CPU: by default the deepest presets are checked by tracing shapes
+# only (test_deep_model_shapes_without_running); `pytest -m slow` runs every forward for real.
+DEEP = ("resnet101", "resnet152", "plain101", "plain152", "resnet110", "plain110", "resnet1202",
+        "plain1202")
+
+
+def _forward_params():
+  return [pytest.param(n, marks=pytest.mark.slow) if n in DEEP else n for n in models.list_models()
+          if n not in ("resnet1202", "plain1202")]
+
+
+@pytest.mark.parametrize("name", _forward_params())
+def test_output_shape_and_dtype(name):
+  size = 8 if models.default_image_size(name) == 32 else 32  # small inputs keep CPU tests fast
+  model = models.get_model(name, num_classes=7)
+  x = jnp.ones((2, size, size, 3))
+  # One compile: init runs the training-mode forward and returns its logits too.
+  logits, variables = jax.jit(lambda r, x: model.init_with_output(r, x, train=True))(
+      jax.random.key(0), x)
+  assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(logits)))
+  assert {v.dtype for v in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_deep_model_shapes_without_running(name):
+  model = models.get_model(name, num_classes=7)
+  size = 8 if models.default_image_size(name) == 32 else 32
+  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(lambda r, x: model.init(r, x, train=False), jax.random.key(0), x)
+  out, _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]),
+                          variables, x)
+  assert out.shape == (2, 7) and out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet50"])
+def test_preact_variant(name):
+  model = models.get_model(name, preact=True, num_classes=3)
+  x = jnp.ones((2, 16, 16, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  assert "final_bn" in variables["params"]
+  assert model.apply(variables, x, train=False).shape == (2, 3)
+  with pytest.raises(ValueError, match="zero_init_residual"):
+    models.get_model(name, preact=True, zero_init_residual=True).init(jax.random.key(0), x)
+
+
+def test_bfloat16_compute_keeps_float32_state():
+  x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+  f32, bf16 = models.get_model("resnet20"), models.get_model("resnet20", dtype=jnp.bfloat16)
+  variables = f32.init(jax.random.key(0), x, train=False)
+  ref, _ = f32.apply(variables, x, train=True, mutable=["batch_stats"])
+  out, updates = bf16.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert out.dtype == jnp.float32
+  assert all(v.dtype == jnp.float32 for v in jax.tree_util.tree_leaves(updates["batch_stats"]))
+  assert all(v.dtype == jnp.float32 for v in jax.tree_util.tree_leaves(
+      bf16.init(jax.random.key(0), x, train=False)["params"]))
+  np.testing.assert_allclose(out, ref, atol=0.1 * float(jnp.abs(ref).max()) + 0.05)
+  assert not np.allclose(out, ref, atol=1e-6)  # it really computed in bfloat16
+
+
+def test_width_multiplier():
+  assert _size(_param_tree("resnet20", width_multiplier=2.0)) > 3.5 * PARAMS["resnet20"]
+
+
+def test_registry_errors():
+  with pytest.raises(ValueError, match="valid names: resnet20"):
+    models.get_model("resnet21")
+  with pytest.raises(ValueError, match="unknown option"):
+    models.get_model("resnet20", widht_multiplier=2)
+  with pytest.raises(ValueError, match="plain net"):
+    models.get_model("plain20", shortcut="B")
+  with pytest.raises(ValueError, match="shortcut='D'"):
+    models.get_model("resnet20", shortcut="D").init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
+  assert len(models.list_models()) == 23
+
+
+def test_import_does_not_pull_tensorflow():
+  code = ("import sys, resnet_jax, resnet_jax.models; "
+          "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
+          "assert not bad, bad")
+  subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_models_lists_counts(capsys):
+  assert cli.main(["models", "--json", "resnet20", "resnet18"]) == 0
+  rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert [(r["model"], r["params"]) for r in rows] == [("resnet20", 269_722), ("resnet18", 11_689_512)]
+  assert rows[1]["macs"] == flops.count_macs(models.get_model("resnet18"), 224)
+  assert cli.main(["models", "nope"]) == 2
