@@ -268,7 +268,9 @@ def _check_choice(key, value, choices):
 
 # --- Registry: architecture is data (depths and block types from tables, presets by partial). ---
 
-CIFAR_DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}  # depth 6n+2 -> n (paper, sec. 4.2)
+# Depth 6n+2 -> n (paper, sec. 4.2). Depth 8 (n=1) is ours: the smallest net with every kind of block,
+# for tests and smoke runs.
+CIFAR_DEPTHS = {8: 1, 20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}
 IMAGENET_DEPTHS = {  # Table 1
     18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True),
     101: ((3, 4, 23, 3), True), 152: ((3, 8, 36, 3), True),

@@ -223,7 +223,7 @@ def test_registry_errors():
     models.get_model("plain20", shortcut="B")
   with pytest.raises(ValueError, match="shortcut='D'"):
     models.get_model("resnet20", shortcut="D").init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
-  assert len(models.list_models()) == 23
+  assert len(models.list_models()) == 25
 
 
 def test_import_does_not_pull_tensorflow():

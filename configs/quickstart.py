@@ -1,0 +1,20 @@
+"""Quickstart: ResNet-20 on scikit-learn's bundled digits, about a minute on 2 CPU cores.
+
+  resnet-jax train --config configs/quickstart.py --workdir runs/quickstart
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model = "resnet20"
+  config.dataset = "digits"      # 1,497 training images of 8x8: ~5 epochs in 60 steps of 128
+  config.batch_size = 128
+  config.learning_rate = 0.1
+  config.total_steps = 300
+  config.lr_decay_steps = (150, 225)  # the paper's two /10 drops, at the same fractions (32k/64k, 48k/64k)
+  config.log_every_steps = 10
+  config.eval_every_steps = 100
+  config.checkpoint_every_steps = 100
+  return config

@@ -1,0 +1,78 @@
+"""`resnet-jax bench`: times our compiled train step on synthetic data (the exact step training runs)."""
+
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from configs import default as default_config
+from resnet_jax import flops, models
+from resnet_jax.train import Trainer
+
+
+def run_benchmark(model: str = "resnet20", batch_size: int = 128, steps: int = 10,
+                  dtype: str = "float32", image_size: int = 0, parallelism: str = "jit",
+                  num_devices: int = 0, warmup_steps: int = 2) -> dict:
+  """Compiles the train step, runs `warmup_steps`, then times `steps` steps one by one.
+
+  Returns step_ms_median, images_per_sec, compile_s, devices, flops_per_step (3 x forward, the
+  usual estimate of forward + backward, 2 FLOPs per multiply-add) and achieved_tflops, plus the
+  compiled step's memory footprint from XLA's memory analysis.
+  """
+  config = default_config.get_config()
+  config.update(model=model, batch_size=batch_size, dtype=dtype, dataset="synthetic",
+                image_size=image_size, parallelism=parallelism, num_devices=num_devices,
+                total_steps=max(1, steps + warmup_steps), lr_decay_steps=())
+  trainer = Trainer(config)
+  dp, ds = trainer.dp, trainer.dataset
+  state = dp.put_state(trainer.init_state())
+  batch = dp.put_batch(ds.train_batch(config.seed, 0, batch_size))
+
+  t0 = time.perf_counter()
+  compiled = dp.train_step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+
+  for _ in range(warmup_steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+
+  step_s = statistics.median(times)
+  side = ds.image_shape[0]
+  macs = flops.count_macs(trainer.model, side, ds.image_shape[-1])
+  flops_per_step = 3 * 2 * macs * batch_size
+  result = {
+      "model": model, "batch_size": batch_size, "dtype": dtype, "image_size": side,
+      "parallelism": parallelism, "devices": len(dp.devices), "backend": jax.default_backend(),
+      "steps": steps, "step_ms_median": 1e3 * step_s, "step_ms_min": 1e3 * min(times),
+      "images_per_sec": batch_size / step_s, "compile_s": compile_s,
+      "flops_per_step": flops_per_step, "achieved_tflops": flops_per_step / step_s / 1e12,
+  }
+  result.update(_memory(compiled))
+  if not np.isfinite(float(dp.fetch(metrics)["train/loss"])):
+    raise RuntimeError("the benchmark's loss is not finite; the timed step is broken.")
+  return result
+
+
+def _memory(compiled) -> dict:
+  """Bytes the compiled step needs per device (arguments, outputs, temporaries), if XLA reports it."""
+  try:
+    m = compiled.memory_analysis()
+  except (NotImplementedError, AttributeError, RuntimeError):
+    return {}
+  if m is None:
+    return {}
+  if isinstance(m, (list, tuple)):  # pmap: one analysis per device; they are identical
+    m = m[0]
+  temp = getattr(m, "temp_size_in_bytes", 0)
+  args = getattr(m, "argument_size_in_bytes", 0)
+  out = getattr(m, "output_size_in_bytes", 0)
+  alias = getattr(m, "alias_size_in_bytes", 0)
+  return {"memory_temp_mb": temp / 2**20, "memory_args_mb": args / 2**20,
+          "memory_peak_mb": (temp + args + out - alias) / 2**20}
