@@ -79,6 +79,8 @@ class Pmap:
 
   def __init__(self, devices, model, tx, learning_rate_fn, label_smoothing=0.0):
     self.devices = [d for d in devices if d.process_index == jax.process_index()]
+    # pmap's inputs carry a leading axis of one entry per local device.
+    self.stacked = NamedSharding(Mesh(np.asarray(self.devices), (AXIS,)), P(AXIS))
     step = functools.partial(ts.train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
                              label_smoothing=label_smoothing, axis_name=AXIS)
     self.train_step = jax.pmap(step, axis_name=AXIS, devices=self.devices, donate_argnums=0)
@@ -90,11 +92,14 @@ class Pmap:
     return jax.sharding.SingleDeviceSharding(self.devices[0])
 
   def put_state(self, state):
-    return jax.device_put_replicated(jax.device_get(state), self.devices)
+    n = len(self.devices)
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put(np.broadcast_to(x, (n,) + np.shape(x)), self.stacked),
+        jax.device_get(state))
 
   def put_batch(self, local_batch: dict[str, np.ndarray]):
     n = len(self.devices)
-    return {k: jax.device_put_sharded(list(np.reshape(v, (n, -1) + v.shape[1:])), self.devices)
+    return {k: jax.device_put(np.reshape(v, (n, -1) + v.shape[1:]), self.stacked)
             for k, v in local_batch.items()}
 
   def get_state(self, state):

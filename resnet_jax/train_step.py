@@ -52,7 +52,7 @@ def block_name(key: str) -> str:
 
 
 def _norm(tree) -> jax.Array:
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
