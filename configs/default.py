@@ -24,8 +24,14 @@ def get_config() -> ml_collections.ConfigDict:
                                      # 32 = the paper's per-GPU statistics on ImageNet (8 GPUs x 32)
 
   # --- Data ---
-  c.dataset = "digits"               # digits | synthetic (more sources come from the input pipeline)
+  c.dataset = "digits"               # digits | synthetic | a TFDS name (cifar10, cifar100, imagenet2012)
   c.data_dir = ""                    # where prepared datasets live (local path or gs://); "" = default
+  c.augment = "none"                 # "none"; "cifar" (4-px zero pad, random 32x32 crop, flip: sec. 4.2);
+                                     # "inception" (random-resized crop + flip); "scale" (shorter side
+                                     # in [256, 480], 224 crop + flip: sec. 3.4)
+  c.normalization = "per_channel"    # "per_channel" standardisation, or "per_pixel_mean" (the paper's)
+  c.validation_split = 0             # examples held out of training for validation (paper: 5000 of 50k);
+                                     # 0 = evaluate on the test split
   c.num_classes = 0                  # 0 = the dataset's own number of classes
   c.image_size = 0                   # synthetic data only: side in pixels; 0 = the model's default
   c.batch_size = 128                 # GLOBAL batch, split across all devices and processes
