@@ -1,0 +1,273 @@
+"""Input pipeline: augmentation against hand-written loops, determinism, process sharding, exact
+evaluation, resume on real CIFAR-10, and the ImageNet-style JPEG path."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import default
+from resnet_jax import augment as aug
+from resnet_jax import cli, configuration, input_pipeline, tfds_data
+
+# Fast statistics for tests that do not check them (all 50k are the default).
+FEW = 2000
+
+
+def test_pad_crop_flip_equals_per_example_loop():
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((6, 5, 7, 2)).astype(np.float32)
+  offset, flip = rng.integers(0, 9, (6, 2)), np.array([0, 1, 0, 1, 1, 0], bool)
+  out = aug.pad_crop_flip(images, offset, flip)
+  for i in range(6):
+    padded = np.zeros((13, 15, 2), np.float32)
+    padded[4:9, 4:11] = images[i]
+    crop = padded[offset[i, 0]:offset[i, 0] + 5, offset[i, 1]:offset[i, 1] + 7]
+    np.testing.assert_array_equal(out[i], crop[:, ::-1] if flip[i] else crop)
+
+
+def test_crop_boxes_follow_their_rules():
+  rng = np.random.default_rng(1)
+  h, w = rng.integers(50, 600, 500), rng.integers(50, 600, 500)
+  boxes = aug.inception_boxes(rng.random((500, aug.INCEPTION_ATTEMPTS, 4)), h, w)
+  y0, x0, bh, bw = boxes.T
+  assert (y0 >= 0).all() and (x0 >= 0).all() and (y0 + bh <= h).all() and (x0 + bw <= w).all()
+  frac = bh * bw / (h * w)
+  assert frac.min() >= 0.07 and frac.max() <= 1.0 and frac.std() > 0.1
+  # Extreme aspect ratios fall back to the largest centred crop of ratio 4/3 (torchvision's rule).
+  fb = aug.inception_boxes(np.full((1, aug.INCEPTION_ATTEMPTS, 4), 0.99), np.array([10]),
+                           np.array([1000]))
+  np.testing.assert_array_equal(fb, [[0, (1000 - 13) // 2, 10, 13]])
+  s = aug.scale_boxes(rng.random((500, 3)), h, w, 224)
+  shorter_resized = 224 * np.minimum(h, w) / s[:, 2]  # S: the shorter side after resizing
+  assert shorter_resized.min() >= 256 - 1e-6 and shorter_resized.max() <= 480 + 1e-6
+  assert (s[:, 0] + s[:, 2] <= h + 1e-9).all() and (s[:, 1] + s[:, 3] <= w + 1e-9).all()
+  c = aug.center_boxes(np.array([300]), np.array([400]))
+  np.testing.assert_allclose(c, [[18.75, 68.75, 262.5, 262.5]])  # 256/224 resize, centre 224
+
+
+def test_normalizers_standardise_training_statistics():
+  rng = np.random.default_rng(2)
+  images = rng.integers(0, 256, (64, 4, 4, 3)).astype(np.uint8)
+  x = aug.Normalizer.fit("per_pixel_mean", images)(images)
+  np.testing.assert_allclose(x.mean(axis=0), 0, atol=1e-6)
+  assert np.allclose(x, images / 255 - (images / 255).mean(axis=0), atol=1e-6)  # no scaling
+  x = aug.Normalizer.fit("per_channel", images)(images)
+  np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0, atol=1e-5)
+  np.testing.assert_allclose(x.std(axis=(0, 1, 2)), 1, atol=1e-4)
+  with pytest.raises(ValueError, match="normalization='nope'"):
+    aug.Normalizer.fit("nope", images)
+
+
+def test_digits_validation_split_normalization_and_augment():
+  full = input_pipeline.load_digits()
+  ds = input_pipeline.load_digits("per_pixel_mean", validation_split=97, augment="cifar")
+  assert ds.train_size == 1400 and len(ds.test_labels) == 97
+  np.testing.assert_array_equal(ds.test_labels, full.train_labels[1400:])
+  np.testing.assert_allclose(ds.train_images.mean(axis=0), 0, atol=1e-5)  # per-pixel mean of train
+  batch = ds.train_batch(0, 3, 32)["image"]
+  plain = ds.train_images[input_pipeline.example_indices(0, 3, 32, 1400)]
+  assert batch.shape == plain.shape and not np.array_equal(batch, plain)  # crops and flips applied
+  with pytest.raises(ValueError, match="validation_split=1497"):
+    input_pipeline.load_digits(validation_split=1497)
+  with pytest.raises(ValueError, match="augment='inception' needs variable-size images"):
+    input_pipeline.load_digits(augment="inception")
+
+
+@pytest.fixture(scope="module")
+def cifar(cifar10_data_dir):
+  return tfds_data.TfdsDataset("cifar10", cifar10_data_dir, augment="cifar",
+                               normalization="per_pixel_mean", normalization_examples=FEW,
+                               data_threads=2, prefetch_batches=3)
+
+
+def simulate_processes(monkeypatch, count, index):
+  monkeypatch.setattr(jax, "process_count", lambda: count)
+  monkeypatch.setattr(jax, "process_index", lambda: index)
+
+
+def test_cifar_batches_are_the_paper_augmentation_of_raw_records(cifar):
+  assert (cifar.image_shape, cifar.num_classes, cifar.train_size) == ((32, 32, 3), 10, 50000)
+  batch = cifar.train_batch(7, 123, 64)
+  idx, params = input_pipeline.batch_plan(7, 123, 64, 50000, "cifar")
+  records = cifar.records(idx)
+  raw = np.stack([aug.to_array(aug.open_image(r["image"], 3), 3) for r in records])
+  # By hand: per-pixel mean of the first FEW training images, subtract, zero-pad 4, crop, flip.
+  first = np.stack([aug.to_array(aug.open_image(r["image"], 3), 3) for r in cifar.records(range(FEW))])
+  x = raw / 255 - (first / 255).mean(axis=0)
+  for i in range(64):
+    padded = np.pad(x[i], ((4, 4), (4, 4), (0, 0)))
+    oy, ox = params["offset"][i]
+    crop = padded[oy:oy + 32, ox:ox + 32]
+    np.testing.assert_allclose(batch["image"][i], crop[:, ::-1] if params["flip"][i] else crop,
+                               atol=1e-5)
+  np.testing.assert_array_equal(batch["label"], [r["label"] for r in records])
+
+
+def test_cifar_batch_is_pure_function_and_processes_split_it(cifar, cifar10_data_dir, monkeypatch):
+  # Read-ahead threads, request order and a fresh object do not change batch k.
+  ahead = [cifar.train_batch(3, k, 32) for k in (40, 41, 42, 5, 42)]
+  sync = tfds_data.TfdsDataset("cifar10", cifar10_data_dir, augment="cifar",
+                               normalization="per_pixel_mean", normalization_examples=FEW)
+  for b, k in zip(ahead, (40, 41, 42, 5, 42)):
+    other = sync.train_batch(3, k, 32)
+    np.testing.assert_array_equal(b["image"], other["image"])
+    np.testing.assert_array_equal(b["label"], other["label"])
+  assert not np.array_equal(ahead[0]["image"], sync.train_batch(4, 40, 32)["image"])
+  # Two processes each read half of the global batch; together they make the same global batch.
+  halves = []
+  for index in (0, 1):
+    simulate_processes(monkeypatch, 2, index)
+    halves.append(sync.train_batch(3, 41, 32))
+    assert len(halves[-1]["label"]) == 16
+  np.testing.assert_array_equal(np.concatenate([h["image"] for h in halves]), ahead[1]["image"])
+
+
+def test_eval_counts_every_example_once_on_any_process_count(cifar, monkeypatch):
+  # 10,000 test images in batches of 768: 13 full batches and one with 16 real examples, 752 pads.
+  expected = np.bincount([r["label"] for r in cifar.records(range(10000), "eval")], minlength=10)
+  for count in (1, 2, 4):
+    labels, total, batches = [], 0.0, 0
+    for index in range(count):
+      simulate_processes(monkeypatch, count, index)
+      for b in cifar.eval_batches(768):
+        assert len(b["label"]) == 768 // count
+        labels.append(b["label"][b["mask"] > 0])
+        total += b["mask"].sum()
+        batches += 1
+    assert total == 10000 and batches == 14 * count
+    np.testing.assert_array_equal(np.bincount(np.concatenate(labels), minlength=10), expected)
+
+
+def test_train_arrays_are_the_unaugmented_training_split(imagenet_data_dir, cifar10_data_dir):
+  ds = tfds_data.TfdsDataset("cifar10", cifar10_data_dir, validation_split=49000,
+                             normalization_examples=FEW)
+  images, labels = ds.train_arrays()
+  assert images.shape == (1000, 32, 32, 3) and images.dtype == np.float32
+  first = ds.records(range(1000))
+  np.testing.assert_array_equal(labels, [r["label"] for r in first])
+  np.testing.assert_allclose(images, ds.normalizer(ds.decode(first, {}, train=False)), atol=1e-6)
+  with pytest.raises(ValueError, match="vary in size"):
+    tfds_data.TfdsDataset("imagenet2012", imagenet_data_dir[1], image_size=32).train_arrays()
+
+
+def test_validation_split_holds_out_the_end_of_train(cifar10_data_dir):
+  ds = tfds_data.TfdsDataset("cifar10", cifar10_data_dir, validation_split=5000,
+                             normalization_examples=FEW)
+  assert (ds.train_size, ds.eval_size, ds.eval_split) == (45000, 5000, "train[-5000:]")
+  assert np.bincount(input_pipeline.example_indices(0, 0, 45000, 45000)).max() == 1
+  last = next(iter(ds.eval_batches(5000)))
+  held_out = ds.records(range(5000), "eval")
+  assert [r["id"] for r in held_out] == [r["id"] for r in ds.records(range(45000, 50000))]
+  np.testing.assert_array_equal(last["label"], [r["label"] for r in held_out])
+  ids = [r["id"] for r in held_out]
+  assert len(set(ids)) == 5000 and last["mask"].sum() == 5000
+  with pytest.raises(ValueError, match="image_size=64, but cifar10 images are 32x32"):
+    tfds_data.TfdsDataset("cifar10", cifar10_data_dir, image_size=64, normalization_examples=FEW)
+  with pytest.raises(ValueError, match="validation_split=50000"):
+    tfds_data.TfdsDataset("cifar10", cifar10_data_dir, validation_split=50000)
+
+
+def _cli_train(workdir, data_dir, steps):
+  args = ["train", "--config", os.path.join(os.path.dirname(default.__file__), "quickstart.py"),
+          "--workdir", str(workdir), "--config.dataset=cifar10", f"--config.data_dir={data_dir}",
+          "--config.model=resnet8", "--config.augment=cifar", "--config.normalization=per_pixel_mean",
+          f"--config.normalization_examples={FEW}", "--config.validation_split=256",
+          "--config.batch_size=32", "--config.eval_batch_size=128", f"--config.total_steps={steps}",
+          "--config.lr_decay_steps=(4,)", "--config.checkpoint_every_steps=2",
+          "--config.eval_every_steps=0", "--config.log_every_steps=1", "--config.num_devices=1"]
+  assert cli.main(args) == 0
+
+
+def test_resume_mid_epoch_on_real_cifar10(cifar10_data_dir, tmp_path, capsys):
+  """Stop at step 3 (mid-epoch, not a checkpoint step), resume to 6: same batches, same parameters."""
+  _cli_train(tmp_path / "whole", cifar10_data_dir, 6)
+  _cli_train(tmp_path / "parts", cifar10_data_dir, 3)
+  _cli_train(tmp_path / "parts", cifar10_data_dir, 6)
+  last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert last["step"] == 6 and 0 <= last["eval/accuracy"] <= 1
+  config = json.load(open(tmp_path / "parts" / "config.json"))
+  assert config["dataset"] == "cifar10" and config["augment"] == "cifar"
+  params = []
+  for run in ("whole", "parts"):
+    manager = ocp.CheckpointManager(str(tmp_path / run / "checkpoints"))
+    saved = manager.restore(6, args=ocp.args.StandardRestore())  # the tree as saved, no template
+    manager.close()
+    assert int(saved["step"]) == 6
+    params.append(jax.tree_util.tree_leaves(saved["params"]))
+  assert all(np.array_equal(a, b) for a, b in zip(*params))  # bit-identical on CPU
+  # The batches a resumed run asks for (3, 4, 5) equal an uninterrupted stream's.
+  config = configuration.from_json(str(tmp_path / "parts" / "config.json"))
+  uninterrupted = tfds_data.TfdsDataset.from_config(config, 32)
+  stream = [uninterrupted.train_batch(0, k, 32) for k in range(6)]
+  resumed = tfds_data.TfdsDataset.from_config(config, 32)
+  for k in (3, 4, 5):
+    np.testing.assert_array_equal(resumed.train_batch(0, k, 32)["image"], stream[k]["image"])
+
+
+@pytest.mark.parametrize("augment", ["inception", "scale", "none"])
+def test_imagenet_style_jpeg_pipeline(imagenet_data_dir, augment):
+  _, data_dir = imagenet_data_dir
+  ds = tfds_data.TfdsDataset("imagenet2012", data_dir, augment=augment, image_size=48,
+                             data_threads=1)
+  assert (ds.image_shape, ds.num_classes, ds.train_size, ds.eval_size) == ((48, 48, 3), 1000, 12, 5)
+  assert ds.eval_split == "validation"
+  a, b = ds.train_batch(0, 2, 8), ds.train_batch(0, 2, 8)
+  np.testing.assert_array_equal(a["image"], b["image"])
+  assert a["image"].shape == (8, 48, 48, 3) and a["image"].dtype == np.float32
+  eval_view = [e for e in ds.eval_batches(3)]  # 5 examples in batches of 3: one padded batch
+  assert [e["mask"].tolist() for e in eval_view] == [[1, 1, 1], [1, 1, 0]]
+  idx, params = input_pipeline.batch_plan(0, 2, 8, 12, augment)
+  raw = ds.decode(ds.records(idx), params, train=True)
+  np.testing.assert_allclose(ds.normalizer(raw), a["image"], atol=1e-6)
+  if augment == "none":  # no training augmentation: the evaluation view of the training images
+    assert np.array_equal(raw, ds.decode(ds.records(idx), {}, train=False))
+  else:
+    assert params["flip"].any()
+
+
+def test_bad_data_config_is_named(imagenet_data_dir, cifar10_data_dir, tmp_path):
+  _, data_dir = imagenet_data_dir
+  with pytest.raises(ValueError, match="augment='cifar' pads and crops fixed-size images"):
+    tfds_data.TfdsDataset("imagenet2012", data_dir, augment="cifar")
+  with pytest.raises(ValueError, match="not 'digits', 'synthetic' or a TFDS dataset name"):
+    tfds_data.open_builder("cifar11", str(tmp_path))
+  with pytest.raises(tfds_data.DataUnavailableError, match="resnet-jax prepare cifar100"):
+    tfds_data.open_builder("cifar100", str(tmp_path), download=False)
+  with pytest.raises(ValueError, match="augment='flip' is not one of"):
+    tfds_data.TfdsDataset("cifar10", cifar10_data_dir, augment="flip")
+
+
+def test_remote_data_dir_is_read_through_a_local_copy(cifar10_data_dir, tmp_path, monkeypatch):
+  # array_record cannot open gs:// files; a remote data_dir is mirrored once into data_cache_dir.
+  monkeypatch.setattr(tfds_data, "_is_remote", lambda path: path.startswith(cifar10_data_dir))
+  cache = str(tmp_path / "cache")
+  builder = tfds_data.open_builder("cifar10", cifar10_data_dir, cache_dir=cache)
+  assert str(builder.data_dir).startswith(cache)
+  assert sorted(os.listdir(os.path.join(cache, "cifar10", "3.0.2"))) == sorted(
+      os.listdir(os.path.join(cifar10_data_dir, "cifar10", "3.0.2")))
+  assert len(builder.as_data_source(split="test")) == 10000
+
+
+def test_data_bench_reports_rates_and_memory(cifar10_data_dir, capsys):
+  args = ["data-bench", "--data", "cifar10", "--data-dir", cifar10_data_dir, "--steps", "2",
+          "--batch-size", "32", "--threads", "0,1"]
+  assert cli.main(args) == 0
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert [r["threads"] for r in result["rows"]] == [0, 1] and result["image_shape"] == [32, 32, 3]
+  assert result["images_per_sec_per_core"] == result["rows"][0]["images_per_sec"] > 0
+  assert result["augment"] == "cifar" and result["peak_rss_mib"] > 0
+  assert cli.main(args[:-1] + [""]) == 2  # no thread count: a named error, not a traceback
+
+
+def test_training_reads_prepared_data_without_tensorflow(cifar10_data_dir):
+  code = ("import sys; from resnet_jax import tfds_data; "
+          f"ds = tfds_data.TfdsDataset('cifar10', {cifar10_data_dir!r}, augment='cifar', "
+          "normalization_examples=500, data_threads=2); ds.train_batch(0, 0, 16); "
+          "next(iter(ds.eval_batches(16))); assert 'tensorflow' not in sys.modules")
+  subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
