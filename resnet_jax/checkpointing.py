@@ -18,7 +18,9 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, save_interval_steps: int = 1):
     if keep < 1:
       raise ValueError(f"keep_checkpoints={keep} must be >= 1 (the newest checkpoint is what resumes).")
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    # A bucket URL (gs://...) is already absolute; Orbax reads and writes it directly.
+    root = workdir if "://" in workdir else os.path.abspath(workdir)
+    self.directory = os.path.join(root, "checkpoints")
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_interval_steps,
                                            enable_async_checkpointing=True, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)

@@ -1,4 +1,7 @@
-"""Where metrics go: `<workdir>/metrics.jsonl` (one JSON object per step), TensorBoard, the console."""
+"""Where metrics go: `<workdir>/metrics.jsonl` (one JSON object per step), TensorBoard, the console.
+
+The workdir may be a local path or a bucket URL (gs://...), read and written through etils.epath.
+"""
 
 import json
 import math
@@ -7,16 +10,22 @@ import sys
 import time
 from typing import Iterable
 
+from etils import epath
+
 METRICS_FILE = "metrics.jsonl"
+
+
+def is_remote(path: str) -> bool:
+  """Whether `path` is an object-store URL (gs://...), whose files cannot be appended to."""
+  return "://" in str(path)
 
 
 def read_metrics(workdir: str) -> list[dict]:
   """Every row of `<workdir>/metrics.jsonl` (empty if the run has not logged yet)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / METRICS_FILE
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class MetricsLog:
@@ -24,34 +33,66 @@ class MetricsLog:
 
   Rows after the newest checkpoint were written by a run that then died; the resumed run recomputes
   exactly those steps (resume is exact), so keeping them would only duplicate steps.
+
+  A bucket object cannot be appended to, so on a remote workdir the file is uploaded whole: at most
+  every `upload_every_s` seconds (TensorBoard's own cadence), at `flush()`, which the loop calls at
+  every checkpoint so that the rows a resume keeps are stored, and at `close()`.
   """
 
-  def __init__(self, workdir: str, start_step: int, tensorboard: bool = True):
-    self.path = os.path.join(workdir, METRICS_FILE)
+  def __init__(self, workdir: str, start_step: int, tensorboard: bool = True,
+               upload_every_s: float = 120.0):
+    self.path = epath.Path(workdir) / METRICS_FILE
+    self.remote = is_remote(workdir)
     rows = [r for r in read_metrics(workdir) if r["step"] <= start_step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, self.path)  # atomic: the old file stays whole if we die here
-    self.file = open(self.path, "a")
+    lines = [json.dumps(r) + "\n" for r in rows]
+    if self.remote:
+      self.file, self.lines, self.upload_every_s = None, lines, upload_every_s
+      self._upload()  # one object replaces another whole: the old file stays whole if we die here
+    else:
+      tmp = str(self.path) + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(lines)
+      os.replace(tmp, self.path)  # atomic: the old file stays whole if we die here
+      self.file = open(self.path, "a")
     self.tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
+  def _upload(self) -> None:
+    self.path.write_text("".join(self.lines))
+    self.uploaded_at = time.monotonic()
+
   def write(self, rows: Iterable[dict]) -> None:
     for row in rows:
-      self.file.write(json.dumps(row) + "\n")
+      line = json.dumps(row) + "\n"
+      if self.remote:
+        self.lines.append(line)
+      else:
+        self.file.write(line)
       if self.tb is not None:
         for key, value in row.items():
           if key != "step":
             self.tb.add_scalar(key, value, row["step"])
-    self.file.flush()
+    if not self.remote:
+      self.flush()
+    elif time.monotonic() - self.uploaded_at >= self.upload_every_s:
+      self._upload()
+
+  def flush(self) -> None:
+    """Makes every row written so far durable (on a remote workdir: one upload of the file)."""
+    if self.remote:
+      self._upload()
+    else:
+      self.file.flush()
     if self.tb is not None:
       self.tb.flush()
 
   def close(self) -> None:
-    self.file.close()
+    if self.remote:
+      self._upload()
+    else:
+      self.file.close()
     if self.tb is not None:
       self.tb.close()
 
