@@ -1,0 +1,148 @@
+"""Presets, sweeps and reports (issue: batch experiments from config files)."""
+
+import csv
+import json
+import os
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import cli, configuration, report, reporting, sweep, train
+
+CIFAR = [f"{k}{d}" for k in ("resnet", "plain") for d in (20, 32, 44, 56, 110)]
+IMAGENET = [f"{k}{d}" for k in ("resnet", "plain") for d in (18, 34, 50, 101, 152)] + [
+    "resnet50-modern", "plain34-modern"]
+
+
+def _tiny(spec, image_size):
+  """The preset on synthetic data of a tiny image size: its model, optimizer and step, not its data."""
+  config = configuration.load(spec, {"dataset": "synthetic", "image_size": str(image_size),
+                                     "batch_size": "8", "eval_batch_size": "8", "num_devices": "1",
+                                     "bn_group_size": "0", "augment": "none"})
+  return config, train.Trainer(config)
+
+
+@pytest.mark.parametrize("spec", [f"configs/cifar10.py:{m}" for m in CIFAR] +
+                         [f"configs/imagenet.py:{m}" for m in IMAGENET])
+def test_every_preset_builds_and_traces_its_train_step(spec):
+  config, trainer = _tiny(spec, 8 if "cifar10" in spec else 32)
+  state = jax.eval_shape(trainer.init_state)
+  batch = trainer.dp.put_batch(trainer.dataset.train_batch(0, 0, 8))
+  _, metrics = jax.eval_shape(trainer.dp.train_step, state, batch)
+  assert metrics["train/loss"].shape == ()
+  original = configuration.load(spec)
+  assert original.momentum == 0.9 and original.weight_decay == 1e-4
+  if "cifar10" in spec:
+    assert (original.batch_size, original.learning_rate, original.total_steps) == (128, 0.1, 64000)
+    assert original.lr_decay_steps == (32000, 48000) and original.augment == "cifar"
+    assert original.normalization == "per_pixel_mean"
+    assert (original.warmup_steps > 0) == spec.endswith("110")
+
+
+@pytest.mark.parametrize("spec,size", [("configs/cifar10.py:resnet20", 8), ("configs/cifar10.py:plain20", 8),
+                                       ("configs/imagenet.py:resnet18-modern", 32)])
+def test_presets_run_one_step(spec, size):
+  _, trainer = _tiny(spec, size)
+  state = trainer.dp.put_state(trainer.init_state())
+  state, metrics = trainer.dp.train_step(state, trainer.dp.put_batch(trainer.dataset.train_batch(0, 0, 8)))
+  assert np.isfinite(float(trainer.dp.fetch(metrics)["train/loss"]))
+
+
+def test_preset_argument_errors():
+  with pytest.raises(ValueError, match="expected a CIFAR net"):
+    configuration.load("configs/cifar10.py:resnet50")
+  with pytest.raises(ValueError, match="only variant"):
+    configuration.load("configs/imagenet.py:resnet50-old")
+  modern = configuration.load("configs/imagenet.py:resnet50-modern")
+  assert modern.lr_scaling == "linear" and modern.dtype == "bfloat16" and modern.label_smoothing == 0.1
+
+
+SWEEP = textwrap.dedent('''
+    from configs import default
+
+    def get_config():
+      c = default.get_config()
+      c.update(dataset="digits", batch_size=16, eval_batch_size=100, total_steps=4, lr_decay_steps=(),
+               log_every_steps=2, eval_every_steps=2, checkpoint_every_steps=2, num_devices=1)
+      return c
+
+    def get_grid():
+      return {"model": ["resnet8", "resnet9", "plain8"], "seed": [0]}
+''')
+
+
+@pytest.fixture()
+def sweep_file(tmp_path):
+  path = tmp_path / "tiny_sweep.py"
+  path.write_text(SWEEP)
+  return str(path)
+
+
+def test_sweep_survives_failure_skips_finished_and_resumes(tmp_path, sweep_file):
+  workdir = str(tmp_path / "sweep")
+  calls = []
+
+  def counting_train(config, run_dir):
+    calls.append(os.path.basename(run_dir))
+    return train.train_and_evaluate(config, run_dir)
+
+  # Short first pass (2 steps), e.g. a sweep cut short: resnet9 is not a model and fails alone.
+  results = sweep.run_sweep(sweep_file, workdir, overrides={"total_steps": "2"}, train_fn=counting_train,
+                            log=lambda *_: None)
+  assert results == {"resnet8-seed0": "done", "resnet9-seed0": "failed", "plain8-seed0": "done"}
+  status = sweep.read_status(os.path.join(workdir, "resnet9-seed0"))
+  assert status["status"] == "failed" and "resnet9" in status["error"]
+
+  # The full sweep: unfinished members resume from their step-2 checkpoints.
+  calls.clear()
+  results = sweep.run_sweep(sweep_file, workdir, train_fn=counting_train, log=lambda *_: None)
+  assert results["resnet8-seed0"] == "done" and calls == ["resnet8-seed0", "resnet9-seed0", "plain8-seed0"]
+  rows = reporting.read_metrics(os.path.join(workdir, "resnet8-seed0"))
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+  # Re-run: finished members are skipped; only the failing one is retried.
+  calls.clear()
+  results = sweep.run_sweep(sweep_file, workdir, train_fn=counting_train, log=lambda *_: None)
+  assert calls == ["resnet9-seed0"] and results["plain8-seed0"] == "skipped"
+
+  # --shard 1/3 runs only the second member.
+  assert list(sweep.run_sweep(sweep_file, str(tmp_path / "shard"), shard="1/3", train_fn=lambda *a: None,
+                              log=lambda *_: None)) == ["resnet9-seed0"]
+  with pytest.raises(ValueError, match="i/n"):
+    sweep.parse_shard("1-3")
+
+
+def test_sweep_cli_exit_code_and_report_matches_metrics(tmp_path, sweep_file, capsys):
+  workdir = str(tmp_path / "cli")
+  assert cli.main(["sweep", "--config", sweep_file, "--workdir", workdir]) == 1  # resnet9 failed
+  out = capsys.readouterr()
+  assert "1 run(s) failed: resnet9-seed0" in out.err and "| resnet8-seed0 |" in out.out
+  for png in ("curves.png", "grad_norms.png", "responses.png"):
+    assert os.path.getsize(os.path.join(workdir, png)) > 1000, png
+
+  with open(os.path.join(workdir, "summary.csv")) as f:
+    table = {row["run"]: row for row in csv.DictReader(f)}
+  assert set(table) == {"resnet8-seed0", "plain8-seed0"}
+  for run, row in table.items():
+    rows = reporting.read_metrics(os.path.join(workdir, run))
+    w = max(1, round(0.05 * len(rows)))
+    train_err = 100 * (1 - np.mean([r["train/accuracy"] for r in rows[-w:]]))
+    evals = [100 * (1 - r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
+    assert float(row["final_train_error"]) == pytest.approx(train_err)
+    assert float(row["final_test_error"]) == pytest.approx(evals[-1])
+    assert float(row["best_test_error"]) == pytest.approx(min(evals))
+    assert int(row["steps"]) == 4 and int(row["params"]) > 0
+  responses = json.load(open(os.path.join(workdir, "responses.json")))
+  assert len(responses["resnet8"]) == 6  # 3 blocks x 2 convs
+
+
+def test_report_groups_seeds_and_quotes_the_paper():
+  summaries = [{"run": f"resnet20-seed{s}", "model": "resnet20", "final_train_error": e,
+                "final_test_error": e + 1, "paper_test_error": 8.75} for s, e in ((0, 1.0), (1, 3.0))]
+  (group,) = report.aggregate(summaries)
+  assert group["group"] == "resnet20" and group["runs"] == 2
+  assert group["final_test_error_mean"] == 3.0 and group["final_test_error_std"] == pytest.approx(np.sqrt(2))
+  with pytest.raises(ValueError, match="no runs"):
+    report.write_report("configs")
