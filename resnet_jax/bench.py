@@ -13,35 +13,46 @@ from resnet_jax.train import Trainer
 
 def run_benchmark(model: str = "resnet20", batch_size: int = 128, steps: int = 10,
                   dtype: str = "float32", image_size: int = 0, parallelism: str = "jit",
-                  num_devices: int = 0, warmup_steps: int = 2) -> dict:
-  """Compiles the train step, runs `warmup_steps`, then times `steps` steps one by one.
+                  num_devices: int = 0, warmup_steps: int = 2, scan_blocks: bool = False,
+                  remat_blocks: bool = False, steps_per_dispatch: int = 1,
+                  data_on_device: bool = False) -> dict:
+  """Compiles the train step, runs `warmup_steps` dispatches, then times `steps` dispatches.
 
-  Returns step_ms_median, images_per_sec, compile_s, devices, flops_per_step (3 x forward, the
-  usual estimate of forward + backward, 2 FLOPs per multiply-add) and achieved_tflops, plus the
-  compiled step's memory footprint from XLA's memory analysis.
+  Each dispatch runs `steps_per_dispatch` steps (drawing its batches on device with
+  `data_on_device`); times are per step. Returns step_ms_median, images_per_sec, compile_s, devices,
+  flops_per_step (3 x forward, the usual estimate of forward + backward, 2 FLOPs per multiply-add) and
+  achieved_tflops, plus the compiled step's memory footprint from XLA's memory analysis.
   """
   config = default_config.get_config()
   config.update(model=model, batch_size=batch_size, dtype=dtype, dataset="synthetic",
                 image_size=image_size, parallelism=parallelism, num_devices=num_devices,
-                total_steps=max(1, steps + warmup_steps), lr_decay_steps=())
+                total_steps=max(1, steps + warmup_steps), lr_decay_steps=(), scan_blocks=scan_blocks,
+                remat_blocks=remat_blocks)
   trainer = Trainer(config)
   dp, ds = trainer.dp, trainer.dataset
   state = dp.put_state(trainer.init_state())
-  batch = dp.put_batch(ds.train_batch(config.seed, 0, batch_size))
+  k = steps_per_dispatch
+  if data_on_device:
+    fn, arg = dp.device_steps(k, config.seed, batch_size, "cifar"), dp.put_data(*ds.train_arrays())
+  elif k > 1:
+    fn, arg = dp.multi_step(k), dp.put_batches([ds.train_batch(config.seed, i, batch_size)
+                                                for i in range(k)])
+  else:
+    fn, arg = dp.train_step, dp.put_batch(ds.train_batch(config.seed, 0, batch_size))
 
   t0 = time.perf_counter()
-  compiled = dp.train_step.lower(state, batch).compile()
+  compiled = fn.lower(state, arg).compile()
   compile_s = time.perf_counter() - t0
 
   for _ in range(warmup_steps):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
+    state, metrics = compiled(state, arg)
+  jax.block_until_ready(state)
   times = []
   for _ in range(steps):
     t = time.perf_counter()
-    state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, arg)
     jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t)
+    times.append((time.perf_counter() - t) / k)
 
   step_s = statistics.median(times)
   side = ds.image_shape[0]
@@ -50,12 +61,14 @@ def run_benchmark(model: str = "resnet20", batch_size: int = 128, steps: int = 1
   result = {
       "model": model, "batch_size": batch_size, "dtype": dtype, "image_size": side,
       "parallelism": parallelism, "devices": len(dp.devices), "backend": jax.default_backend(),
+      "scan_blocks": scan_blocks, "remat_blocks": remat_blocks, "steps_per_dispatch": k,
+      "data_on_device": data_on_device,
       "steps": steps, "step_ms_median": 1e3 * step_s, "step_ms_min": 1e3 * min(times),
       "images_per_sec": batch_size / step_s, "compile_s": compile_s,
       "flops_per_step": flops_per_step, "achieved_tflops": flops_per_step / step_s / 1e12,
   }
   result.update(_memory(compiled))
-  if not np.isfinite(float(dp.fetch(metrics)["train/loss"])):
+  if not np.all(np.isfinite(dp.fetch(metrics)["train/loss"])):
     raise RuntimeError("the benchmark's loss is not finite; the timed step is broken.")
   return result
 

@@ -1,4 +1,4 @@
-"""Layers the networks share: batch norm over groups of examples, option-A shortcut, adaptive pooling."""
+"""Layers the networks share: conv, batch norm over groups of examples, option-A shortcut, pooling."""
 
 from typing import Any, Callable, Optional
 
@@ -8,6 +8,19 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
+
+
+# He initialisation (He et al. 2015b, "Delving Deep into Rectifiers"), fan-out and untruncated normal as
+# in torchvision, so ReLU nets keep their activation variance through depth.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(features, kernel_size, strides=1, *, dtype, name):
+  """Bias-free conv (BN follows) with He init, in `dtype` with float32 parameters."""
+  # Explicit k//2 padding (not "SAME") matches the paper's Caffe / torchvision layers for stride 2 too.
+  pad = [(k // 2, k // 2) for k in kernel_size]
+  return nn.Conv(features, kernel_size, (strides, strides), padding=pad, use_bias=False, dtype=dtype,
+                 param_dtype=jnp.float32, kernel_init=he_normal, name=name)
 
 
 def _group_moments(x: jax.Array, group_size: int, axis_name: Optional[str]):

@@ -1,0 +1,95 @@
+"""GPU figures in one prepared run (under 8 minutes on one H100): ResNet-50 and ResNet-56 throughput.
+
+  python benchmarks/gpu.py            # on a CUDA machine (benchmarks/gpu.sh sets it up)
+  python benchmarks/gpu.py --smoke    # tiny sizes, any machine: checks the script end to end
+
+Each case runs `resnet-jax bench` in its own process (fresh device memory), then this prints a
+markdown table and one JSON line: images/s, achieved TFLOP/s and the fraction of the card's dense
+bf16 peak for ResNet-50 bf16 at batch 256; steps/s and the implied time of the paper's 64k-step
+CIFAR schedule for ResNet-56 at batch 128, with and without on-device data and K steps per dispatch.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+
+# Dense bf16 tensor-core peaks in TFLOP/s (vendor datasheets, no sparsity).
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 80GB HBM3": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0,
+                    "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 125.0}
+PAPER_CIFAR_STEPS = 64_000  # He et al. 2015, sec. 4.2
+
+
+def cases(smoke: bool) -> list[tuple[str, list[str]]]:
+  if smoke:
+    r50 = ["--model", "resnet8", "--batch-size", "8", "--dtype", "bfloat16", "--steps", "2"]
+    r56 = ["--model", "resnet8", "--batch-size", "8", "--steps", "2"]
+    k = "2"
+  else:
+    r50 = ["--model", "resnet50", "--batch-size", "256", "--dtype", "bfloat16", "--steps", "30"]
+    r56 = ["--model", "resnet56", "--batch-size", "128", "--steps", "50"]
+    k = "16"
+  return [
+      ("resnet50 bf16 b256", r50),
+      ("resnet56 b128", r56),
+      ("resnet56 b128 + data on device", r56 + ["--data-on-device"]),
+      (f"resnet56 b128 + data on device + {k} steps/dispatch",
+       r56 + ["--data-on-device", "--steps-per-dispatch", k]),
+  ]
+
+
+def device_name() -> str:
+  try:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], check=True,
+                         capture_output=True, text=True, timeout=30).stdout
+    return out.strip().splitlines()[0]
+  except (OSError, subprocess.SubprocessError, IndexError):
+    return "cpu"
+
+
+def peak_tflops(name: str) -> float | None:
+  for key, peak in PEAK_BF16_TFLOPS.items():  # most specific names first
+    if key in name:
+      return peak
+  return None
+
+
+def run_case(args: list[str]) -> dict:
+  proc = subprocess.run([sys.executable, "-m", "resnet_jax.cli", "bench", *args], capture_output=True,
+                        text=True, check=False)
+  if proc.returncode:
+    return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1][:300]}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--smoke", action="store_true", help="tiny sizes: runs anywhere in seconds")
+  args = parser.parse_args(argv)
+  name = device_name()
+  peak = peak_tflops(name)
+  results = []
+  print(f"device: {name}; dense bf16 peak: {peak or 'unknown'} TFLOP/s", flush=True)
+  print("| case | ms/step | images/s | TFLOP/s | % of peak | steps/s | 64k steps (min) | compile s |")
+  print("|---|---|---|---|---|---|---|---|")
+  for label, case_args in cases(args.smoke):
+    r = run_case(case_args)
+    r["case"] = label
+    if "error" in r:
+      print(f"| {label} | failed: {r['error']} |||||||", flush=True)
+      results.append(r)
+      continue
+    r["steps_per_sec"] = 1e3 / r["step_ms_median"]
+    r["paper_schedule_min"] = PAPER_CIFAR_STEPS / r["steps_per_sec"] / 60
+    r["fraction_of_peak"] = r["achieved_tflops"] / peak if peak else None
+    pct = f"{100 * r['fraction_of_peak']:.1f}" if peak else "-"
+    print(f"| {label} | {r['step_ms_median']:.2f} | {r['images_per_sec']:.0f} | "
+          f"{r['achieved_tflops']:.1f} | {pct} | {r['steps_per_sec']:.1f} | "
+          f"{r['paper_schedule_min']:.1f} | {r['compile_s']:.1f} |", flush=True)
+    results.append(r)
+  print(json.dumps({"device": name, "peak_bf16_tflops": peak, "results": results}))
+  return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
