@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.bn_momentum = 0.9                # running-statistics decay, as torchvision's momentum=0.1
   c.bn_group_size = 0                # examples per BN statistics group; 0 = whole global batch (sync BN),
                                      # 32 = the paper's per-GPU statistics on ImageNet (8 GPUs x 32)
+  c.scan_blocks = False              # nn.scan over each stage's identical blocks: compile time no longer
+                                     # grows with depth (ResNet-1202); same numerics
+  c.remat_blocks = False             # recompute block activations in the backward pass: less memory
 
   # --- Data ---
   c.dataset = "digits"               # digits | synthetic | a TFDS name (cifar10, cifar100, imagenet2012)
@@ -30,10 +33,17 @@ def get_config() -> ml_collections.ConfigDict:
                                      # "inception" (random-resized crop + flip); "scale" (shorter side
                                      # in [256, 480], 224 crop + flip: sec. 3.4)
   c.normalization = "per_channel"    # "per_channel" standardisation, or "per_pixel_mean" (the paper's)
+  c.normalization_examples = 50000   # TFDS: training images the statistics come from (all of CIFAR's
+                                     # 50k; lower it for ImageNet, where each one is a JPEG decode)
   c.validation_split = 0             # examples held out of training for validation (paper: 5000 of 50k);
                                      # 0 = evaluate on the test split
+  c.data_threads = 2                 # TFDS: Grain threads building batches ahead; 0 = in the loop
+  c.prefetch_batches = 4             # TFDS: batches built ahead (bounds host memory to about this many)
+  c.data_cache_dir = ""              # local copy of a gs:// data_dir (array_record reads local files
+                                     # only); "" = ~/.cache/resnet_jax/tfds
   c.num_classes = 0                  # 0 = the dataset's own number of classes
-  c.image_size = 0                   # synthetic data only: side in pixels; 0 = the model's default
+  c.image_size = 0                   # synthetic data and variable-size TFDS images (ImageNet): side
+                                     # in pixels; 0 = the model's default (224 for ImageNet nets)
   c.batch_size = 128                 # GLOBAL batch, split across all devices and processes
   c.eval_batch_size = 256            # global batch for evaluation; the last batch is padded and masked
 
@@ -64,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3             # newest checkpoints kept in <workdir>/checkpoints
 
   # --- Parallelism ---
+  c.steps_per_dispatch = 1           # K > 1: K steps per dispatch (lax.scan); every step still recorded.
+                                     # Log, eval and checkpoint cadences must be multiples of K
+  c.data_on_device = False           # hold the training set on the devices and draw + augment each
+                                     # batch inside the compiled step (small datasets; jit only)
   c.parallelism = "jit"              # "jit" (jax.jit over a device mesh, axis "data") or "pmap"
   c.num_devices = 0                  # 0 = all local devices; else use the first N (tests, debugging)
   return c

@@ -41,8 +41,9 @@ def _split_overrides(extra: list[str]) -> dict[str, str]:
 
 
 def _train(args) -> int:
-  from resnet_jax import configuration, train  # pylint: disable=g-import-not-at-top
+  from resnet_jax import configuration, distributed, train  # pylint: disable=g-import-not-at-top
 
+  distributed.initialize()  # before anything touches a device
   config = configuration.load(args.config, _split_overrides(args.overrides))
   try:
     last = train.train_and_evaluate(config, args.workdir)
@@ -52,14 +53,46 @@ def _train(args) -> int:
   except train.NonFiniteError as e:
     print(f"resnet-jax train: error: {e}", file=sys.stderr)
     return 1
-  print(json.dumps(last))
+  if distributed.is_lead():
+    print(json.dumps(last))
   return 0
 
 
 def _eval(args) -> int:
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  from resnet_jax import distributed, train  # pylint: disable=g-import-not-at-top
 
-  print(json.dumps(train.evaluate_checkpoint(args.workdir)))
+  distributed.initialize()
+  result = train.evaluate_checkpoint(args.workdir)
+  if distributed.is_lead():
+    print(json.dumps(result))
+  return 0
+
+
+def _sweep(args) -> int:
+  from resnet_jax import report, sweep, train  # pylint: disable=g-import-not-at-top
+
+  try:
+    results = sweep.run_sweep(args.config, args.workdir, args.shard, _split_overrides(args.overrides))
+  except train.StoppedEarly as e:
+    print(f"resnet-jax sweep: {e}", file=sys.stderr)
+    return train.EXIT_STOPPED_EARLY
+  report.write_report(args.workdir, plots=not args.no_plots, responses=not args.no_plots)
+  with open(f"{args.workdir}/summary.md") as f:
+    print(f.read())
+  failed = sorted(name for name, status in results.items() if status == "failed")
+  if failed:
+    print(f"resnet-jax sweep: {len(failed)} run(s) failed: {', '.join(failed)} "
+          "(see <run>/status.json); re-run to retry them.", file=sys.stderr)
+    return 1
+  return 0
+
+
+def _report(args) -> int:
+  from resnet_jax import report  # pylint: disable=g-import-not-at-top
+
+  report.write_report(args.workdir, plots=not args.no_plots, responses=not args.no_plots)
+  with open(f"{args.workdir}/summary.md") as f:
+    print(f.read())
   return 0
 
 
@@ -68,12 +101,37 @@ def _bench(args) -> int:
 
   result = bench.run_benchmark(model=args.model, batch_size=args.batch_size, steps=args.steps,
                                dtype=args.dtype, image_size=args.image_size,
-                               parallelism=args.parallelism, num_devices=args.num_devices)
+                               parallelism=args.parallelism, num_devices=args.num_devices,
+                               scan_blocks=args.scan_blocks, remat_blocks=args.remat_blocks,
+                               steps_per_dispatch=args.steps_per_dispatch,
+                               data_on_device=args.data_on_device)
   print(f"{result['model']} batch {result['batch_size']} {result['dtype']} on {result['devices']} "
         f"{result['backend']} device(s): {result['step_ms_median']:.1f} ms/step, "
         f"{result['images_per_sec']:.0f} images/s, compile {result['compile_s']:.1f} s",
         file=sys.stderr)
   print(json.dumps(result))  # last line: machine-readable
+  return 0
+
+
+def _prepare(args) -> int:
+  from resnet_jax import prepare  # pylint: disable=g-import-not-at-top
+
+  sizes = prepare.prepare(args.name, args.source, args.data_dir)
+  print(json.dumps({"dataset": args.name, "data_dir": args.data_dir,
+                    "splits": {str(k): v for k, v in sizes.items()}}))
+  return 0
+
+
+def _data_bench(args) -> int:
+  from resnet_jax import data_bench  # pylint: disable=g-import-not-at-top
+
+  r = data_bench.run_data_bench(args.data, args.data_dir, args.augment, args.batch_size, args.steps,
+                                tuple(int(t) for t in args.threads.split(",") if t), args.image_size)
+  for row in r["rows"]:
+    print(f"{r['data']} ({r['augment']}, batch {r['batch_size']}, {r['image_shape']}): "
+          f"{row['threads']} threads {row['images_per_sec']:.0f} images/s", file=sys.stderr)
+  print(f"peak RSS {r['peak_rss_mib']:.0f} MiB on {r['cpu_cores']} cores", file=sys.stderr)
+  print(json.dumps(r))  # last line: machine-readable
   return 0
 
 
@@ -95,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard, config.json")
   p.set_defaults(func=_train, overrides=[])
 
+  p = sub.add_parser("sweep", help="run every member of a sweep file, then write the report",
+                     epilog="Finished members are skipped, unfinished ones resume. Exit codes: 0 all "
+                            "done, 1 some member failed, 2 bad input, 75 stopped early by SIGTERM.")
+  p.add_argument("--config", required=True, help="a sweep file, e.g. configs/sweeps/degradation_digits.py")
+  p.add_argument("--workdir", required=True, help="one sub-directory per run, plus summary.* and plots")
+  p.add_argument("--shard", default="0/1", help="i/n: run members i, i+n, ... (split across machines)")
+  p.add_argument("--no-plots", action="store_true", help="write only summary.csv and summary.md")
+  p.set_defaults(func=_sweep, overrides=[])
+
+  p = sub.add_parser("report", help="summary.csv, summary.md and plots for the runs under a directory")
+  p.add_argument("workdir", help="a sweep directory (or one run's workdir)")
+  p.add_argument("--no-plots", action="store_true", help="write only summary.csv and summary.md")
+  p.set_defaults(func=_report)
+
   p = sub.add_parser("eval", help="evaluate the newest checkpoint of a run on its test split")
   p.add_argument("--workdir", required=True)
   p.set_defaults(func=_eval)
@@ -107,14 +179,40 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--image-size", type=int, default=0, help="0 = the model's default")
   p.add_argument("--parallelism", default="jit", choices=["jit", "pmap"])
   p.add_argument("--num-devices", type=int, default=0, help="0 = all devices")
+  p.add_argument("--scan-blocks", action="store_true", help="nn.scan over identical blocks")
+  p.add_argument("--remat-blocks", action="store_true", help="rematerialise blocks in the backward pass")
+  p.add_argument("--steps-per-dispatch", type=int, default=1, help="K steps per compiled call")
+  p.add_argument("--data-on-device", action="store_true",
+                 help="draw and augment (pad-crop-flip) each batch inside the compiled step")
   p.set_defaults(func=_bench)
+
+  p = sub.add_parser("prepare", help="build a TFDS dataset from its original files, offline",
+                     epilog="cifar10/cifar100: --source holds the official binary files (plain or .gz) "
+                            "or the official cifar-*-binary.tar.gz. imagenet2012 (and other manual "
+                            "downloads): --source is TFDS's manual_dir with ILSVRC2012_img_train.tar "
+                            "and ILSVRC2012_img_val.tar.")
+  p.add_argument("name", help="TFDS dataset name: cifar10, cifar100, imagenet2012, ...")
+  p.add_argument("--source", required=True, help="folder (or archive) with the original files")
+  p.add_argument("--data-dir", required=True, help="TFDS data_dir to build into (config.data_dir)")
+  p.set_defaults(func=_prepare)
+
+  p = sub.add_parser("data-bench", help="images/s of the input pipeline with augmentation")
+  p.add_argument("--data", required=True,
+                 help="a TFDS name prepared in --data-dir, or 'fake-imagenet' (generated JPEGs)")
+  p.add_argument("--data-dir", default="", help="TFDS data_dir (config.data_dir)")
+  p.add_argument("--augment", default="", help="'' = cifar for 32x32 data, inception for ImageNet")
+  p.add_argument("--batch-size", type=int, default=128, help="global batch")
+  p.add_argument("--steps", type=int, default=20, help="timed batches per thread count")
+  p.add_argument("--threads", default="0,2", help="comma-separated data_threads to time")
+  p.add_argument("--image-size", type=int, default=0, help="variable-size images: 0 = 224")
+  p.set_defaults(func=_data_bench)
   return parser
 
 
 def main(argv=None) -> int:
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
-  if extra and args.command != "train":
+  if extra and args.command not in ("train", "sweep"):
     parser.error(f"unrecognised arguments: {' '.join(extra)}")
   args.overrides = extra
   try:

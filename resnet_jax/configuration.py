@@ -11,12 +11,12 @@ import json
 import os
 import sys
 
+from etils import epath
 import ml_collections
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path.py` or `path.py:arg` by calling the file's `get_config([arg])`."""
-  path, _, arg = spec.partition(":")
+def load_module(path: str):
+  """Imports a config (or sweep) file by path."""
   if not os.path.isfile(path):
     raise ValueError(f"config file {path!r} does not exist (expected e.g. configs/quickstart.py).")
   # Experiment files import their base as `from configs import default`: make the folder that holds
@@ -32,6 +32,13 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   finally:
     if added:
       sys.path.remove(root)
+  return module
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path.py` or `path.py:arg` by calling the file's `get_config([arg])`."""
+  path, _, arg = spec.partition(":")
+  module = load_module(path)
   if not hasattr(module, "get_config"):
     raise ValueError(f"config file {path!r} has no get_config() function.")
   config = module.get_config(arg) if arg else module.get_config()
@@ -83,9 +90,8 @@ def load(spec: str, overrides: dict[str, str] | None = None) -> ml_collections.C
 
 
 def from_json(path: str) -> ml_collections.ConfigDict:
-  """The resolved config a run wrote to `<workdir>/config.json`."""
-  with open(path) as f:
-    data = json.load(f)
+  """The resolved config a run wrote to `<workdir>/config.json` (a local path or gs://)."""
+  data = json.loads(epath.Path(path).read_text())
   data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
   config = ml_collections.ConfigDict(data)
   config.lock()

@@ -16,14 +16,14 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnet_jax.layers import BatchNorm, adaptive_avg_pool, pad_shortcut
+from resnet_jax import stages
+from resnet_jax import layers
+from resnet_jax.layers import BatchNorm, pad_shortcut
+from resnet_jax.vgg import VGG
 
 ModuleDef = Any
 SHORTCUTS = ("A", "B", "C", "none")
 
-# He initialisation (He et al. 2015b, "Delving Deep into Rectifiers"), fan-out and untruncated normal as
-# in torchvision, so ReLU nets keep their activation variance through depth.
-he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _shortcut(x, filters: int, strides: int, kind: str, conv: ModuleDef, norm: ModuleDef):
@@ -55,10 +55,13 @@ class ResidualBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = self.act(self.norm(name="bn1")(self.conv(self.filters, (3, 3), self.strides, name="conv1")(x)))
-    y = self.conv(self.filters, (3, 3), name="conv2")(y)
+    y = self.norm(name="bn1")(self.conv(self.filters, (3, 3), self.strides, name="conv1")(x))
+    # Fig. 7 of the paper: each layer's response after BN, before the ReLU or the addition. `sow`
+    # stores nothing unless the caller makes "intermediates" mutable.
+    self.sow("intermediates", "response", y)
+    y = self.conv(self.filters, (3, 3), name="conv2")(self.act(y))
     y = self.norm(name="bn2", scale_init=_last_bn_init(self))(y)
-    self.sow("intermediates", "response", y)  # Fig. 7: response after BN, before the addition.
+    self.sow("intermediates", "response", y)
     return _merge(y, _shortcut(x, self.filters, self.strides, self.shortcut, self.conv, self.norm),
                   self.act)
 
@@ -82,10 +85,13 @@ class BottleneckBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     s1, s2 = (self.strides, 1) if self.stride_placement == "v1" else (1, self.strides)
-    y = self.act(self.norm(name="bn1")(self.conv(self.filters, (1, 1), s1, name="conv1")(x)))
-    y = self.act(self.norm(name="bn2")(self.conv(self.filters, (3, 3), s2, name="conv2")(y)))
+    y = self.norm(name="bn1")(self.conv(self.filters, (1, 1), s1, name="conv1")(x))
+    self.sow("intermediates", "response", y)
+    y = self.norm(name="bn2")(self.conv(self.filters, (3, 3), s2, name="conv2")(self.act(y)))
+    self.sow("intermediates", "response", y)
     out = self.filters * self.expansion
-    y = self.norm(name="bn3", scale_init=_last_bn_init(self))(self.conv(out, (1, 1), name="conv3")(y))
+    y = self.norm(name="bn3", scale_init=_last_bn_init(self))(
+        self.conv(out, (1, 1), name="conv3")(self.act(y)))
     self.sow("intermediates", "response", y)
     return _merge(y, _shortcut(x, out, self.strides, self.shortcut, self.conv, self.norm), self.act)
 
@@ -170,6 +176,11 @@ class ResNet(nn.Module):
     shortcut: "A", "B", "C" (paper, section 3.3) or "none" (plain net).
     preact: pre-activation (v2) ordering; needs a PreAct* block class.
     bn_group_size, axis_name: see layers.BatchNorm.
+    scan_blocks: run the identical blocks of each stage (all but the first) with `nn.scan`, so compile
+      time no longer grows with depth; parameters then live in `stageI_scan` (see
+      `stages.to_scanned` / `stages.to_unrolled`).
+    remat_blocks: recompute each block's activations in the backward pass (`jax.checkpoint`) instead
+      of keeping them: less memory, ~1/3 more compute.
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -184,6 +195,8 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_group_size: int = 0
   axis_name: Optional[str] = None
+  scan_blocks: bool = False
+  remat_blocks: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -191,7 +204,7 @@ class ResNet(nn.Module):
     _check_choice("stride_placement", self.stride_placement, ("v1", "v1.5"))
     _check_choice("stem", self.stem, ("cifar", "imagenet"))
     preact = self.block_cls in (PreActResidualBlock, PreActBottleneckBlock)
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(layers.conv, dtype=self.dtype)
     norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              dtype=self.dtype, group_size=self.bn_group_size, axis_name=self.axis_name)
     extra = {} if preact else {"zero_init_residual": self.zero_init_residual}
@@ -211,54 +224,14 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name="stem_bn")(x))
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    block_cls = nn.remat(self.block_cls) if self.remat_blocks else self.block_cls
     for i, (size, width) in enumerate(zip(self.stage_sizes, widths)):
-      for j in range(size):
-        x = self.block_cls(width, conv=conv, norm=norm, strides=2 if (i > 0 and j == 0) else 1,
-                           shortcut=self.shortcut, name=f"stage{i + 1}_block{j + 1}", **extra)(x)
+      x = stages.stage(x, block_cls, size, f"stage{i + 1}", scan=self.scan_blocks, filters=width,
+                       conv=conv, norm=norm, strides=2 if i > 0 else 1, shortcut=self.shortcut, **extra)
     if preact:
       x = nn.relu(norm(name="final_bn")(x))
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x)
-
-
-def _conv(features, kernel_size, strides=1, *, dtype, name):
-  # Explicit k//2 padding (not "SAME") matches the paper's Caffe / torchvision layers for stride 2 too.
-  pad = [(k // 2, k // 2) for k in kernel_size]
-  return nn.Conv(features, kernel_size, (strides, strides), padding=pad, use_bias=False, dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=he_normal, name=name)
-
-
-class VGG(nn.Module):
-  """VGG (Simonyan & Zisserman 2014) with BN after every conv; the paper's Fig. 3 baseline is VGG-19.
-
-  BN is our addition (the paper's VGG-19 has none); it changes neither the FLOPs nor the shape. The
-  classifier is VGG's (two 4096-wide dense layers, no dropout) after a 7x7 adaptive pool, as torchvision.
-  """
-  stage_convs: Sequence[int] = (2, 2, 4, 4, 4)
-  stage_widths: Sequence[int] = (64, 128, 256, 512, 512)
-  num_classes: int = 1000
-  classifier_width: int = 4096
-  width_multiplier: float = 1.0
-  dtype: Any = jnp.float32
-  bn_momentum: float = 0.9
-  bn_group_size: int = 0
-  axis_name: Optional[str] = None
-
-  @nn.compact
-  def __call__(self, x, train: bool = True):
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                             dtype=self.dtype, group_size=self.bn_group_size, axis_name=self.axis_name)
-    x = jnp.asarray(x, self.dtype)
-    for i, (n, w) in enumerate(zip(self.stage_convs, self.stage_widths)):
-      for j in range(n):
-        x = _conv(max(1, int(round(w * self.width_multiplier))), (3, 3), dtype=self.dtype,
-                  name=f"stage{i + 1}_conv{j + 1}")(x)
-        x = nn.relu(norm(name=f"stage{i + 1}_bn{j + 1}")(x))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = adaptive_avg_pool(x, 7).reshape((x.shape[0], -1))
-    for k in (1, 2):
-      x = nn.relu(nn.Dense(self.classifier_width, dtype=self.dtype, name=f"fc{k}")(x))
-    return nn.Dense(self.num_classes, name="head")(x.astype(jnp.float32))
 
 
 def _check_choice(key, value, choices):

@@ -6,17 +6,20 @@ config -> data -> model -> optimizer -> compiled step -> state (restored or new)
 import functools
 import json
 import math
-import os
 import signal
 import time
 from typing import Any
 
 import jax
+from etils import epath
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from resnet_jax import checkpointing, configuration, input_pipeline, models, optim, parallel, reporting
+from resnet_jax import checkpointing, configuration, device_data, flops, input_pipeline, models
+from resnet_jax import optim, parallel
+from resnet_jax import reporting
 from resnet_jax import train_step as ts
 
 # Exit code of a run that stopped early on SIGTERM after saving a checkpoint: "try again" (sysexits.h
@@ -24,7 +27,7 @@ from resnet_jax import train_step as ts
 EXIT_STOPPED_EARLY = 75
 # Keys that shape the train state: a checkpoint only resumes under the same values.
 _STATE_KEYS = ("model", "dataset", "num_classes", "image_size", "shortcut", "stride_placement",
-               "width_multiplier", "momentum_style", "grad_clip_norm")
+               "width_multiplier", "momentum_style", "grad_clip_norm", "scan_blocks")
 
 
 class StoppedEarly(Exception):
@@ -42,6 +45,10 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, axis_name=N
                "width_multiplier": config.width_multiplier}
   if config.zero_init_residual:
     overrides["zero_init_residual"] = True
+  if config.scan_blocks:
+    overrides["scan_blocks"] = True
+  if config.remat_blocks:
+    overrides["remat_blocks"] = True
   if config.shortcut:
     overrides["shortcut"] = config.shortcut
   if config.stride_placement:
@@ -68,6 +75,35 @@ class Trainer:
     self.tx = optim.create_optimizer(config)
     self.dp = parallel.create(config.parallelism, self.devices, self.model, self.tx,
                               self.learning_rate_fn, config.label_smoothing)
+    self._device_data = None  # the training set on the devices, with data_on_device
+    if config.data_on_device and config.parallelism != "jit":
+      raise ValueError("data_on_device=True needs parallelism='jit' (the batch is drawn inside the "
+                       "jit-compiled step over the mesh).")
+    k = config.steps_per_dispatch
+    for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+      if k < 1 or config[key] % k:
+        raise ValueError(f"{key}={config[key]} must be a multiple of steps_per_dispatch={k} "
+                         "(metrics, evaluations and checkpoints happen between dispatches).")
+
+  def dispatch(self, state, step: int):
+    """Runs the steps of one dispatch from `step`: (state, metrics, number of steps run).
+
+    One step per dispatch by default. With steps_per_dispatch = K, chunks end at multiples of K (so
+    a run resumed at any step keeps the same cadence); with data_on_device the batches are drawn
+    inside the compiled function, else the host's batches are stacked.
+    """
+    c, dp = self.config, self.dp
+    k = min(c.steps_per_dispatch - step % c.steps_per_dispatch, c.total_steps - step)
+    if c.data_on_device:
+      if self._device_data is None:
+        self._device_data = dp.put_data(*device_data.train_arrays(self.dataset))
+      fn = dp.device_steps(k, c.seed, c.batch_size, c.augment)
+      return (*fn(state, self._device_data), k)
+    if c.steps_per_dispatch == 1:
+      batch = dp.put_batch(self.dataset.train_batch(c.seed, step, c.batch_size))
+      return (*dp.train_step(state, batch), 1)
+    batches = [self.dataset.train_batch(c.seed, s, c.batch_size) for s in range(step, step + k)]
+    return (*dp.multi_step(k)(state, dp.put_batches(batches)), k)
 
   def init_state(self) -> ts.TrainState:
     init = jax.jit(functools.partial(ts.create_train_state, self.model, self.tx,
@@ -86,11 +122,10 @@ class Trainer:
 
 
 def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "config.json"  # a local path or gs://
+  if not path.exists():
     return
-  with open(path) as f:
-    old = json.load(f)
+  old = json.loads(path.read_text())
   changed = [k for k in _STATE_KEYS if k in old and old[k] != config[k]]
   if changed:
     diff = ", ".join(f"{k}: {old[k]!r} -> {config[k]!r}" for k in changed)
@@ -99,25 +134,57 @@ def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop checks after each step (finish the step, save, exit)."""
+  """Turns SIGTERM into a step at which every process stops (finish the step, save, exit).
+
+  A single process sets a flag from a Python signal handler. Processes of a `jax.distributed` run
+  must all stop at the same step even if only one of them got SIGTERM, or the collective save would
+  hang: there JAX's preemption service (started by `jax.distributed.initialize`) catches SIGTERM and
+  agrees on a step through the coordination service, in a background thread. The loop's check is a
+  local read, so nothing is synchronised on the steps before a signal arrives.
+  """
 
   def __enter__(self):
     self.requested = False
-    self._old = signal.signal(signal.SIGTERM, self._handle)
+    # JAX's service installs its own SIGTERM handler; a Python one would replace it.
+    self._distributed = jax.distributed.is_initialized()
+    if not self._distributed:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
+  def reached(self, step: int, steps: int = 1) -> bool:
+    """Whether to stop after the dispatch that ran `steps` steps up to `step`; call after each one.
+
+    JAX's sync point is one step number (the fastest process's latest plus one), so every step
+    number of the dispatch is offered to it: all processes meet it in the same dispatch.
+    """
+    if self._distributed:
+      for s in range(step - steps + 1, step + 1):
+        self.requested |= multihost_utils.reached_preemption_sync_point(s)
+    return self.requested
+
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._old)
+    if not self._distributed:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _host_int(x) -> int:
+  # A replicated array on a multi-process mesh is not fully addressable (jax.device_get refuses
+  # it); every process holds a whole copy, so read the local one.
+  return int(np.asarray(x.addressable_data(0)))
 
 
 def _host_rows(dp, pending: list, first_step: int) -> list[dict]:
   """Fetches the buffered per-step metrics in one transfer; raises on the first non-finite value."""
   rows = []
-  for i, metrics in enumerate(dp.fetch(pending)):
+  per_step = []
+  for metrics in dp.fetch(pending):  # scalars, or stacked [K] from K steps in one dispatch
+    k = np.size(next(iter(metrics.values())))
+    per_step += [{key: np.ravel(v)[i] for key, v in metrics.items()} for i in range(k)]
+  for i, metrics in enumerate(per_step):
     row = {"step": first_step + i, **{k: float(v) for k, v in metrics.items()}}
     bad = [k for k in ("train/loss", "train/grad_norm") if not math.isfinite(row[k])]
     if bad:
@@ -135,43 +202,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   trainer = Trainer(config)
   dp, lead = trainer.dp, jax.process_index() == 0
   _check_resumable(workdir, config)
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
 
   # State: the newest checkpoint in the workdir, else a fresh initialisation.
   state = trainer.init_state()
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state, dp.state_sharding)
-  start = int(jax.device_get(state.step))
+  start = _host_int(state.step)
   if lead:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    root = epath.Path(workdir)
+    (root / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    (root / "model.json").write_text(json.dumps(  # for reports: size and cost of the net
+        {"model": config.model, "image_shape": list(trainer.dataset.image_shape),
+         **flops.profile(trainer.model, trainer.dataset.image_shape[0], trainer.dataset.image_shape[-1])}))
   state = dp.put_state(state)
   log = reporting.MetricsLog(workdir, start) if lead else None
   progress = reporting.ProgressBar(config.total_steps, start) if lead else None
   last = (reporting.read_metrics(workdir) or [{"step": start}])[-1] if lead else {}
-  if start >= config.total_steps:
+  if lead and start >= config.total_steps:
     print(f"{workdir}: already finished ({start}/{config.total_steps} steps); nothing to do.")
 
   # Loop: dispatch steps asynchronously; fetch metrics only at the log, eval and checkpoint cadence.
   pending, t_log, n_log = [], time.perf_counter(), start
+  elapsed = last.get("perf/elapsed_s", 0.0) if lead else 0.0  # wall time carries across resumes
   try:
     with _SigtermFlag() as stop:
-      for step in range(start, config.total_steps):
-        batch = dp.put_batch(trainer.dataset.train_batch(config.seed, step, config.batch_size))
-        state, metrics = dp.train_step(state, batch)
+      n, n_pending = start, 0
+      while n < config.total_steps:
+        state, metrics, k = trainer.dispatch(state, n)
         pending.append(metrics)
-        n = step + 1
+        n, n_pending = n + k, n_pending + k
         final = n == config.total_steps
+        stopping = stop.reached(n, k)
         do_eval = final or (config.eval_every_steps and n % config.eval_every_steps == 0)
-        do_ckpt = final or stop.requested or (
+        do_ckpt = final or stopping or (
             config.checkpoint_every_steps and n % config.checkpoint_every_steps == 0)
         if not (do_eval or do_ckpt or n % config.log_every_steps == 0):
           continue
-        rows = _host_rows(dp, pending, n - len(pending) + 1)  # checked before any save below
-        pending = []
+        rows = _host_rows(dp, pending, n - n_pending + 1)  # checked before any save below
+        pending, n_pending = [], 0
         now = time.perf_counter()
         rows[-1]["perf/images_per_sec"] = (n - n_log) * config.batch_size / (now - t_log)
+        elapsed += now - t_log
+        rows[-1]["perf/elapsed_s"] = elapsed
         t_log, n_log = now, n
         if do_eval:
           rows[-1].update(trainer.evaluate(state))
@@ -181,7 +255,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           last = rows[-1]
         if do_ckpt:
           ckpt.save(n, dp.get_state(state), force=True)
-        if stop.requested:
+          if lead:
+            log.flush()  # the rows up to a checkpoint must outlive the run (gs:// uploads lazily)
+        if stopping:
           ckpt.wait()
           raise StoppedEarly(f"stopped early by SIGTERM at step {n}; checkpoint saved in "
                              f"{ckpt.directory}. Re-run the same command to resume.")
@@ -194,15 +270,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def evaluate_checkpoint(workdir: str) -> dict[str, Any]:
   """Evaluates the newest checkpoint in `workdir` under the config the run wrote there."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
     raise ValueError(f"{workdir} has no config.json; is it the --workdir of a training run?")
   trainer = Trainer(configuration.from_json(path))
   ckpt = checkpointing.Checkpointer(workdir, keep=trainer.config.keep_checkpoints)
   if ckpt.latest_step() is None:
     raise ValueError(f"{workdir} has no checkpoint yet; train first (resnet-jax train ...).")
   state = trainer.dp.put_state(ckpt.restore(trainer.init_state(), trainer.dp.state_sharding))
-  result = {"step": int(np.asarray(jax.device_get(trainer.dp.get_state(state).step))),
+  result = {"step": _host_int(trainer.dp.get_state(state).step),
             **trainer.evaluate(state)}
   ckpt.close()
   return result

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax import stages
+
 Metrics = dict[str, jax.Array]
 
 
@@ -100,7 +102,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
       "train/update_norm": _norm(updates),
   }
   blocks: dict[str, list] = {}
-  for key, value in grads.items():
+  for key, value in stages.unstack_scanned(grads).items():  # same keys with scan_blocks
     blocks.setdefault(block_name(key), []).append(value)
   metrics.update({f"grad_norm/{name}": _norm(values) for name, values in blocks.items()})
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
