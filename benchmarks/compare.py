@@ -22,6 +22,12 @@ import os
 import statistics
 import subprocess
 import sys
+import time
+
+try:
+  import resource
+except ImportError:  # Not on Windows; the noise figure is then skipped.
+  resource = None
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
@@ -52,13 +58,33 @@ def environment(runner: str, xla_flags: str | None) -> dict:
   return env
 
 
+def _busy_cpu_s():
+  """CPU-seconds the whole machine has spent busy (Linux), or None."""
+  try:
+    with open("/proc/stat") as f:
+      ticks = [int(v) for v in f.readline().split()[1:]]
+  except (OSError, ValueError):
+    return None
+  idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+  return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s():
+  if resource is None:
+    return None
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
 def run_one(runner: str, cmd: list[str], env: dict, timeout: float):
   """Runs one benchmark command; returns (figures or None, error or None)."""
+  busy0, mine0, t0 = _busy_cpu_s(), _children_cpu_s(), time.monotonic()
   try:
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
   except subprocess.TimeoutExpired:
     return None, f"timed out after {timeout:.0f} s"
+  busy1, mine1, t1 = _busy_cpu_s(), _children_cpu_s(), time.monotonic()
   lines = [l for l in proc.stdout.splitlines() if l.strip()]
   if proc.returncode != 0 or not lines:
     tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
@@ -69,6 +95,11 @@ def run_one(runner: str, cmd: list[str], env: dict, timeout: float):
   except (ValueError, KeyError, TypeError) as e:
     return None, f"last stdout line is not the expected JSON ({e!r}): " \
         f"{lines[-1][:200]}"
+  if None not in (busy0, busy1, mine0, mine1):
+    # CPU used by other processes while this one ran, in cores: the noise
+    # that a shared machine adds. Near 0 means the figure is clean.
+    others = (busy1 - busy0) - (mine1 - mine0)
+    figures["others_cores"] = max(0.0, others / max(t1 - t0, 1e-9))
   return figures, None
 
 
@@ -109,8 +140,11 @@ def compare(depths, batch_size, steps, repeats=1, xla_flags=None,
                 f"{error}", file=log)
           errors[runner].append(error)
         else:
+          others = figures.get("others_cores")
+          note = "" if others is None else \
+              f" (other processes busy {others:.2f} cores)"
           print(f"[depth {depth}] {runner} repeat {rep + 1}/{repeats}: "
-                f"{figures['step_ms_median']:.1f} ms/step", file=log)
+                f"{figures['step_ms_median']:.1f} ms/step{note}", file=log)
           runs[runner].append(figures)
         log.flush()
     entry = {}
@@ -124,6 +158,7 @@ def compare(depths, batch_size, steps, repeats=1, xla_flags=None,
             "step_ms_median": _median(runs[runner], "step_ms_median"),
             "images_per_sec": _median(runs[runner], "images_per_sec"),
             "compile_s": _median(runs[runner], "compile_s"),
+            "others_cores": _median(runs[runner], "others_cores"),
             "runs": runs[runner],
         }
     ms = {r: entry[r].get("step_ms_median") for r in RUNNERS}
@@ -172,13 +207,24 @@ def main(argv=None):
                       "inherited)")
   parser.add_argument("--torch-channels-last", action="store_true",
                       help="pass --channels-last to the PyTorch reference")
+  parser.add_argument("--torch-threads", type=int, default=None,
+                      help="pass --threads N to the PyTorch reference")
   parser.add_argument("--timeout", type=float, default=1800.0,
                       help="seconds allowed per subprocess")
+  argv = list(sys.argv[1:] if argv is None else argv)
+  # argparse takes a value that starts with "--" for an option, and XLA flags
+  # always do: glue `--xla-flags VALUE` into `--xla-flags=VALUE`.
+  for i, arg in enumerate(argv[:-1]):
+    if arg == "--xla-flags":
+      argv[i:i + 2] = [f"--xla-flags={argv[i + 1]}"]
+      break
   args = parser.parse_args(argv)
   depths = [int(d) for d in args.depths.split(",") if d.strip()]
   if args.repeats < 1:
     parser.error("--repeats must be >= 1")
   torch_args = ["--channels-last"] if args.torch_channels_last else []
+  if args.torch_threads is not None:
+    torch_args += ["--threads", str(args.torch_threads)]
   summary = compare(depths, args.batch_size, args.steps, args.repeats,
                     args.xla_flags, torch_args, args.timeout)
   print(markdown_table(summary))
