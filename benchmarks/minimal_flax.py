@@ -1,4 +1,4 @@
-"""A deliberately minimal Flax ResNet-(6n+2) train step, timed on synthetic data.
+"""A minimal Flax ResNet-(6n+2) train step, timed on synthetic data.
 
 This is the yardstick for `resnet_jax`'s own step: the same CIFAR network of
 He et al. (2015), Sec. 4.2, written the plain way (in the style of the Flax
