@@ -15,7 +15,7 @@ def run_benchmark(model: str = "resnet20", batch_size: int = 128, steps: int = 1
                   dtype: str = "float32", image_size: int = 0, parallelism: str = "jit",
                   num_devices: int = 0, warmup_steps: int = 2, scan_blocks: bool = False,
                   remat_blocks: bool = False, steps_per_dispatch: int = 1,
-                  data_on_device: bool = False) -> dict:
+                  data_on_device: bool = False, cpu_fusion: str | None = None) -> dict:
   """Compiles the train step, runs `warmup_steps` dispatches, then times `steps` dispatches.
 
   Each dispatch runs `steps_per_dispatch` steps (drawing its batches on device with
@@ -28,6 +28,8 @@ def run_benchmark(model: str = "resnet20", batch_size: int = 128, steps: int = 1
                 image_size=image_size, parallelism=parallelism, num_devices=num_devices,
                 total_steps=max(1, steps + warmup_steps), lr_decay_steps=(), scan_blocks=scan_blocks,
                 remat_blocks=remat_blocks)
+  if cpu_fusion is not None:
+    config.cpu_fusion = cpu_fusion
   trainer = Trainer(config)
   dp, ds = trainer.dp, trainer.dataset
   state = dp.put_state(trainer.init_state())
@@ -62,7 +64,8 @@ def run_benchmark(model: str = "resnet20", batch_size: int = 128, steps: int = 1
       "model": model, "batch_size": batch_size, "dtype": dtype, "image_size": side,
       "parallelism": parallelism, "devices": len(dp.devices), "backend": jax.default_backend(),
       "scan_blocks": scan_blocks, "remat_blocks": remat_blocks, "steps_per_dispatch": k,
-      "data_on_device": data_on_device,
+      "data_on_device": data_on_device, "cpu_fusion": config.cpu_fusion,
+      "compiler_options": trainer.dp.compiler_options or {},
       "steps": steps, "step_ms_median": 1e3 * step_s, "step_ms_min": 1e3 * min(times),
       "images_per_sec": batch_size / step_s, "compile_s": compile_s,
       "flops_per_step": flops_per_step, "achieved_tflops": flops_per_step / step_s / 1e12,

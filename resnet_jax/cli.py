@@ -104,7 +104,7 @@ def _bench(args) -> int:
                                parallelism=args.parallelism, num_devices=args.num_devices,
                                scan_blocks=args.scan_blocks, remat_blocks=args.remat_blocks,
                                steps_per_dispatch=args.steps_per_dispatch,
-                               data_on_device=args.data_on_device)
+                               data_on_device=args.data_on_device, cpu_fusion=args.cpu_fusion)
   print(f"{result['model']} batch {result['batch_size']} {result['dtype']} on {result['devices']} "
         f"{result['backend']} device(s): {result['step_ms_median']:.1f} ms/step, "
         f"{result['images_per_sec']:.0f} images/s, compile {result['compile_s']:.1f} s",
@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--scan-blocks", action="store_true", help="nn.scan over identical blocks")
   p.add_argument("--remat-blocks", action="store_true", help="rematerialise blocks in the backward pass")
   p.add_argument("--steps-per-dispatch", type=int, default=1, help="K steps per compiled call")
+  p.add_argument("--cpu-fusion", default=None,
+                 help="XLA:CPU YNNPACK fusions, e.g. eltwise (default: the config default; '' = XLA's)")
   p.add_argument("--data-on-device", action="store_true",
                  help="draw and augment (pad-crop-flip) each batch inside the compiled step")
   p.set_defaults(func=_bench)

@@ -5,6 +5,7 @@ compiled steps, and bring the state back in a device-count-independent form for 
 """
 
 import functools
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -17,6 +18,8 @@ from resnet_jax import train_step as ts
 
 AXIS = "data"
 STRATEGIES = ("jit", "pmap")
+# XLA:CPU library fusions (DebugOptions.LibraryFusionType) that `cpu_fusion` may name.
+CPU_FUSIONS = ("dot", "eltwise", "reduce")
 
 
 def select_devices(num_devices: int = 0) -> list:
@@ -31,6 +34,38 @@ def select_devices(num_devices: int = 0) -> list:
   return devices
 
 
+def cpu_compiler_options(cpu_fusion: str, devices) -> dict:
+  """XLA compiler options for the train and eval steps on CPU devices: `{}` elsewhere.
+
+  `cpu_fusion` names YNNPACK library fusions (comma-separated from CPU_FUSIONS; "" = XLA's default).
+  Handing element-wise ops to YNNPACK lets XLA:CPU drop most of the layout transposes in front of
+  the weight-gradient convolutions, about half of a ResNet-56 step on CPU (docs/PERFORMANCE.md).
+  The option is experimental in XLA, so a jaxlib that does not accept it gets a warning and its
+  defaults rather than a failed run.
+  """
+  names = [n.strip() for n in cpu_fusion.split(",") if n.strip()]
+  unknown = sorted(set(names) - set(CPU_FUSIONS))
+  if unknown:
+    raise ValueError(f"cpu_fusion={cpu_fusion!r}: unknown fusion {unknown}; use a comma-separated "
+                     f"subset of {list(CPU_FUSIONS)}, or \"\" for XLA's default.")
+  if not names or devices[0].platform != "cpu":
+    return {}
+  return dict(_probed_cpu_options(tuple(names)))
+
+
+@functools.lru_cache(maxsize=None)
+def _probed_cpu_options(names: tuple[str, ...]) -> tuple:
+  options = {"xla_cpu_experimental_ynn_fusion_type":
+             ",".join(f"LIBRARY_FUSION_TYPE_{n.upper()}" for n in names)}
+  try:  # Probe once: an unknown option only fails at compile time, deep inside the first step.
+    jax.jit(lambda x: x * 2 + 1, compiler_options=options).lower(np.zeros(4, np.float32)).compile()
+  except Exception as e:  # pylint: disable=broad-except  # jaxlib raises several types
+    warnings.warn(f"cpu_fusion={','.join(names)!r} is not supported by this jaxlib ({e}); using "
+                  "XLA's default CPU fusions.", stacklevel=3)
+    return ()
+  return tuple(options.items())
+
+
 class MeshJit:
   """`jax.jit` with the batch sharded on its leading axis over a 1-D mesh and the state replicated.
 
@@ -39,19 +74,23 @@ class MeshJit:
   """
   axis_name = None
 
-  def __init__(self, devices, model, tx, learning_rate_fn, label_smoothing=0.0):
+  def __init__(self, devices, model, tx, learning_rate_fn, label_smoothing=0.0, compiler_options=None):
     self.devices = devices
+    self.compiler_options = compiler_options or None
     self.mesh = Mesh(np.asarray(devices), (AXIS,))
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXIS))
     step = functools.partial(ts.train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
                              label_smoothing=label_smoothing)
-    self.train_step = jax.jit(step, in_shardings=(self.replicated, self.sharded),
-                              out_shardings=(self.replicated, self.replicated), donate_argnums=0)
-    self.eval_step = jax.jit(functools.partial(ts.eval_step, model=model),
-                             in_shardings=(self.replicated, self.sharded),
-                             out_shardings=self.replicated)
+    self.train_step = self._jit(step, in_shardings=(self.replicated, self.sharded),
+                                out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    self.eval_step = self._jit(functools.partial(ts.eval_step, model=model),
+                               in_shardings=(self.replicated, self.sharded),
+                               out_shardings=self.replicated)
     self._step, self._compiled = step, {}
+
+  def _jit(self, fn, **kwargs):
+    return jax.jit(fn, compiler_options=self.compiler_options, **kwargs)
 
   def multi_step(self, k: int):
     """K steps in one dispatch: `lax.scan` of the step over batches stacked on a leading K axis.
@@ -60,7 +99,7 @@ class MeshJit:
     """
     if ("host", k) not in self._compiled:
       run = lambda state, batches: _scan(self, self._step, state, batches, k)
-      self._compiled["host", k] = jax.jit(
+      self._compiled["host", k] = self._jit(
           run, in_shardings=(self.replicated, NamedSharding(self.mesh, P(None, AXIS))),
           out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     return self._compiled["host", k]
@@ -82,8 +121,8 @@ class MeshJit:
           return self._step(state, batch)
         return _scan(self, body, state, None, k)
 
-      self._compiled[key] = jax.jit(run, in_shardings=(self.replicated, self.replicated),
-                                    out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+      self._compiled[key] = self._jit(run, in_shardings=(self.replicated, self.replicated),
+                                      out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     return self._compiled[key]
 
   def put_data(self, images: np.ndarray, labels: np.ndarray):
@@ -117,7 +156,8 @@ class Pmap:
   """`jax.pmap` over the local devices with axis name "data": gradients and metrics are averaged."""
   axis_name = AXIS
 
-  def __init__(self, devices, model, tx, learning_rate_fn, label_smoothing=0.0):
+  def __init__(self, devices, model, tx, learning_rate_fn, label_smoothing=0.0, compiler_options=None):
+    # jax.pmap takes no compiler options: `cpu_fusion` applies to the jit strategy only.
     self.devices = [d for d in devices if d.process_index == jax.process_index()]
     # pmap's inputs carry a leading axis of one entry per local device.
     self.stacked = NamedSharding(Mesh(np.asarray(self.devices), (AXIS,)), P(AXIS))
@@ -196,13 +236,13 @@ def _scan(strategy, body, state, xs, k: int):
   return state, jax.tree_util.tree_map(lambda *ys: jnp.stack(ys), *outputs)
 
 
-def create(strategy: str, devices, model, tx, learning_rate_fn: Callable, label_smoothing: float = 0.0
-           ) -> Any:
+def create(strategy: str, devices, model, tx, learning_rate_fn: Callable, label_smoothing: float = 0.0,
+           compiler_options: dict | None = None) -> Any:
   """The data-parallel strategy named by `config.parallelism`."""
   if strategy not in STRATEGIES:
     raise ValueError(f"parallelism={strategy!r} is not one of {list(STRATEGIES)}.")
   cls = MeshJit if strategy == "jit" else Pmap
-  return cls(devices, model, tx, learning_rate_fn, label_smoothing)
+  return cls(devices, model, tx, learning_rate_fn, label_smoothing, compiler_options)
 
 
 def check_batch_size(batch_size: int, num_devices: int, what: str = "batch_size") -> None:

@@ -74,7 +74,8 @@ class Trainer:
     self.learning_rate_fn = optim.create_learning_rate_fn(config)
     self.tx = optim.create_optimizer(config)
     self.dp = parallel.create(config.parallelism, self.devices, self.model, self.tx,
-                              self.learning_rate_fn, config.label_smoothing)
+                              self.learning_rate_fn, config.label_smoothing,
+                              parallel.cpu_compiler_options(config.cpu_fusion, self.devices))
     self._device_data = None  # the training set on the devices, with data_on_device
     if config.data_on_device and config.parallelism != "jit":
       raise ValueError("data_on_device=True needs parallelism='jit' (the batch is drawn inside the "

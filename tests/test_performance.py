@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import bench, checkpointing, device_data, input_pipeline, train
+from resnet_jax import bench, checkpointing, device_data, input_pipeline, parallel, train
 from tests.test_train import max_abs_diff, small_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +35,31 @@ def test_k_steps_per_dispatch_equal_k_single_steps(parallelism):
   np.testing.assert_allclose(multi_losses, single_losses, rtol=1e-6)
   with pytest.raises(ValueError, match="multiple of steps_per_dispatch=4"):
     train.Trainer(small_config(steps_per_dispatch=4, log_every_steps=6))
+
+
+def test_cpu_fusion_keeps_the_numerics_and_reaches_the_compiled_step():
+  common = dict(total_steps=6, num_devices=2)
+  plain, plain_losses = _params_after(small_config(cpu_fusion="", **common), 3)
+  fused, fused_losses = _params_after(small_config(cpu_fusion="eltwise,reduce", **common), 3)
+  assert max_abs_diff(plain, fused) <= 1e-5
+  np.testing.assert_allclose(fused_losses, plain_losses, rtol=1e-5)
+
+  # The option reaches XLA: the compiled step has more YNNPACK fusions and fewer transposes.
+  def hlo(cpu_fusion):
+    trainer = train.Trainer(small_config(cpu_fusion=cpu_fusion, **common))
+    state = trainer.dp.put_state(trainer.init_state())
+    batch = trainer.dp.put_batch(trainer.dataset.train_batch(0, 0, 32))
+    return trainer.dp.train_step.lower(state, batch).compile().as_text()
+  with_fusion, without = hlo("eltwise"), hlo("")
+  assert with_fusion.count("__ynn_fusion") > without.count("__ynn_fusion")
+  assert with_fusion.count("transpose") < without.count("transpose")
+  assert parallel.cpu_compiler_options("", jax.devices()) == {}
+
+  class Gpu:
+    platform = "gpu"
+  assert parallel.cpu_compiler_options("eltwise", [Gpu()]) == {}  # CPU-only option
+  with pytest.raises(ValueError, match="unknown fusion \\['conv'\\].*dot.*eltwise.*reduce"):
+    train.Trainer(small_config(cpu_fusion="eltwise,conv"))
 
 
 def test_on_device_batches_match_their_reference_sampler():
