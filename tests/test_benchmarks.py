@@ -57,3 +57,30 @@ def test_minimal_torch_matches_flax_parameter_count():
   pytest.importorskip("torch")
   model = _load("minimal_torch").build_model(8)
   assert sum(p.numel() for p in model.parameters()) == 75_290
+
+
+def test_torch_twin_refuses_what_it_does_not_build():
+  twin = _load("torch_twin")
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  assert twin.check_config(config) == 20
+  for key, value, match in [("model", "plain20", "residual nets only"),
+                            ("model", "resnet50", "residual nets only"),
+                            ("momentum_style", "caffe", "--config.momentum_style='optax'"),
+                            ("zero_init_residual", True, "zero_init_residual")]:
+    bad = default.get_config()
+    bad[key] = value
+    with pytest.raises(ValueError, match=match):
+      twin.check_config(bad)
+
+
+def test_torch_twin_trains_on_our_batches():
+  pytest.importorskip("torch")
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.update(model="resnet8", dataset="synthetic", batch_size=8, learning_rate=0.01)
+  losses = _load("torch_twin").run(config, steps=3)
+  assert len(losses) == 3 and all(math.isfinite(l) for l in losses)
+  with pytest.raises(ValueError, match="32x32x3 and 10"):
+    config.dataset = "digits"
+    _load("torch_twin").run(config, steps=1)
