@@ -90,10 +90,15 @@ def load(spec: str, overrides: dict[str, str] | None = None) -> ml_collections.C
 
 
 def from_json(path: str) -> ml_collections.ConfigDict:
-  """The resolved config a run wrote to `<workdir>/config.json` (a local path or gs://)."""
+  """The resolved config a run wrote to `<workdir>/config.json` (a local path or gs://).
+
+  Keys added to configs/default.py after the run was written take their defaults, so a run from an
+  older version still evaluates and reports.
+  """
+  from configs import default  # pylint: disable=g-import-not-at-top  # configs imports nothing of ours
   data = json.loads(epath.Path(path).read_text())
   data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-  config = ml_collections.ConfigDict(data)
+  config = ml_collections.ConfigDict({**default.get_config().to_dict(), **data})
   config.lock()
   return config
 

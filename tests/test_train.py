@@ -198,6 +198,18 @@ def test_config_overrides_and_errors(tmp_path):
     train.Trainer(small_config(batch_size=30))
 
 
+def test_config_json_of_an_older_version_gets_new_keys_defaults(tmp_path):
+  written = json.loads(small_config(model="plain8", total_steps=9).to_json_best_effort())
+  del written["cpu_fusion"]  # a key added after the run was written
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps(written))
+  config = configuration.from_json(str(path))
+  assert (config.model, config.total_steps, config.lr_decay_steps) == ("plain8", 9, (4,))
+  assert config.cpu_fusion == default.get_config().cpu_fusion
+  with pytest.raises(AttributeError):
+    config.new_key = 1  # still locked
+
+
 def test_workdir_of_another_model_is_refused_untouched(tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(small_config(total_steps=2), workdir)
