@@ -53,6 +53,29 @@ def block_name(key: str) -> str:
   return re.sub(r"_(conv|bn)(\d+)$", r"_layer\2", key)
 
 
+def block_grad_norms(grads: dict) -> dict[str, jax.Array]:
+  """The gradient norm of every block (named by `block_name`), the same with scan_blocks.
+
+  A scanned stack is reduced to one vector of per-block sums of squares before it is split:
+  unstacking its gradients into per-block trees first made ResNet-1202's train step take 18 s to
+  compile instead of 2.5 s.
+  """
+  squares: dict[str, jax.Array] = {}
+  for key, value in grads.items():
+    leaves = jax.tree_util.tree_leaves(value)
+    if key.endswith(stages.SCAN_SUFFIX):
+      per_block = sum(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=tuple(range(1, x.ndim)))
+                      for x in leaves)
+      prefix = key[:-len(stages.SCAN_SUFFIX)]
+      # Blocks 2..n of the stage; block 1 stays unrolled (stages.py).
+      named = {f"{prefix}_block{j + 2}": per_block[j] for j in range(per_block.shape[0])}
+    else:
+      named = {key: sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)}
+    for name, sq in named.items():
+      squares[block_name(name)] = squares.get(block_name(name), 0.0) + sq
+  return {name: jnp.sqrt(sq) for name, sq in squares.items()}
+
+
 def _norm(tree) -> jax.Array:
   return optax.tree.norm(tree)
 
@@ -101,10 +124,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
       "train/param_norm": _norm(params),
       "train/update_norm": _norm(updates),
   }
-  blocks: dict[str, list] = {}
-  for key, value in stages.unstack_scanned(grads).items():  # same keys with scan_blocks
-    blocks.setdefault(block_name(key), []).append(value)
-  metrics.update({f"grad_norm/{name}": _norm(values) for name, values in blocks.items()})
+  metrics.update({f"grad_norm/{name}": norm for name, norm in block_grad_norms(grads).items()})
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)
   return new_state, metrics

@@ -7,6 +7,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from resnet_jax import cli, flops, layers, models
@@ -268,6 +269,14 @@ def test_scanned_blocks_have_the_unrolled_numerics(name):
     # Same math, different fusion order: compare to float32 rounding of the array's scale (ResNet-50's
     # BN on 4 examples at 1x1 spatial size gives gradients of ~200 beside ones of ~0.2).
     np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, float(jnp.abs(b).max())), rtol=1e-4)
+  # Per-block gradient norms (train metrics) are the same in both layouts, without unstacking.
+  from resnet_jax import train_step  # pylint: disable=g-import-not-at-top
+  norms_u, norms_s = train_step.block_grad_norms(grads_u), train_step.block_grad_norms(grads_s)
+  assert sorted(norms_s) == sorted(norms_u) and "stage1_block3" in norms_s and "head" in norms_s
+  for key, value in norms_u.items():
+    np.testing.assert_allclose(norms_s[key], value, rtol=1e-4, err_msg=key)
+  np.testing.assert_allclose(norms_u["stage1_block2"], optax.tree.norm(grads_u["stage1_block2"]),
+                             rtol=1e-6)
   round_trip = {k: stages.to_unrolled(v) for k, v in converted.items()}
   assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool((a == b).all()), round_trip,
                                                        variables))
