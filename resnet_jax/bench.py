@@ -1,5 +1,6 @@
 """`resnet-jax bench`: times our compiled train step on synthetic data (the exact step training runs)."""
 
+import os
 import statistics
 import time
 
@@ -66,6 +67,7 @@ def run_benchmark(model: str = "resnet20", batch_size: int = 128, steps: int = 1
       "scan_blocks": scan_blocks, "remat_blocks": remat_blocks, "steps_per_dispatch": k,
       "data_on_device": data_on_device, "cpu_fusion": config.cpu_fusion,
       "compiler_options": trainer.dp.compiler_options or {},
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
       "steps": steps, "step_ms_median": 1e3 * step_s, "step_ms_min": 1e3 * min(times),
       "images_per_sec": batch_size / step_s, "compile_s": compile_s,
       "flops_per_step": flops_per_step, "achieved_tflops": flops_per_step / step_s / 1e12,

@@ -1,5 +1,6 @@
 """Performance options keep the numerics: K steps per dispatch, on-device data, remat memory, gpu.sh."""
 
+import json
 import os
 import subprocess
 import sys
@@ -118,3 +119,33 @@ def test_gpu_script_smoke_runs_end_to_end():
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "64k steps (min)" in proc.stdout and "failed" not in proc.stdout
   assert proc.stdout.strip().splitlines()[-1].startswith('{"device"')
+
+
+def test_hugepage_environment_for_the_reexec():
+  from resnet_jax import cli  # pylint: disable=g-import-not-at-top
+  glibc = ("glibc", "2.36")
+  if sys.platform != "linux":
+    assert cli.hugepage_environment({}, glibc) is None
+    return
+  env = cli.hugepage_environment({"PATH": "/bin"}, glibc)
+  assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1" and env["PATH"] == "/bin"
+  assert env[cli.HUGEPAGES_ENV] == "0"  # the re-executed process does not re-exec again
+  assert cli.hugepage_environment(env, glibc) is None
+  kept = cli.hugepage_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, glibc)
+  assert kept["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+  assert cli.hugepage_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, glibc) is None
+  assert cli.hugepage_environment({cli.HUGEPAGES_ENV: "0"}, glibc) is None  # the user's opt-out
+  assert cli.hugepage_environment({}, ("glibc", "2.31")) is None  # no hugetlb tunable before 2.35
+  assert cli.hugepage_environment({}, ("", "")) is None  # musl and others
+
+
+def test_command_line_reexecs_with_huge_pages():
+  from resnet_jax import cli  # pylint: disable=g-import-not-at-top
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", cli.HUGEPAGES_ENV)}
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+  cmd = [sys.executable, "-m", "resnet_jax.cli", "bench", "--model", "resnet8", "--batch-size", "8",
+         "--steps", "1", "--num-devices", "1"]
+  out = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+  expected = cli.hugepage_environment(env)
+  tunables = json.loads(out.stdout.strip().splitlines()[-1])["glibc_tunables"]
+  assert tunables == ("" if expected is None else expected["GLIBC_TUNABLES"])
