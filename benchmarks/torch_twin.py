@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import minimal_torch  # pylint: disable=g-import-not-at-top,wrong-import-position
-from resnet_jax import configuration, input_pipeline, models, optim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from resnet_jax import cli, configuration, input_pipeline, models, optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def check_config(config) -> int:
@@ -91,15 +91,12 @@ def main(argv=None):
   parser.add_argument("--report-steps", default="1,2,3,5,10,20,40,80,120,160,200,250,300",
                       help="1-based steps whose loss is printed (those <= --steps)")
   args, extra = parser.parse_known_args(argv)
-  overrides = {}
-  for arg in extra:
-    if not arg.startswith("--config.") or "=" not in arg:
-      parser.error(f"unrecognised argument {arg!r}; overrides are --config.KEY=VALUE")
-    key, value = arg[len("--config."):].split("=", 1)
-    overrides[key] = value
   if args.steps < 1:
     parser.error("--steps must be >= 1")
-  config = configuration.load(args.config, overrides)
+  try:  # the same --config.KEY=VALUE overrides as `resnet-jax train`
+    config = configuration.load(args.config, cli.split_overrides(extra))
+  except ValueError as e:
+    parser.error(str(e))
   losses = run(config, args.steps)
   for s in (int(s) for s in args.report_steps.split(",") if s.strip()):
     if 1 <= s <= len(losses):

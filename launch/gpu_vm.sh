@@ -49,13 +49,8 @@ EOF
 }
 
 command=${1:-}
-[[ -n $command ]] || { usage >&2; exit 2; }
+check_command "$command"
 shift
-case "$command" in
-  -h | --help) usage; exit 0 ;;
-  create | setup | run | watch | logs | delete) ;;
-  *) die "unknown command '$command'; one of create, setup, run, watch, logs, delete (see -h)" ;;
-esac
 
 name="" zone="" project="" machine="n1-standard-8" gpu="nvidia-tesla-t4" gpu_count=1
 image_family="common-cu128-ubuntu-2204-nvidia-570" disk="200GB" spot=0 poll=60

@@ -23,6 +23,17 @@ say() {
   echo "${0##*/}: $*" >&2
 }
 
+# The VM scripts' subcommand ($1): usage for -h, an error for a missing or unknown one. `usage` is
+# the sourcing script's.
+check_command() {
+  case "$1" in
+    "") usage >&2; exit 2 ;;
+    -h | --help) usage; exit 0 ;;
+    create | setup | run | watch | logs | delete) ;;
+    *) die "unknown command '$1'; one of create, setup, run, watch, logs, delete (see -h)" ;;
+  esac
+}
+
 # One word quoted for bash, as a person would: bare when safe, else in single (or double) quotes.
 quote_word() {
   local word=$1 sq="'"

@@ -48,13 +48,8 @@ EOF
 }
 
 command=${1:-}
-[[ -n $command ]] || { usage >&2; exit 2; }
+check_command "$command"
 shift
-case "$command" in
-  -h | --help) usage; exit 0 ;;
-  create | setup | run | watch | logs | delete) ;;
-  *) die "unknown command '$command'; one of create, setup, run, watch, logs, delete (see -h)" ;;
-esac
 
 name="" zone="" project="" accelerator="v4-8" version="" spot=0 queued=0 worker=0 poll=60
 while (($# > 0)); do

@@ -57,7 +57,7 @@ def _models(args) -> int:
   return 0
 
 
-def _split_overrides(extra: list[str]) -> dict[str, str]:
+def split_overrides(extra: list[str]) -> dict[str, str]:
   """`--config.key=value` (or `--config.key value`) pairs left over by argparse."""
   overrides, i = {}, 0
   while i < len(extra):
@@ -78,7 +78,7 @@ def _train(args) -> int:
   from resnet_jax import configuration, distributed, train  # pylint: disable=g-import-not-at-top
 
   distributed.initialize()  # before anything touches a device
-  config = configuration.load(args.config, _split_overrides(args.overrides))
+  config = configuration.load(args.config, split_overrides(args.overrides))
   try:
     last = train.train_and_evaluate(config, args.workdir)
   except train.StoppedEarly as e:
@@ -106,7 +106,7 @@ def _sweep(args) -> int:
   from resnet_jax import report, sweep, train  # pylint: disable=g-import-not-at-top
 
   try:
-    results = sweep.run_sweep(args.config, args.workdir, args.shard, _split_overrides(args.overrides))
+    results = sweep.run_sweep(args.config, args.workdir, args.shard, split_overrides(args.overrides))
   except train.StoppedEarly as e:
     print(f"resnet-jax sweep: {e}", file=sys.stderr)
     return train.EXIT_STOPPED_EARLY
