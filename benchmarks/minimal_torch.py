@@ -22,8 +22,12 @@ NUM_CLASSES = 10
 WIDTHS = (16, 32, 64)
 
 
-def build_model(depth: int):
-  """Returns the ResNet-(6n+2) as a torch.nn.Module (NCHW)."""
+def build_model(depth: int, bn_group_size: int = 0):
+  """Returns the ResNet-(6n+2) as a torch.nn.Module (NCHW).
+
+  `bn_group_size` > 0 takes BN's training statistics over groups of that many examples, as
+  `resnet_jax`'s BatchNorm does (the paper's per-GPU statistics); 0 is PyTorch's whole-batch BN.
+  """
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -35,9 +39,38 @@ def build_model(depth: int):
   def conv3x3(cin, cout, stride=1):
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
 
+  class GroupBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d with training statistics over groups of `group_size` examples.
+
+    Running statistics move towards the mean over groups of each group's mean and (unbiased, as
+    PyTorch keeps it) variance. A group size of 0, or one not below the batch, is plain BatchNorm2d.
+    """
+
+    def __init__(self, c, group_size):
+      # torch's momentum is the weight of the new batch: 0.1 == Flax's 0.9.
+      super().__init__(c, eps=1e-5, momentum=0.1)
+      self.group_size = group_size
+
+    def forward(self, x):
+      n, g = x.shape[0], self.group_size
+      if not self.training or not g or g >= n:
+        return super().forward(x)
+      if n % g:
+        raise ValueError(f"bn_group_size={g} does not divide the batch of {n}")
+      xg = x.reshape(n // g, g, *x.shape[1:])
+      mean = xg.mean(dim=(1, 3, 4), keepdim=True)
+      var = xg.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
+      with torch.no_grad():
+        count = g * x.shape[2] * x.shape[3]
+        self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.mean(0).flatten())
+        self.running_var.mul_(1 - self.momentum).add_(
+            self.momentum * var.mean(0).flatten() * count / (count - 1))
+        self.num_batches_tracked += 1
+      y = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape(x.shape)
+      return y * self.weight[:, None, None] + self.bias[:, None, None]
+
   def batch_norm(c):
-    # torch's momentum is the weight of the new batch: 0.1 == Flax's 0.9.
-    return nn.BatchNorm2d(c, eps=1e-5, momentum=0.1)
+    return GroupBatchNorm2d(c, bn_group_size)
 
   class BasicBlock(nn.Module):
     """Two 3x3 convs with an option-A (parameter-free) shortcut."""
@@ -77,7 +110,22 @@ def build_model(depth: int):
       x = self.blocks(self.stem(x))
       return self.fc(torch.mean(x, dim=(2, 3)))
 
-  return CifarResNet()
+  model = CifarResNet()
+  init_like_torchvision(model)
+  return model
+
+
+def init_like_torchvision(model) -> None:
+  """torchvision's ResNet init (and ours): He fan-out normal convs, BN scale 1 and bias 0; the
+  classifier keeps PyTorch's default nn.Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  from torch import nn  # pylint: disable=g-import-not-at-top
+
+  for m in model.modules():
+    if isinstance(m, nn.Conv2d):
+      nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    elif isinstance(m, nn.BatchNorm2d):
+      nn.init.ones_(m.weight)
+      nn.init.zeros_(m.bias)
 
 
 def make_optimizer(model):

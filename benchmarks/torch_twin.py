@@ -9,9 +9,10 @@ asked for, then one JSON line with every step's loss, to compare with `<workdir>
   python benchmarks/torch_twin.py --config configs/cifar10.py:resnet56 --steps 300 \\
       --config.data_dir=DIR
 
-What it does not copy: BN statistics are over the whole batch (set `--config.bn_group_size=0` in
-our run to match), and the plain nets (it builds residual nets only). It is eager PyTorch on the
-CPU: seconds per step for ResNet-56.
+BN statistics come from groups of `bn_group_size` examples, as ours do, and the initialisation is
+torchvision's (He fan-out convs, PyTorch's default classifier), as ours is. At the end it evaluates
+on the config's evaluation split (BN in inference mode). It does not build plain nets. It is eager
+PyTorch on the CPU: about a second per step for ResNet-56.
 """
 
 import argparse
@@ -47,8 +48,12 @@ def check_config(config) -> int:
   return 6 * model.stage_sizes[0] + 2
 
 
-def run(config, steps: int) -> list[float]:
-  """The twin's training loss at steps 1..`steps` on the config's batches."""
+def run(config, steps: int) -> dict:
+  """Trains the twin for `steps` steps on the config's batches.
+
+  Returns {"loss": [...], "accuracy": [...]} (steps 1..`steps`, training mode, as our metrics.jsonl
+  `train/loss` and `train/accuracy`) and "eval_accuracy", "eval_loss" on the evaluation split.
+  """
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
@@ -58,7 +63,7 @@ def run(config, steps: int) -> list[float]:
     raise ValueError(f"dataset {config.dataset!r} gives {dataset.image_shape} images and "
                      f"{dataset.num_classes} classes; the twin takes 32x32x3 and 10 (CIFAR-10).")
   torch.manual_seed(config.seed)
-  model = minimal_torch.build_model(depth)
+  model = minimal_torch.build_model(depth, config.bn_group_size)
   model.train()
   decay = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
   if config.weight_decay_mask == "all":
@@ -68,7 +73,7 @@ def run(config, steps: int) -> list[float]:
             {"params": [p for p in model.parameters() if id(p) not in ids], "weight_decay": 0.0}]
   opt = torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum)
   lr_fn = optim.create_learning_rate_fn(config)
-  losses = []
+  losses, accuracies = [], []
   for step in range(steps):
     batch = dataset.train_batch(config.seed, step, config.batch_size)
     images = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2)))
@@ -76,11 +81,25 @@ def run(config, steps: int) -> list[float]:
     for group in opt.param_groups:
       group["lr"] = float(lr_fn(step))
     opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(images), labels)
+    logits = model(images)
+    loss = F.cross_entropy(logits, labels)
     loss.backward()
     opt.step()
     losses.append(loss.item())
-  return losses
+    accuracies.append((logits.argmax(-1) == labels).float().mean().item())
+  model.eval()
+  correct = total_loss = count = 0.0
+  with torch.no_grad():
+    for batch in dataset.eval_batches(config.eval_batch_size):
+      images = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2)))
+      labels = torch.from_numpy(batch["label"].astype(np.int64))
+      mask = torch.from_numpy(batch["mask"])
+      logits = model(images)
+      total_loss += float((F.cross_entropy(logits, labels, reduction="none") * mask).sum())
+      correct += float(((logits.argmax(-1) == labels).float() * mask).sum())
+      count += float(mask.sum())
+  return {"loss": losses, "accuracy": accuracies, "eval_loss": total_loss / count,
+          "eval_accuracy": correct / count}
 
 
 def main(argv=None):
@@ -97,12 +116,13 @@ def main(argv=None):
     config = configuration.load(args.config, cli.split_overrides(extra))
   except ValueError as e:
     parser.error(str(e))
-  losses = run(config, args.steps)
+  result = run(config, args.steps)
+  losses = result["loss"]
   for s in (int(s) for s in args.report_steps.split(",") if s.strip()):
     if 1 <= s <= len(losses):
       print(f"step {s}: loss {losses[s - 1]:.3f}", file=sys.stderr)
-  print(json.dumps({"model": config.model, "seed": config.seed, "steps": len(losses),
-                    "loss": losses}))
+  print(f"eval accuracy {result['eval_accuracy']:.4f}", file=sys.stderr)
+  print(json.dumps({"model": config.model, "seed": config.seed, "steps": len(losses), **result}))
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ class ResNet(nn.Module):
     if preact:
       x = nn.relu(norm(name="final_bn")(x))
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    return nn.Dense(self.num_classes, name="head")(x)
+    return layers.classifier(self.num_classes, x.shape[-1])(x)
 
 
 def _check_choice(key, value, choices):

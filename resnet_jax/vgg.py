@@ -37,6 +37,9 @@ class VGG(nn.Module):
         x = nn.relu(norm(name=f"stage{i + 1}_bn{j + 1}")(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = adaptive_avg_pool(x, 7).reshape((x.shape[0], -1))
+    # torchvision's VGG init for its dense layers: N(0, 0.01) weights, zero biases.
+    dense = functools.partial(nn.Dense, param_dtype=jnp.float32,
+                              kernel_init=nn.initializers.normal(0.01))
     for k in (1, 2):
-      x = nn.relu(nn.Dense(self.classifier_width, dtype=self.dtype, name=f"fc{k}")(x))
-    return nn.Dense(self.num_classes, name="head")(x.astype(jnp.float32))
+      x = nn.relu(dense(self.classifier_width, dtype=self.dtype, name=f"fc{k}")(x))
+    return dense(self.num_classes, name="head")(x.astype(jnp.float32))

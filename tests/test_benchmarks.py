@@ -4,6 +4,7 @@ import importlib.util
 import math
 import os
 
+import numpy as np
 import pytest
 
 BENCH_DIR = os.path.join(
@@ -79,8 +80,32 @@ def test_torch_twin_trains_on_our_batches():
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.update(model="resnet8", dataset="synthetic", batch_size=8, learning_rate=0.01)
-  losses = _load("torch_twin").run(config, steps=3)
-  assert len(losses) == 3 and all(math.isfinite(l) for l in losses)
+  result = _load("torch_twin").run(config, steps=3)
+  assert len(result["loss"]) == len(result["accuracy"]) == 3
+  assert all(math.isfinite(l) for l in result["loss"])
+  assert 0.0 <= result["eval_accuracy"] <= 1.0 and math.isfinite(result["eval_loss"])
   with pytest.raises(ValueError, match="32x32x3 and 10"):
     config.dataset = "digits"
     _load("torch_twin").run(config, steps=1)
+
+
+def test_twin_group_batch_norm_matches_ours():
+  """The twin's BN over groups of examples normalises as resnet_jax's BatchNorm does."""
+  torch = pytest.importorskip("torch")
+  import jax  # pylint: disable=g-import-not-at-top
+  from resnet_jax.layers import BatchNorm  # pylint: disable=g-import-not-at-top
+  model = _load("minimal_torch").build_model(8, bn_group_size=4)
+  bn = model.stem[1]
+  x = np.random.default_rng(0).standard_normal((8, 16, 5, 5)).astype(np.float32)
+  bn.train()
+  ours = BatchNorm(group_size=4)
+  y, updates = ours.apply(ours.init(jax.random.key(0), x.transpose(0, 2, 3, 1)),
+                          x.transpose(0, 2, 3, 1), mutable=["batch_stats"])
+  theirs = bn(torch.from_numpy(x)).detach().numpy().transpose(0, 2, 3, 1)
+  np.testing.assert_allclose(theirs, np.asarray(y), atol=1e-5)
+  np.testing.assert_allclose(bn.running_mean.numpy(), updates["batch_stats"]["mean"], atol=1e-6)
+  count = 4 * 5 * 5  # PyTorch keeps the unbiased variance
+  # Both start at 1 and take 0.1 of the new statistic: ours 0.9 + 0.1 v, PyTorch 0.9 + 0.1 v n/(n-1).
+  ours_var = np.asarray(updates["batch_stats"]["var"])
+  np.testing.assert_allclose(bn.running_var.numpy(), 0.9 + (ours_var - 0.9) * count / (count - 1),
+                             atol=1e-5)

@@ -298,3 +298,29 @@ def test_remat_blocks_have_the_plain_numerics():
     return str(jaxpr)
   # One rematerialised region (jax.checkpoint's `remat2` primitive) per block, none without the option.
   assert primitives(remat).count("remat2[") >= 9 and "remat2[" not in primitives(plain)
+
+
+@pytest.mark.parametrize("name, fan_in", [("resnet20", 64), ("resnet50", 2048)])
+def test_head_is_initialised_as_torchvision(name, fan_in):
+  """The classifier is PyTorch's default nn.Linear init: U(+-1/sqrt(fan_in)) weights and biases."""
+  model = models.get_model(name)
+  size = 32 if name == "resnet20" else 64
+  head = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)), train=False))(
+      jax.random.key(3))["params"]["head"]
+  bound = 1 / np.sqrt(fan_in)
+  kernel, bias = np.asarray(head["kernel"]), np.asarray(head["bias"])
+  assert kernel.shape[0] == fan_in
+  for x in (kernel, bias):
+    assert np.abs(x).max() <= bound and np.abs(x).max() > 0.9 * bound
+  # A uniform on [-b, b] has std b / sqrt(3) (Flax's LeCun normal default would give b).
+  np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.1 if kernel.size < 1000 else 0.01)
+  assert abs(kernel.mean()) < 0.1 * bound
+
+
+def test_vgg_dense_layers_are_initialised_as_torchvision():
+  model = models.get_model("vgg19", num_classes=10, width_multiplier=1 / 16, classifier_width=256)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+  for name in ("fc1", "fc2", "head"):
+    kernel, bias = np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"])
+    np.testing.assert_allclose(kernel.std(), 0.01, rtol=0.1)
+    assert not bias.any()
