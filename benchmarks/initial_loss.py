@@ -78,7 +78,7 @@ def twin(config, batch, seeds):
 
 
 def main(argv=None):
-  from resnet_jax import cli, configuration, input_pipeline, models  # pylint: disable=g-import-not-at-top
+  from resnet_jax import cli, config as config_lib, data, models  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="resnet20,resnet56,resnet110")
@@ -88,15 +88,15 @@ def main(argv=None):
   seeds = list(range(args.seeds))
   rows = []
   for name in args.models.split(","):
-    config = configuration.load(os.path.join(ROOT, f"configs/cifar10.py:{name}"), overrides)
-    dataset = input_pipeline.get_dataset(config, models.default_image_size(name))
+    config = config_lib.load(os.path.join(ROOT, f"configs/cifar10.py:{name}"), overrides)
+    dataset = data.get_dataset(config, models.default_image_size(name))
     batch = dataset.train_batch(config.seed, 0, config.batch_size)
     new, old = ours(config, batch, seeds)
     torch_losses = twin(config, batch, seeds)
     rows.append({"model": name, "seeds": seeds, "ours": new, "ours_lecun_head": old,
                  "twin": torch_losses})
   stat = lambda v: "n/a" if v is None else f"{np.mean(v):.3f} +- {np.std(v, ddof=1):.3f}"
-  print(f"| model | ours | ours, Flax default head | PyTorch twin | ln 10 |\n|---|---|---|---|---|")
+  print("| model | ours | ours, Flax default head | PyTorch twin | ln 10 |\n|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['model']} | {stat(r['ours'])} | {stat(r['ours_lecun_head'])} | {stat(r['twin'])} | "
           f"{math.log(10):.3f} |")

@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import minimal_torch  # pylint: disable=g-import-not-at-top,wrong-import-position
-from resnet_jax import cli, configuration, input_pipeline, models, optim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from resnet_jax import cli, config as config_lib, data, models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from resnet_jax.training import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def check_config(config) -> int:
@@ -58,7 +59,7 @@ def run(config, steps: int) -> dict:
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
   depth = check_config(config)
-  dataset = input_pipeline.get_dataset(config, models.default_image_size(config.model))
+  dataset = data.get_dataset(config, models.default_image_size(config.model))
   if dataset.image_shape != (32, 32, 3) or dataset.num_classes != minimal_torch.NUM_CLASSES:
     raise ValueError(f"dataset {config.dataset!r} gives {dataset.image_shape} images and "
                      f"{dataset.num_classes} classes; the twin takes 32x32x3 and 10 (CIFAR-10).")
@@ -113,7 +114,7 @@ def main(argv=None):
   if args.steps < 1:
     parser.error("--steps must be >= 1")
   try:  # the same --config.KEY=VALUE overrides as `resnet-jax train`
-    config = configuration.load(args.config, cli.split_overrides(extra))
+    config = config_lib.load(args.config, cli.split_overrides(extra))
   except ValueError as e:
     parser.error(str(e))
   result = run(config, args.steps)

@@ -7,7 +7,7 @@ too, for smoke runs). Residual nets use option-A shortcuts, so they have exactly
 their plain twins.
 """
 
-from configs import default
+from resnet_jax.config import default_config
 from resnet_jax.models import CIFAR_DEPTHS
 
 
@@ -17,7 +17,7 @@ def get_config(model: str = "resnet20"):
   if model not in cifar_nets:
     raise ValueError(f"configs/cifar10.py:{model}: expected a CIFAR net such as resnet56 or plain20 "
                      "(depth 6n+2); use configs/imagenet.py for ImageNet nets.")
-  c = default.get_config()
+  c = default_config()
   c.model = model                  # option-A shortcuts (the registry's CIFAR default)
   c.dataset = "cifar10"
   c.augment = "cifar"              # 4-pixel zero pad, random 32x32 crop, horizontal flip

@@ -1,86 +1,12 @@
-"""Every configuration key of resnet-jax, with its default and why.
+"""The defaults as a config file: every key at its value in `resnet_jax.config.default_config()`.
 
-Experiment files (configs/quickstart.py, configs/cifar10.py, ...) start from this `get_config()` and
-override a few keys. The command line overrides any key with `--config.<key>=<value>`; an unknown key or
-a value of the wrong type is an error that names the key.
+  resnet-jax train --config configs/default.py --workdir runs/defaults   # ResNet-20 on the digits
+
+Every key, with its comment, is listed in resnet_jax/config/defaults.py (it ships with the package).
 """
 
-import ml_collections
+from resnet_jax.config import default_config
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """The defaults: ResNet-20 on the bundled digits dataset, SGD-momentum as in He et al. 2015."""
-  c = ml_collections.ConfigDict()
-
-  # --- Model (resnet_jax.models registry) ---
-  c.model = "resnet20"               # a name from `resnet-jax models`
-  c.shortcut = ""                    # "" = the preset's (A for CIFAR nets, B for ImageNet nets); or A/B/C
-  c.stride_placement = ""            # "" = the preset's (v1.5 for ImageNet); "v1" = the paper's, or "v1.5"
-  c.zero_init_residual = False       # last BN scale of each residual branch = 0 (Goyal et al. 2017)
-  c.width_multiplier = 1.0           # scales every stage's width
-  c.dtype = "float32"                # computation dtype; "bfloat16" keeps params and BN stats in float32
-  c.bn_momentum = 0.9                # running-statistics decay, as torchvision's momentum=0.1
-  c.bn_group_size = 0                # examples per BN statistics group; 0 = whole global batch (sync BN),
-                                     # 32 = the paper's per-GPU statistics on ImageNet (8 GPUs x 32)
-  c.scan_blocks = False              # nn.scan over each stage's identical blocks: compile time no longer
-                                     # grows with depth (ResNet-1202); same numerics
-  c.remat_blocks = False             # recompute block activations in the backward pass: less memory
-
-  # --- Data ---
-  c.dataset = "digits"               # digits | synthetic | a TFDS name (cifar10, cifar100, imagenet2012)
-  c.data_dir = ""                    # where prepared datasets live (local path or gs://); "" = default
-  c.augment = "none"                 # "none"; "cifar" (4-px zero pad, random 32x32 crop, flip: sec. 4.2);
-                                     # "inception" (random-resized crop + flip); "scale" (shorter side
-                                     # in [256, 480], 224 crop + flip: sec. 3.4)
-  c.normalization = "per_channel"    # "per_channel" standardisation, or "per_pixel_mean" (the paper's)
-  c.normalization_examples = 50000   # TFDS: training images the statistics come from (all of CIFAR's
-                                     # 50k; lower it for ImageNet, where each one is a JPEG decode)
-  c.validation_split = 0             # examples held out of training for validation (paper: 5000 of 50k);
-                                     # 0 = evaluate on the test split
-  c.data_threads = 2                 # TFDS: Grain threads building batches ahead; 0 = in the loop
-  c.prefetch_batches = 4             # TFDS: batches built ahead (bounds host memory to about this many)
-  c.data_cache_dir = ""              # local copy of a gs:// data_dir (array_record reads local files
-                                     # only); "" = ~/.cache/resnet_jax/tfds
-  c.num_classes = 0                  # 0 = the dataset's own number of classes
-  c.image_size = 0                   # synthetic data and variable-size TFDS images (ImageNet): side
-                                     # in pixels; 0 = the model's default (224 for ImageNet nets)
-  c.batch_size = 128                 # GLOBAL batch, split across all devices and processes
-  c.eval_batch_size = 256            # global batch for evaluation; the last batch is padded and masked
-
-  # --- Optimisation (resnet_jax.optim) ---
-  c.learning_rate = 0.1              # peak learning rate (before the linear scaling rule, if any)
-  c.lr_scaling = "none"              # "none", or "linear": lr = learning_rate * batch_size / 256 (Goyal 2017)
-  c.lr_schedule = "step"             # "step" (divide at lr_decay_steps), "cosine", or "constant"
-  c.lr_decay_steps = (32000, 48000)  # step schedule boundaries: the paper's CIFAR recipe (section 4.2)
-  c.lr_decay_factor = 0.1            # multiply the lr by this at each boundary ("divided by 10")
-  c.warmup_steps = 0                 # length of the warm-up phase
-  c.warmup_mode = "linear"           # "linear" (0 -> lr, Goyal 2017) or "constant" (the paper's ResNet-110)
-  c.warmup_learning_rate = 0.01      # lr during a "constant" warm-up (paper: 0.01 for ~400 iterations)
-  c.momentum = 0.9                   # SGD momentum (paper: 0.9)
-  c.nesterov = False                 # Nesterov momentum instead of heavy-ball
-  c.momentum_style = "optax"         # "optax" (v = m v + g; w -= lr v) or "caffe" (v = m v + lr g; w -= v),
-                                     # the paper's Caffe update; the two differ right after an lr drop
-  c.weight_decay = 1e-4              # L2 weight decay (paper: 1e-4), added to the gradient
-  c.weight_decay_mask = "kernels"    # "kernels" (conv and dense kernels) or "all" (also BN and biases)
-  c.grad_clip_norm = 0.0             # clip the global gradient norm to this; 0 = no clipping
-  c.label_smoothing = 0.0            # 0 = the paper's plain softmax cross-entropy
-
-  # --- Schedule of the run ---
-  c.total_steps = 64000              # paper: stop at 64k iterations on CIFAR-10
-  c.seed = 0                         # one seed for init, data order and augmentation
-  c.log_every_steps = 50             # host fetches metrics this often (all steps are still recorded)
-  c.eval_every_steps = 1000          # 0 = only at the end
-  c.checkpoint_every_steps = 1000    # 0 = only at the end
-  c.keep_checkpoints = 3             # newest checkpoints kept in <workdir>/checkpoints
-
-  # --- Parallelism ---
-  c.steps_per_dispatch = 1           # K > 1: K steps per dispatch (lax.scan); every step still recorded.
-                                     # Log, eval and checkpoint cadences must be multiples of K
-  c.data_on_device = False           # hold the training set on the devices and draw + augment each
-                                     # batch inside the compiled step (small datasets; jit only)
-  c.parallelism = "jit"              # "jit" (jax.jit over a device mesh, axis "data") or "pmap"
-  c.num_devices = 0                  # 0 = all local devices; else use the first N (tests, debugging)
-  c.cpu_fusion = "eltwise,reduce"    # XLA:CPU only: YNNPACK library fusions for the compiled steps
-                                     # (comma-separated from dot,eltwise,reduce): ~2x faster ResNet-56
-                                     # steps, ~1.6x the memory; "" = XLA's default (docs/PERFORMANCE.md)
-  return c
+def get_config():
+  return default_config()

@@ -8,7 +8,7 @@ by "-modern": linear warm-up + cosine, label smoothing, the linear scaling rule,
 residuals and inception crops (Goyal et al. 2017; He et al. 2019, "Bag of Tricks").
 """
 
-from configs import default
+from resnet_jax.config import default_config
 
 TRAIN_EXAMPLES = 1_281_167  # ILSVRC-2012 training images
 
@@ -20,7 +20,7 @@ def get_config(arg: str = "resnet50"):
                      "optionally with -modern.")
   if variant not in ("", "modern"):
     raise ValueError(f"configs/imagenet.py:{arg}: the only variant is '-modern'.")
-  c = default.get_config()
+  c = default_config()
   c.model = model                  # option-B shortcuts, v1.5 strides (the registry's defaults);
                                    # --config.stride_placement=v1 for the paper's Table 1 FLOPs
   c.dataset = "imagenet2012"

@@ -3,11 +3,11 @@
   resnet-jax train --config configs/quickstart.py --workdir runs/quickstart
 """
 
-from configs import default
+from resnet_jax.config import default_config
 
 
 def get_config():
-  config = default.get_config()
+  config = default_config()
   config.model = "resnet20"
   config.dataset = "digits"      # 1,497 training images of 8x8: ~5 epochs in 60 steps of 128
   config.batch_size = 128

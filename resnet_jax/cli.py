@@ -3,44 +3,13 @@
 import argparse
 import json
 import os
-import platform
 import sys
 
-# Opt-out for the re-exec below: RESNET_JAX_HUGEPAGES=0.
-HUGEPAGES_ENV = "RESNET_JAX_HUGEPAGES"
-_HUGETLB = "glibc.malloc.hugetlb"
-
-
-def hugepage_environment(environ, libc=None) -> dict | None:
-  """The environment to re-exec the command with so that glibc backs large allocations with
-  transparent huge pages, or None where that does not apply.
-
-  XLA:CPU allocates a step's temporaries afresh on every call (about 0.5 GB for ResNet-20 at batch
-  128) and glibc hands them back to the kernel after it, so every step faults each 4 KB page in again:
-  1.5 million page faults for ten ResNet-20 steps. `glibc.malloc.hugetlb=1` (glibc >= 2.35) makes
-  those 2 MB pages, which took the ResNet-56 step from 822 to 514 ms (docs/PERFORMANCE.md). glibc
-  reads tunables only at process start, hence the re-exec. Elsewhere (not Linux/glibc, an older glibc,
-  the tunable already set, or RESNET_JAX_HUGEPAGES=0) nothing changes.
-  """
-  name, version = libc or platform.libc_ver()
-  if sys.platform != "linux" or name != "glibc" or environ.get(HUGEPAGES_ENV) == "0":
-    return None
-  try:
-    if tuple(int(v) for v in version.split(".")[:2]) < (2, 35):
-      return None
-  except ValueError:
-    return None
-  tunables = environ.get("GLIBC_TUNABLES", "")
-  if _HUGETLB in tunables:
-    return None
-  env = dict(environ)
-  env["GLIBC_TUNABLES"] = f"{tunables}:{_HUGETLB}=1" if tunables else f"{_HUGETLB}=1"
-  env[HUGEPAGES_ENV] = "0"  # the re-executed process must not do it again
-  return env
-
+from resnet_jax import runtime
 
 def _models(args) -> int:
-  from resnet_jax import flops, models  # pylint: disable=g-import-not-at-top
+  from resnet_jax import models  # pylint: disable=g-import-not-at-top
+  from resnet_jax.models import flops  # pylint: disable=g-import-not-at-top
 
   names = args.names or models.list_models()
   rows = []
@@ -75,16 +44,17 @@ def split_overrides(extra: list[str]) -> dict[str, str]:
 
 
 def _train(args) -> int:
-  from resnet_jax import configuration, distributed, train  # pylint: disable=g-import-not-at-top
+  from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax.training import distributed, loop  # pylint: disable=g-import-not-at-top
 
   distributed.initialize()  # before anything touches a device
-  config = configuration.load(args.config, split_overrides(args.overrides))
+  config = config_lib.load(args.config, split_overrides(args.overrides))
   try:
-    last = train.train_and_evaluate(config, args.workdir)
-  except train.StoppedEarly as e:
+    last = loop.train_and_evaluate(config, args.workdir)
+  except loop.StoppedEarly as e:
     print(f"resnet-jax train: {e}", file=sys.stderr)
-    return train.EXIT_STOPPED_EARLY
-  except train.NonFiniteError as e:
+    return loop.EXIT_STOPPED_EARLY
+  except loop.NonFiniteError as e:
     print(f"resnet-jax train: error: {e}", file=sys.stderr)
     return 1
   if distributed.is_lead():
@@ -93,23 +63,24 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-  from resnet_jax import distributed, train  # pylint: disable=g-import-not-at-top
+  from resnet_jax.training import distributed, loop  # pylint: disable=g-import-not-at-top
 
   distributed.initialize()
-  result = train.evaluate_checkpoint(args.workdir)
+  result = loop.evaluate_checkpoint(args.workdir)
   if distributed.is_lead():
     print(json.dumps(result))
   return 0
 
 
 def _sweep(args) -> int:
-  from resnet_jax import report, sweep, train  # pylint: disable=g-import-not-at-top
+  from resnet_jax.experiments import report, sweep  # pylint: disable=g-import-not-at-top
+  from resnet_jax.training import loop  # pylint: disable=g-import-not-at-top
 
   try:
     results = sweep.run_sweep(args.config, args.workdir, args.shard, split_overrides(args.overrides))
-  except train.StoppedEarly as e:
+  except loop.StoppedEarly as e:
     print(f"resnet-jax sweep: {e}", file=sys.stderr)
-    return train.EXIT_STOPPED_EARLY
+    return loop.EXIT_STOPPED_EARLY
   report.write_report(args.workdir, plots=not args.no_plots, responses=not args.no_plots)
   with open(f"{args.workdir}/summary.md") as f:
     print(f.read())
@@ -122,7 +93,7 @@ def _sweep(args) -> int:
 
 
 def _report(args) -> int:
-  from resnet_jax import report  # pylint: disable=g-import-not-at-top
+  from resnet_jax.experiments import report  # pylint: disable=g-import-not-at-top
 
   report.write_report(args.workdir, plots=not args.no_plots, responses=not args.no_plots)
   with open(f"{args.workdir}/summary.md") as f:
@@ -148,7 +119,7 @@ def _bench(args) -> int:
 
 
 def _prepare(args) -> int:
-  from resnet_jax import prepare  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
 
   sizes = prepare.prepare(args.name, args.source, args.data_dir)
   print(json.dumps({"dataset": args.name, "data_dir": args.data_dir,
@@ -157,7 +128,7 @@ def _prepare(args) -> int:
 
 
 def _data_bench(args) -> int:
-  from resnet_jax import data_bench  # pylint: disable=g-import-not-at-top
+  from resnet_jax.bench import data as data_bench  # pylint: disable=g-import-not-at-top
 
   r = data_bench.run_data_bench(args.data, args.data_dir, args.augment, args.batch_size, args.steps,
                                 tuple(int(t) for t in args.threads.split(",") if t), args.image_size)
@@ -180,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=_models)
 
   p = sub.add_parser("train", help="train (or resume) a run; every config key can be overridden",
-                     epilog="Overrides: --config.<key>=<value>, keys as in configs/default.py. "
+                     epilog="Overrides: --config.<key>=<value>, keys as in resnet_jax/config/defaults.py. "
                             "Exit codes: 0 done, 1 non-finite loss, 2 bad input, 75 stopped early by "
                             "SIGTERM after saving (re-run to resume).")
   p.add_argument("--config", required=True, help="config file, optionally with an argument: FILE[:ARG]")
@@ -260,7 +231,7 @@ def main(argv=None) -> int:
 
 def entry_point() -> int:
   """The installed `resnet-jax` command: `main` with huge pages where they apply (see above)."""
-  env = hugepage_environment(os.environ)
+  env = runtime.hugepage_environment(os.environ)
   if env is not None and sys.executable:
     os.execve(sys.executable, [sys.executable, "-m", "resnet_jax.cli", *sys.argv[1:]], env)
   return main()

@@ -34,7 +34,7 @@ def cifar10_source():
 @pytest.fixture(scope="session")
 def cifar10_data_dir(tmp_path_factory, cifar10_source):
   """A TFDS data_dir holding cifar10 built offline from the real CIFAR-10 files (~20-40 s, once)."""
-  from resnet_jax import prepare  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
 
   data_dir = str(tmp_path_factory.mktemp("tfds_cifar10"))
   prepare.prepare("cifar10", cifar10_source, data_dir)
@@ -44,10 +44,11 @@ def cifar10_data_dir(tmp_path_factory, cifar10_source):
 @pytest.fixture(scope="session")
 def imagenet_data_dir(tmp_path_factory):
   """(manual_dir, data_dir): a tiny ILSVRC2012 layout of JPEGs and imagenet2012 prepared from it."""
-  from resnet_jax import prepare  # pylint: disable=g-import-not-at-top
+  from resnet_jax.bench import fake_imagenet  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
 
   manual = str(tmp_path_factory.mktemp("ilsvrc2012_manual"))
-  prepare.write_fake_imagenet(manual, ("n01440764", "n01443537", "n01484850"), per_class=4, num_val=5)
+  fake_imagenet.write_fake_imagenet(manual, ("n01440764", "n01443537", "n01484850"), per_class=4, num_val=5)
   data_dir = str(tmp_path_factory.mktemp("tfds_imagenet"))
   prepare.prepare("imagenet2012", manual, data_dir)
   return manual, data_dir

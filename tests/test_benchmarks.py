@@ -62,14 +62,14 @@ def test_minimal_torch_matches_flax_parameter_count():
 
 def test_torch_twin_refuses_what_it_does_not_build():
   twin = _load("torch_twin")
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
+  from resnet_jax.config import default_config  # pylint: disable=g-import-not-at-top
+  config = default_config()
   assert twin.check_config(config) == 20
   for key, value, match in [("model", "plain20", "residual nets only"),
                             ("model", "resnet50", "residual nets only"),
                             ("momentum_style", "caffe", "--config.momentum_style='optax'"),
                             ("zero_init_residual", True, "zero_init_residual")]:
-    bad = default.get_config()
+    bad = default_config()
     bad[key] = value
     with pytest.raises(ValueError, match=match):
       twin.check_config(bad)
@@ -77,8 +77,8 @@ def test_torch_twin_refuses_what_it_does_not_build():
 
 def test_torch_twin_trains_on_our_batches():
   pytest.importorskip("torch")
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
+  from resnet_jax.config import default_config  # pylint: disable=g-import-not-at-top
+  config = default_config()
   config.update(model="resnet8", dataset="synthetic", batch_size=8, learning_rate=0.01)
   result = _load("torch_twin").run(config, steps=3)
   assert len(result["loss"]) == len(result["accuracy"]) == 3
@@ -93,7 +93,7 @@ def test_twin_group_batch_norm_matches_ours():
   """The twin's BN over groups of examples normalises as resnet_jax's BatchNorm does."""
   torch = pytest.importorskip("torch")
   import jax  # pylint: disable=g-import-not-at-top
-  from resnet_jax.layers import BatchNorm  # pylint: disable=g-import-not-at-top
+  from resnet_jax.models.layers import BatchNorm  # pylint: disable=g-import-not-at-top
   model = _load("minimal_torch").build_model(8, bn_group_size=4)
   bn = model.stem[1]
   x = np.random.default_rng(0).standard_normal((8, 16, 5, 5)).astype(np.float32)

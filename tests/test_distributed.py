@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from resnet_jax import distributed, reporting
+from resnet_jax import storage
+from resnet_jax.training import distributed, metrics_log
 
 
 @pytest.mark.parametrize("env,kind", [
@@ -35,20 +36,20 @@ def test_bad_process_variables_are_errors_naming_them(monkeypatch):
 
 def test_remote_metrics_log_uploads_whole_file_at_flush_and_close(tmp_path, monkeypatch):
   # A gs:// object cannot be appended to; play one with a local directory taken for a remote one.
-  monkeypatch.setattr(reporting, "is_remote", lambda path: True)
+  monkeypatch.setattr(storage, "is_remote", lambda path: True)
   workdir = str(tmp_path)
-  (tmp_path / reporting.METRICS_FILE).write_text("".join(
+  (tmp_path / metrics_log.METRICS_FILE).write_text("".join(
       json.dumps({"step": s, "train/loss": 1.0}) + "\n" for s in (1, 2, 3)))
-  log = reporting.MetricsLog(workdir, start_step=2, tensorboard=False, upload_every_s=3600)
-  assert [r["step"] for r in reporting.read_metrics(workdir)] == [1, 2]  # past the checkpoint: gone
+  log = metrics_log.MetricsLog(workdir, start_step=2, tensorboard=False, upload_every_s=3600)
+  assert [r["step"] for r in metrics_log.read_metrics(workdir)] == [1, 2]  # past the checkpoint: gone
   log.write([{"step": 3, "train/loss": 0.5}])
-  assert [r["step"] for r in reporting.read_metrics(workdir)] == [1, 2]  # not uploaded yet
+  assert [r["step"] for r in metrics_log.read_metrics(workdir)] == [1, 2]  # not uploaded yet
   log.flush()
-  assert [r["step"] for r in reporting.read_metrics(workdir)] == [1, 2, 3]
+  assert [r["step"] for r in metrics_log.read_metrics(workdir)] == [1, 2, 3]
   log.upload_every_s = 0  # the time-based upload
   log.write([{"step": 4, "train/loss": 0.4}])
-  assert [r["step"] for r in reporting.read_metrics(workdir)] == [1, 2, 3, 4]
+  assert [r["step"] for r in metrics_log.read_metrics(workdir)] == [1, 2, 3, 4]
   log.upload_every_s = 3600
   log.write([{"step": 5, "train/loss": 0.3}])
   log.close()
-  assert reporting.read_metrics(workdir)[-1] == {"step": 5, "train/loss": 0.3}
+  assert metrics_log.read_metrics(workdir)[-1] == {"step": 5, "train/loss": 0.3}

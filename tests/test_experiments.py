@@ -9,7 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import cli, configuration, report, reporting, sweep, train
+from resnet_jax import cli
+from resnet_jax import config as config_lib
+from resnet_jax.experiments import report, sweep
+from resnet_jax.training import loop, metrics_log
 
 CIFAR = [f"{k}{d}" for k in ("resnet", "plain") for d in (20, 32, 44, 56, 110)]
 IMAGENET = [f"{k}{d}" for k in ("resnet", "plain") for d in (18, 34, 50, 101, 152)] + [
@@ -18,10 +21,10 @@ IMAGENET = [f"{k}{d}" for k in ("resnet", "plain") for d in (18, 34, 50, 101, 15
 
 def _tiny(spec, image_size):
   """The preset on synthetic data of a tiny image size: its model, optimizer and step, not its data."""
-  config = configuration.load(spec, {"dataset": "synthetic", "image_size": str(image_size),
+  config = config_lib.load(spec, {"dataset": "synthetic", "image_size": str(image_size),
                                      "batch_size": "8", "eval_batch_size": "8", "num_devices": "1",
                                      "bn_group_size": "0", "augment": "none"})
-  return config, train.Trainer(config)
+  return config, loop.Trainer(config)
 
 
 @pytest.mark.parametrize("spec", [f"configs/cifar10.py:{m}" for m in CIFAR] +
@@ -29,10 +32,10 @@ def _tiny(spec, image_size):
 def test_every_preset_builds_and_traces_its_train_step(spec):
   config, trainer = _tiny(spec, 8 if "cifar10" in spec else 32)
   state = jax.eval_shape(trainer.init_state)
-  batch = trainer.dp.put_batch(trainer.dataset.train_batch(0, 0, 8))
-  _, metrics = jax.eval_shape(trainer.dp.train_step, state, batch)
+  batch = trainer.strategy.put_batch(trainer.dataset.train_batch(0, 0, 8))
+  _, metrics = jax.eval_shape(trainer.strategy.train_step, state, batch)
   assert metrics["train/loss"].shape == ()
-  original = configuration.load(spec)
+  original = config_lib.load(spec)
   assert original.momentum == 0.9 and original.weight_decay == 1e-4
   if "cifar10" in spec:
     assert (original.batch_size, original.learning_rate, original.total_steps) == (128, 0.1, 64000)
@@ -45,25 +48,25 @@ def test_every_preset_builds_and_traces_its_train_step(spec):
                                        ("configs/imagenet.py:resnet18-modern", 32)])
 def test_presets_run_one_step(spec, size):
   _, trainer = _tiny(spec, size)
-  state = trainer.dp.put_state(trainer.init_state())
-  state, metrics = trainer.dp.train_step(state, trainer.dp.put_batch(trainer.dataset.train_batch(0, 0, 8)))
-  assert np.isfinite(float(trainer.dp.fetch(metrics)["train/loss"]))
+  state = trainer.strategy.put_state(trainer.init_state())
+  state, metrics = trainer.strategy.train_step(state, trainer.strategy.put_batch(trainer.dataset.train_batch(0, 0, 8)))
+  assert np.isfinite(float(trainer.strategy.fetch(metrics)["train/loss"]))
 
 
 def test_preset_argument_errors():
   with pytest.raises(ValueError, match="expected a CIFAR net"):
-    configuration.load("configs/cifar10.py:resnet50")
+    config_lib.load("configs/cifar10.py:resnet50")
   with pytest.raises(ValueError, match="only variant"):
-    configuration.load("configs/imagenet.py:resnet50-old")
-  modern = configuration.load("configs/imagenet.py:resnet50-modern")
+    config_lib.load("configs/imagenet.py:resnet50-old")
+  modern = config_lib.load("configs/imagenet.py:resnet50-modern")
   assert modern.lr_scaling == "linear" and modern.dtype == "bfloat16" and modern.label_smoothing == 0.1
 
 
 SWEEP = textwrap.dedent('''
-    from configs import default
+    from resnet_jax.config import default_config
 
     def get_config():
-      c = default.get_config()
+      c = default_config()
       c.update(dataset="digits", batch_size=16, eval_batch_size=100, total_steps=4, lr_decay_steps=(),
                log_every_steps=2, eval_every_steps=2, checkpoint_every_steps=2, num_devices=1)
       return c
@@ -86,7 +89,7 @@ def test_sweep_survives_failure_skips_finished_and_resumes(tmp_path, sweep_file)
 
   def counting_train(config, run_dir):
     calls.append(os.path.basename(run_dir))
-    return train.train_and_evaluate(config, run_dir)
+    return loop.train_and_evaluate(config, run_dir)
 
   # Short first pass (2 steps), e.g. a sweep cut short: resnet9 is not a model and fails alone.
   results = sweep.run_sweep(sweep_file, workdir, overrides={"total_steps": "2"}, train_fn=counting_train,
@@ -99,7 +102,7 @@ def test_sweep_survives_failure_skips_finished_and_resumes(tmp_path, sweep_file)
   calls.clear()
   results = sweep.run_sweep(sweep_file, workdir, train_fn=counting_train, log=lambda *_: None)
   assert results["resnet8-seed0"] == "done" and calls == ["resnet8-seed0", "resnet9-seed0", "plain8-seed0"]
-  rows = reporting.read_metrics(os.path.join(workdir, "resnet8-seed0"))
+  rows = metrics_log.read_metrics(os.path.join(workdir, "resnet8-seed0"))
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
 
   # Re-run: finished members are skipped; only the failing one is retried.
@@ -126,7 +129,7 @@ def test_sweep_cli_exit_code_and_report_matches_metrics(tmp_path, sweep_file, ca
     table = {row["run"]: row for row in csv.DictReader(f)}
   assert set(table) == {"resnet8-seed0", "plain8-seed0"}
   for run, row in table.items():
-    rows = reporting.read_metrics(os.path.join(workdir, run))
+    rows = metrics_log.read_metrics(os.path.join(workdir, run))
     w = max(1, round(0.05 * len(rows)))
     train_err = 100 * (1 - np.mean([r["train/accuracy"] for r in rows[-w:]]))
     evals = [100 * (1 - r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]

@@ -11,9 +11,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import default
-from resnet_jax import augment as aug
-from resnet_jax import cli, configuration, input_pipeline, tfds_data
+from resnet_jax import cli, storage
+from resnet_jax import config as config_lib
+from resnet_jax import data as data_lib
+from resnet_jax.data import augment as aug
+from resnet_jax.data import tfds_source
 
 # Fast statistics for tests that do not check them (all 50k are the default).
 FEW = 2000
@@ -65,23 +67,23 @@ def test_normalizers_standardise_training_statistics():
 
 
 def test_digits_validation_split_normalization_and_augment():
-  full = input_pipeline.load_digits()
-  ds = input_pipeline.load_digits("per_pixel_mean", validation_split=97, augment="cifar")
+  full = data_lib.load_digits()
+  ds = data_lib.load_digits("per_pixel_mean", validation_split=97, augment="cifar")
   assert ds.train_size == 1400 and len(ds.test_labels) == 97
   np.testing.assert_array_equal(ds.test_labels, full.train_labels[1400:])
   np.testing.assert_allclose(ds.train_images.mean(axis=0), 0, atol=1e-5)  # per-pixel mean of train
   batch = ds.train_batch(0, 3, 32)["image"]
-  plain = ds.train_images[input_pipeline.example_indices(0, 3, 32, 1400)]
+  plain = ds.train_images[data_lib.example_indices(0, 3, 32, 1400)]
   assert batch.shape == plain.shape and not np.array_equal(batch, plain)  # crops and flips applied
   with pytest.raises(ValueError, match="validation_split=1497"):
-    input_pipeline.load_digits(validation_split=1497)
+    data_lib.load_digits(validation_split=1497)
   with pytest.raises(ValueError, match="augment='inception' needs variable-size images"):
-    input_pipeline.load_digits(augment="inception")
+    data_lib.load_digits(augment="inception")
 
 
 @pytest.fixture(scope="module")
 def cifar(cifar10_data_dir):
-  return tfds_data.TfdsDataset("cifar10", cifar10_data_dir, augment="cifar",
+  return tfds_source.TfdsDataset("cifar10", cifar10_data_dir, augment="cifar",
                                normalization="per_pixel_mean", normalization_examples=FEW,
                                data_threads=2, prefetch_batches=3)
 
@@ -94,7 +96,7 @@ def simulate_processes(monkeypatch, count, index):
 def test_cifar_batches_are_the_paper_augmentation_of_raw_records(cifar):
   assert (cifar.image_shape, cifar.num_classes, cifar.train_size) == ((32, 32, 3), 10, 50000)
   batch = cifar.train_batch(7, 123, 64)
-  idx, params = input_pipeline.batch_plan(7, 123, 64, 50000, "cifar")
+  idx, params = data_lib.batch_plan(7, 123, 64, 50000, "cifar")
   records = cifar.records(idx)
   raw = np.stack([aug.to_array(aug.open_image(r["image"], 3), 3) for r in records])
   # By hand: per-pixel mean of the first FEW training images, subtract, zero-pad 4, crop, flip.
@@ -112,7 +114,7 @@ def test_cifar_batches_are_the_paper_augmentation_of_raw_records(cifar):
 def test_cifar_batch_is_pure_function_and_processes_split_it(cifar, cifar10_data_dir, monkeypatch):
   # Read-ahead threads, request order and a fresh object do not change batch k.
   ahead = [cifar.train_batch(3, k, 32) for k in (40, 41, 42, 5, 42)]
-  sync = tfds_data.TfdsDataset("cifar10", cifar10_data_dir, augment="cifar",
+  sync = tfds_source.TfdsDataset("cifar10", cifar10_data_dir, augment="cifar",
                                normalization="per_pixel_mean", normalization_examples=FEW)
   for b, k in zip(ahead, (40, 41, 42, 5, 42)):
     other = sync.train_batch(3, k, 32)
@@ -145,7 +147,7 @@ def test_eval_counts_every_example_once_on_any_process_count(cifar, monkeypatch)
 
 
 def test_train_arrays_are_the_unaugmented_training_split(imagenet_data_dir, cifar10_data_dir):
-  ds = tfds_data.TfdsDataset("cifar10", cifar10_data_dir, validation_split=49000,
+  ds = tfds_source.TfdsDataset("cifar10", cifar10_data_dir, validation_split=49000,
                              normalization_examples=FEW)
   images, labels = ds.train_arrays()
   assert images.shape == (1000, 32, 32, 3) and images.dtype == np.float32
@@ -153,14 +155,14 @@ def test_train_arrays_are_the_unaugmented_training_split(imagenet_data_dir, cifa
   np.testing.assert_array_equal(labels, [r["label"] for r in first])
   np.testing.assert_allclose(images, ds.normalizer(ds.decode(first, {}, train=False)), atol=1e-6)
   with pytest.raises(ValueError, match="vary in size"):
-    tfds_data.TfdsDataset("imagenet2012", imagenet_data_dir[1], image_size=32).train_arrays()
+    tfds_source.TfdsDataset("imagenet2012", imagenet_data_dir[1], image_size=32).train_arrays()
 
 
 def test_validation_split_holds_out_the_end_of_train(cifar10_data_dir):
-  ds = tfds_data.TfdsDataset("cifar10", cifar10_data_dir, validation_split=5000,
+  ds = tfds_source.TfdsDataset("cifar10", cifar10_data_dir, validation_split=5000,
                              normalization_examples=FEW)
   assert (ds.train_size, ds.eval_size, ds.eval_split) == (45000, 5000, "train[-5000:]")
-  assert np.bincount(input_pipeline.example_indices(0, 0, 45000, 45000)).max() == 1
+  assert np.bincount(data_lib.example_indices(0, 0, 45000, 45000)).max() == 1
   last = next(iter(ds.eval_batches(5000)))
   held_out = ds.records(range(5000), "eval")
   assert [r["id"] for r in held_out] == [r["id"] for r in ds.records(range(45000, 50000))]
@@ -168,13 +170,13 @@ def test_validation_split_holds_out_the_end_of_train(cifar10_data_dir):
   ids = [r["id"] for r in held_out]
   assert len(set(ids)) == 5000 and last["mask"].sum() == 5000
   with pytest.raises(ValueError, match="image_size=64, but cifar10 images are 32x32"):
-    tfds_data.TfdsDataset("cifar10", cifar10_data_dir, image_size=64, normalization_examples=FEW)
+    tfds_source.TfdsDataset("cifar10", cifar10_data_dir, image_size=64, normalization_examples=FEW)
   with pytest.raises(ValueError, match="validation_split=50000"):
-    tfds_data.TfdsDataset("cifar10", cifar10_data_dir, validation_split=50000)
+    tfds_source.TfdsDataset("cifar10", cifar10_data_dir, validation_split=50000)
 
 
 def _cli_train(workdir, data_dir, steps):
-  args = ["train", "--config", os.path.join(os.path.dirname(default.__file__), "quickstart.py"),
+  args = ["train", "--config", os.path.join(config_lib.presets_dir(), "quickstart.py"),
           "--workdir", str(workdir), "--config.dataset=cifar10", f"--config.data_dir={data_dir}",
           "--config.model=resnet8", "--config.augment=cifar", "--config.normalization=per_pixel_mean",
           f"--config.normalization_examples={FEW}", "--config.validation_split=256",
@@ -202,10 +204,10 @@ def test_resume_mid_epoch_on_real_cifar10(cifar10_data_dir, tmp_path, capsys):
     params.append(jax.tree_util.tree_leaves(saved["params"]))
   assert all(np.array_equal(a, b) for a, b in zip(*params))  # bit-identical on CPU
   # The batches a resumed run asks for (3, 4, 5) equal an uninterrupted stream's.
-  config = configuration.from_json(str(tmp_path / "parts" / "config.json"))
-  uninterrupted = tfds_data.TfdsDataset.from_config(config, 32)
+  config = config_lib.from_json(str(tmp_path / "parts" / "config.json"))
+  uninterrupted = tfds_source.TfdsDataset.from_config(config, 32)
   stream = [uninterrupted.train_batch(0, k, 32) for k in range(6)]
-  resumed = tfds_data.TfdsDataset.from_config(config, 32)
+  resumed = tfds_source.TfdsDataset.from_config(config, 32)
   for k in (3, 4, 5):
     np.testing.assert_array_equal(resumed.train_batch(0, k, 32)["image"], stream[k]["image"])
 
@@ -213,7 +215,7 @@ def test_resume_mid_epoch_on_real_cifar10(cifar10_data_dir, tmp_path, capsys):
 @pytest.mark.parametrize("augment", ["inception", "scale", "none"])
 def test_imagenet_style_jpeg_pipeline(imagenet_data_dir, augment):
   _, data_dir = imagenet_data_dir
-  ds = tfds_data.TfdsDataset("imagenet2012", data_dir, augment=augment, image_size=48,
+  ds = tfds_source.TfdsDataset("imagenet2012", data_dir, augment=augment, image_size=48,
                              data_threads=1)
   assert (ds.image_shape, ds.num_classes, ds.train_size, ds.eval_size) == ((48, 48, 3), 1000, 12, 5)
   assert ds.eval_split == "validation"
@@ -222,7 +224,7 @@ def test_imagenet_style_jpeg_pipeline(imagenet_data_dir, augment):
   assert a["image"].shape == (8, 48, 48, 3) and a["image"].dtype == np.float32
   eval_view = [e for e in ds.eval_batches(3)]  # 5 examples in batches of 3: one padded batch
   assert [e["mask"].tolist() for e in eval_view] == [[1, 1, 1], [1, 1, 0]]
-  idx, params = input_pipeline.batch_plan(0, 2, 8, 12, augment)
+  idx, params = data_lib.batch_plan(0, 2, 8, 12, augment)
   raw = ds.decode(ds.records(idx), params, train=True)
   np.testing.assert_allclose(ds.normalizer(raw), a["image"], atol=1e-6)
   if augment == "none":  # no training augmentation: the evaluation view of the training images
@@ -234,20 +236,20 @@ def test_imagenet_style_jpeg_pipeline(imagenet_data_dir, augment):
 def test_bad_data_config_is_named(imagenet_data_dir, cifar10_data_dir, tmp_path):
   _, data_dir = imagenet_data_dir
   with pytest.raises(ValueError, match="augment='cifar' pads and crops fixed-size images"):
-    tfds_data.TfdsDataset("imagenet2012", data_dir, augment="cifar")
+    tfds_source.TfdsDataset("imagenet2012", data_dir, augment="cifar")
   with pytest.raises(ValueError, match="not 'digits', 'synthetic' or a TFDS dataset name"):
-    tfds_data.open_builder("cifar11", str(tmp_path))
-  with pytest.raises(tfds_data.DataUnavailableError, match="resnet-jax prepare cifar100"):
-    tfds_data.open_builder("cifar100", str(tmp_path), download=False)
+    tfds_source.open_builder("cifar11", str(tmp_path))
+  with pytest.raises(tfds_source.DataUnavailableError, match="resnet-jax prepare cifar100"):
+    tfds_source.open_builder("cifar100", str(tmp_path), download=False)
   with pytest.raises(ValueError, match="augment='flip' is not one of"):
-    tfds_data.TfdsDataset("cifar10", cifar10_data_dir, augment="flip")
+    tfds_source.TfdsDataset("cifar10", cifar10_data_dir, augment="flip")
 
 
 def test_remote_data_dir_is_read_through_a_local_copy(cifar10_data_dir, tmp_path, monkeypatch):
   # array_record cannot open gs:// files; a remote data_dir is mirrored once into data_cache_dir.
-  monkeypatch.setattr(tfds_data, "_is_remote", lambda path: path.startswith(cifar10_data_dir))
+  monkeypatch.setattr(storage, "is_remote", lambda path: str(path).startswith(cifar10_data_dir))
   cache = str(tmp_path / "cache")
-  builder = tfds_data.open_builder("cifar10", cifar10_data_dir, cache_dir=cache)
+  builder = tfds_source.open_builder("cifar10", cifar10_data_dir, cache_dir=cache)
   assert str(builder.data_dir).startswith(cache)
   assert sorted(os.listdir(os.path.join(cache, "cifar10", "3.0.2"))) == sorted(
       os.listdir(os.path.join(cifar10_data_dir, "cifar10", "3.0.2")))
@@ -266,8 +268,8 @@ def test_data_bench_reports_rates_and_memory(cifar10_data_dir, capsys):
 
 
 def test_training_reads_prepared_data_without_tensorflow(cifar10_data_dir):
-  code = ("import sys; from resnet_jax import tfds_data; "
-          f"ds = tfds_data.TfdsDataset('cifar10', {cifar10_data_dir!r}, augment='cifar', "
+  code = ("import sys; from resnet_jax.data import tfds_source; "
+          f"ds = tfds_source.TfdsDataset('cifar10', {cifar10_data_dir!r}, augment='cifar', "
           "normalization_examples=500, data_threads=2); ds.train_batch(0, 0, 16); "
           "next(iter(ds.eval_batches(16))); assert 'tensorflow' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})

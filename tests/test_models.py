@@ -10,8 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import cli, flops, layers, models
-from resnet_jax.layers import BatchNorm, adaptive_avg_pool, pad_shortcut
+from resnet_jax import cli, models
+from resnet_jax.models import flops, layers
+from resnet_jax.models.layers import BatchNorm, adaptive_avg_pool, pad_shortcut
 
 # He et al. 2015, Table 6 (CIFAR, option A) and torchvision's counts (ImageNet, option B, 1000 classes).
 PARAMS = {
@@ -251,7 +252,7 @@ def _loss_and_grads(model, variables, x, labels):
 
 @pytest.mark.parametrize("name", ["resnet20", "plain20", "resnet50"])
 def test_scanned_blocks_have_the_unrolled_numerics(name):
-  from resnet_jax import stages  # pylint: disable=g-import-not-at-top
+  from resnet_jax.models import stages  # pylint: disable=g-import-not-at-top
   size = 8 if name.endswith("20") else 32
   x = jax.random.normal(jax.random.key(0), (4, size, size, 3))
   labels = jnp.array([0, 1, 2, 3])
@@ -270,8 +271,8 @@ def test_scanned_blocks_have_the_unrolled_numerics(name):
     # BN on 4 examples at 1x1 spatial size gives gradients of ~200 beside ones of ~0.2).
     np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, float(jnp.abs(b).max())), rtol=1e-4)
   # Per-block gradient norms (train metrics) are the same in both layouts, without unstacking.
-  from resnet_jax import train_step  # pylint: disable=g-import-not-at-top
-  norms_u, norms_s = train_step.block_grad_norms(grads_u), train_step.block_grad_norms(grads_s)
+  from resnet_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  norms_u, norms_s = step_lib.block_grad_norms(grads_u), step_lib.block_grad_norms(grads_s)
   assert sorted(norms_s) == sorted(norms_u) and "stage1_block3" in norms_s and "head" in norms_s
   for key, value in norms_u.items():
     np.testing.assert_allclose(norms_s[key], value, rtol=1e-4, err_msg=key)

@@ -23,8 +23,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default
-from resnet_jax import checkpointing, reporting, train
+from resnet_jax.config import default_config
+from resnet_jax.training import loop, metrics_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CKPT_EVERY = 4
@@ -38,16 +38,13 @@ OVERRIDES = dict(model="resnet8", dataset="digits", batch_size=16, eval_batch_si
 
 
 def one_process_config(total_steps):
-  config = default.get_config()
+  config = default_config()
   config.update(num_devices=4, total_steps=total_steps, **OVERRIDES)
   return config
 
 
 def final_params(workdir):
-  trainer = train.Trainer(one_process_config(1))
-  ckpt = checkpointing.Checkpointer(workdir)
-  state = ckpt.restore(trainer.init_state(), trainer.dp.state_sharding)
-  ckpt.close()
+  _, state = loop.restore(workdir, num_devices=4)
   return jax.device_get(state.params), int(state.step)
 
 
@@ -124,9 +121,9 @@ def test_two_processes_survive_sigterm_and_sigkill_and_match_one_process(tmp_pat
   # 1. SIGTERM to process 1 only, as a preemption notice reaching one host first; two steps per
   # dispatch, so the stop step JAX agrees on can fall inside a dispatch.
   run = local_run(workdir, "1_sigterm", total_steps=NEVER, steps_per_dispatch=2, log_every_steps=2)
-  run.wait_for(lambda: len(reporting.read_metrics(workdir)) >= signal_after, f"step {signal_after}")
+  run.wait_for(lambda: len(metrics_log.read_metrics(workdir)) >= signal_after, f"step {signal_after}")
   os.kill(run.pids()[1], signal.SIGTERM)
-  assert run.finish() == train.EXIT_STOPPED_EARLY, run.stderr()[-3000:]
+  assert run.finish() == loop.EXIT_STOPPED_EARLY, run.stderr()[-3000:]
   stops = re.findall(r"stopped early by SIGTERM at step (\d+)", run.stderr())
   assert len(stops) == 2 and stops[0] == stops[1], (stops, context)  # both, at the same step
   stopped = int(stops[0])
@@ -146,14 +143,14 @@ def test_two_processes_survive_sigterm_and_sigkill_and_match_one_process(tmp_pat
   steps = periodic + 3
   run = local_run(workdir, "3_finish", total_steps=steps, parallelism="pmap")
   assert run.finish() == 0, run.stderr()[-3000:]
-  rows = reporting.read_metrics(workdir)
+  rows = metrics_log.read_metrics(workdir)
   assert [r["step"] for r in rows] == list(range(1, steps + 1)), context  # each step logged once
   params, step = final_params(workdir)
   assert step == steps
 
   # The same steps, uninterrupted, in one process with 4 devices.
   reference = str(tmp_path / "one_process")
-  train.train_and_evaluate(one_process_config(steps), reference)
+  loop.train_and_evaluate(one_process_config(steps), reference)
   diff = max(float(np.max(np.abs(a - b))) for a, b in zip(
       jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(final_params(reference)[0])))
   assert diff <= 1e-5, (diff, context)

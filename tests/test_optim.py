@@ -6,12 +6,12 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
-from resnet_jax import optim
+from resnet_jax.config import default_config
+from resnet_jax.training import optim
 
 
 def _config(**overrides):
-  config = default.get_config()
+  config = default_config()
   config.update(overrides)
   return config
 
@@ -159,7 +159,7 @@ def test_weight_decay_mask():
 
 def test_weight_decay_mask_unknown_mode():
   with pytest.raises(ValueError,
-                     match=r"weight_decay_mask.*'kernels'.*'bogus'"):
+                     match=r"weight_decay_mask='bogus'.*'kernels'"):
     optim.weight_decay_mask(_params(), "bogus")
 
 

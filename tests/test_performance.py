@@ -9,21 +9,23 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import bench, checkpointing, device_data, input_pipeline, parallel, train
-from tests.test_train import max_abs_diff, small_config
+from resnet_jax import bench, runtime
+from resnet_jax.data import on_device
+from resnet_jax.training import loop, parallel
+from tests.helpers import max_abs_diff, reference_batch, small_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _params_after(config, steps):
-  trainer = train.Trainer(config)
-  state = trainer.dp.put_state(trainer.init_state())
+  trainer = loop.Trainer(config)
+  state = trainer.strategy.put_state(trainer.init_state())
   done, losses = 0, []
   while done < steps:
     state, metrics, k = trainer.dispatch(state, done)
-    losses += list(np.ravel(trainer.dp.fetch(metrics)["train/loss"]))
+    losses += list(np.ravel(trainer.strategy.fetch(metrics)["train/loss"]))
     done += k
-  return jax.device_get(trainer.dp.get_state(state).params), losses
+  return jax.device_get(trainer.strategy.get_state(state).params), losses
 
 
 @pytest.mark.parametrize("parallelism", ["jit", "pmap"])
@@ -35,7 +37,7 @@ def test_k_steps_per_dispatch_equal_k_single_steps(parallelism):
   assert max_abs_diff(single, multi) <= 1e-6
   np.testing.assert_allclose(multi_losses, single_losses, rtol=1e-6)
   with pytest.raises(ValueError, match="multiple of steps_per_dispatch=4"):
-    train.Trainer(small_config(steps_per_dispatch=4, log_every_steps=6))
+    loop.Trainer(small_config(steps_per_dispatch=4, log_every_steps=6))
 
 
 def test_cpu_fusion_keeps_the_numerics_and_reaches_the_compiled_step():
@@ -47,10 +49,10 @@ def test_cpu_fusion_keeps_the_numerics_and_reaches_the_compiled_step():
 
   # The option reaches XLA: the compiled step has more YNNPACK fusions and fewer transposes.
   def hlo(cpu_fusion):
-    trainer = train.Trainer(small_config(cpu_fusion=cpu_fusion, **common))
-    state = trainer.dp.put_state(trainer.init_state())
-    batch = trainer.dp.put_batch(trainer.dataset.train_batch(0, 0, 32))
-    return trainer.dp.train_step.lower(state, batch).compile().as_text()
+    trainer = loop.Trainer(small_config(cpu_fusion=cpu_fusion, **common))
+    state = trainer.strategy.put_state(trainer.init_state())
+    batch = trainer.strategy.put_batch(trainer.dataset.train_batch(0, 0, 32))
+    return trainer.strategy.train_step.lower(state, batch).compile().as_text()
   with_fusion, without = hlo("eltwise"), hlo("")
   assert with_fusion.count("__ynn_fusion") > without.count("__ynn_fusion")
   assert with_fusion.count("transpose") < without.count("transpose")
@@ -60,44 +62,39 @@ def test_cpu_fusion_keeps_the_numerics_and_reaches_the_compiled_step():
     platform = "gpu"
   assert parallel.cpu_compiler_options("eltwise", [Gpu()]) == {}  # CPU-only option
   with pytest.raises(ValueError, match="unknown fusion \\['conv'\\].*dot.*eltwise.*reduce"):
-    train.Trainer(small_config(cpu_fusion="eltwise,conv"))
+    loop.Trainer(small_config(cpu_fusion="eltwise,conv"))
 
 
 def test_on_device_batches_match_their_reference_sampler():
   rng = np.random.default_rng(0)
   images = rng.standard_normal((50, 8, 8, 3)).astype(np.float32)
   labels = np.arange(50, dtype=np.int32)
-  sample = jax.jit(device_data.sample_batch, static_argnums=(1, 3, 4))
+  sample = jax.jit(on_device.sample_batch, static_argnums=(1, 3, 4))
   seen = []
   for step in (0, 1, 2, 3, 7):  # batches of 16 of 50 examples: steps 3 and 7 span two epochs
     got = sample({"image": images, "label": labels}, 5, step, 16, "cifar")
-    ref = device_data.reference_batch(images, labels, 5, step, 16, "cifar")
+    ref = reference_batch(images, labels, 5, step, 16, "cifar")
     np.testing.assert_array_equal(np.asarray(got["label"]), ref["label"])
     np.testing.assert_allclose(np.asarray(got["image"]), ref["image"], atol=0)
     seen.append(ref["label"])
   # The first 48 draws cover 48 distinct examples of the first epoch (a global shuffle).
   assert len(set(np.concatenate(seen[:3]))) == 48
   # Augmentation really happens (crops move pixels) and flips occur.
-  plain = device_data.reference_batch(images, labels, 5, 0, 16, "none")
-  assert not np.allclose(plain["image"], seen and device_data.reference_batch(
+  plain = reference_batch(images, labels, 5, 0, 16, "none")
+  assert not np.allclose(plain["image"], seen and reference_batch(
       images, labels, 5, 0, 16, "cifar")["image"])
 
 
 def test_on_device_data_resumes_exactly(tmp_path):
   config = small_config(data_on_device=True, augment="cifar", checkpoint_every_steps=0)
-  train.train_and_evaluate(config, str(tmp_path / "whole"))
-  train.train_and_evaluate(small_config(data_on_device=True, augment="cifar", total_steps=3,
+  loop.train_and_evaluate(config, str(tmp_path / "whole"))
+  loop.train_and_evaluate(small_config(data_on_device=True, augment="cifar", total_steps=3,
                                         checkpoint_every_steps=0), str(tmp_path / "parts"))
-  train.train_and_evaluate(config, str(tmp_path / "parts"))
-  finals = []
-  for name in ("whole", "parts"):
-    trainer = train.Trainer(config)
-    ckpt = checkpointing.Checkpointer(str(tmp_path / name))
-    finals.append(jax.device_get(ckpt.restore(trainer.init_state(), trainer.dp.state_sharding).params))
-    ckpt.close()
+  loop.train_and_evaluate(config, str(tmp_path / "parts"))
+  finals = [jax.device_get(loop.restore(str(tmp_path / name))[1].params) for name in ("whole", "parts")]
   assert max_abs_diff(*finals) == 0.0
   with pytest.raises(ValueError, match="needs parallelism='jit'"):
-    train.Trainer(small_config(data_on_device=True, parallelism="pmap"))
+    loop.Trainer(small_config(data_on_device=True, parallelism="pmap"))
 
 
 def test_bench_reports_memory_of_the_compiled_step():
@@ -122,30 +119,28 @@ def test_gpu_script_smoke_runs_end_to_end():
 
 
 def test_hugepage_environment_for_the_reexec():
-  from resnet_jax import cli  # pylint: disable=g-import-not-at-top
   glibc = ("glibc", "2.36")
   if sys.platform != "linux":
-    assert cli.hugepage_environment({}, glibc) is None
+    assert runtime.hugepage_environment({}, glibc) is None
     return
-  env = cli.hugepage_environment({"PATH": "/bin"}, glibc)
+  env = runtime.hugepage_environment({"PATH": "/bin"}, glibc)
   assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1" and env["PATH"] == "/bin"
-  assert env[cli.HUGEPAGES_ENV] == "0"  # the re-executed process does not re-exec again
-  assert cli.hugepage_environment(env, glibc) is None
-  kept = cli.hugepage_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, glibc)
+  assert env[runtime.HUGEPAGES_ENV] == "0"  # the re-executed process does not re-exec again
+  assert runtime.hugepage_environment(env, glibc) is None
+  kept = runtime.hugepage_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, glibc)
   assert kept["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
-  assert cli.hugepage_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, glibc) is None
-  assert cli.hugepage_environment({cli.HUGEPAGES_ENV: "0"}, glibc) is None  # the user's opt-out
-  assert cli.hugepage_environment({}, ("glibc", "2.31")) is None  # no hugetlb tunable before 2.35
-  assert cli.hugepage_environment({}, ("", "")) is None  # musl and others
+  assert runtime.hugepage_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, glibc) is None
+  assert runtime.hugepage_environment({runtime.HUGEPAGES_ENV: "0"}, glibc) is None  # the user's opt-out
+  assert runtime.hugepage_environment({}, ("glibc", "2.31")) is None  # no hugetlb tunable before 2.35
+  assert runtime.hugepage_environment({}, ("", "")) is None  # musl and others
 
 
 def test_command_line_reexecs_with_huge_pages():
-  from resnet_jax import cli  # pylint: disable=g-import-not-at-top
-  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", cli.HUGEPAGES_ENV)}
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", runtime.HUGEPAGES_ENV)}
   env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
   cmd = [sys.executable, "-m", "resnet_jax.cli", "bench", "--model", "resnet8", "--batch-size", "8",
          "--steps", "1", "--num-devices", "1"]
   out = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-  expected = cli.hugepage_environment(env)
+  expected = runtime.hugepage_environment(env)
   tunables = json.loads(out.stdout.strip().splitlines()[-1])["glibc_tunables"]
   assert tunables == ("" if expected is None else expected["GLIBC_TUNABLES"])

@@ -11,7 +11,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from resnet_jax import cli, prepare
+from resnet_jax import cli
+from resnet_jax.data import prepare
 
 CIFAR10_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
 

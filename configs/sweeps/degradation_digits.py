@@ -7,11 +7,11 @@ Expect plain-56 to end with a clearly higher training error than plain-20 (deepe
 worse), while ResNet-56 stays close to ResNet-20 and far below plain-56.
 """
 
-from configs import default
+from resnet_jax.config import default_config
 
 
 def get_config():
-  config = default.get_config()
+  config = default_config()
   config.dataset = "digits"
   config.batch_size = 128
   config.learning_rate = 0.1          # the paper's CIFAR recipe otherwise: momentum 0.9, wd 1e-4

@@ -1,0 +1,13 @@
+"""Benchmarks of the `resnet-jax` command.
+
+What lives here: `step` (`resnet-jax bench`: the compiled train step on synthetic data), `data`
+(`resnet-jax data-bench`: the input pipeline) and `fake_imagenet` (generated ImageNet-style JPEGs
+that data-bench reads).
+
+What it may import: every room below the command line. Reference implementations to compare against
+(a minimal Flax step, PyTorch) live outside the package, in the repository's `benchmarks/`.
+"""
+
+from resnet_jax.bench.step import run_benchmark
+
+__all__ = ["run_benchmark"]

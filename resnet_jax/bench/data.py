@@ -1,0 +1,72 @@
+"""`resnet-jax data-bench`: images/s of the input pipeline (read, decode, augment, normalise).
+
+Times `train_batch` for consecutive steps, the calls the training loop makes, once per thread count:
+0 threads is one core doing everything in the caller (so its rate is images/s/core), more threads
+build batches ahead in Grain threads. Peak RSS is the process's high-water mark (it includes JAX and
+the dataset's index, not TensorFlow: building a dataset runs in a child process).
+"""
+
+import concurrent.futures
+import multiprocessing
+import os
+import resource
+import tempfile
+import time
+
+FAKE_IMAGENET = "fake-imagenet"  # ImageNet-style JPEGs generated here, prepared as imagenet2012
+
+
+def _prepare_fake_imagenet(root: str, images: int) -> str:
+  from resnet_jax.bench import fake_imagenet  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
+  manual = os.path.join(root, "manual")
+  synsets = ("n01440764", "n01443537")
+  fake_imagenet.write_fake_imagenet(manual, synsets, per_class=images // len(synsets), num_val=8,
+                              min_side=300, max_side=500)
+  data_dir = os.path.join(root, "data")
+  prepare.prepare("imagenet2012", manual, data_dir)
+  return data_dir
+
+
+def run_data_bench(data: str, data_dir: str = "", augment: str = "", batch_size: int = 128,
+                   steps: int = 20, threads=(0, 2), image_size: int = 0,
+                   fake_images: int = 256) -> dict:
+  """Images/s of `train_batch` for each thread count in `threads`, after one warm-up batch each.
+
+  `data` is a TFDS name prepared in `data_dir`, or "fake-imagenet": `fake_images` generated JPEGs of
+  300-500 px (ImageNet's typical size) prepared as imagenet2012 in a temporary directory.
+  """
+  from resnet_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+
+  if steps < 1 or batch_size < 1 or not threads:
+    raise ValueError("data-bench needs --steps >= 1, --batch-size >= 1 and at least one --threads.")
+  with tempfile.TemporaryDirectory(prefix="resnet_jax_data_bench_") as tmp:
+    name = data
+    if data == FAKE_IMAGENET:
+      name = "imagenet2012"
+      # TensorFlow (which builds TFDS datasets) stays out of this process and its peak RSS.
+      ctx = multiprocessing.get_context("spawn")
+      with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        data_dir = pool.submit(_prepare_fake_imagenet, tmp, fake_images).result()
+    augment = augment or ("inception" if name.startswith("imagenet") else "cifar")
+    rows = []
+    for num_threads in threads:
+      # Statistics from 256 images: their values do not change the cost of a batch.
+      ds = tfds_source.TfdsDataset(name, data_dir, augment=augment, image_size=image_size,
+                                 normalization_examples=256, data_threads=num_threads,
+                                 prefetch_batches=max(2, 2 * num_threads))
+      ds.train_batch(0, 0, batch_size)  # warm-up: opens files, starts the threads
+      t = time.perf_counter()
+      for step in range(1, steps + 1):
+        batch = ds.train_batch(0, step, batch_size)
+      seconds = time.perf_counter() - t
+      rows.append({"threads": num_threads, "images_per_sec": steps * batch_size / seconds})
+      del ds
+  single = [r["images_per_sec"] for r in rows if r["threads"] == 0]
+  return {
+      "data": data, "augment": augment, "batch_size": batch_size, "steps": steps,
+      "image_shape": list(batch["image"].shape[1:]), "cpu_cores": os.cpu_count(),
+      "rows": rows, "images_per_sec_per_core": single[0] if single else None,
+      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  }

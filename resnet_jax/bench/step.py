@@ -1,0 +1,96 @@
+"""`resnet-jax bench`: times our compiled train step on synthetic data (the exact step training runs)."""
+
+import os
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from resnet_jax.config import default_config
+from resnet_jax.models import flops
+from resnet_jax.training.trainer import Trainer
+
+
+def run_benchmark(model: str = "resnet20", batch_size: int = 128, steps: int = 10,
+                  dtype: str = "float32", image_size: int = 0, parallelism: str = "jit",
+                  num_devices: int = 0, warmup_steps: int = 2, scan_blocks: bool = False,
+                  remat_blocks: bool = False, steps_per_dispatch: int = 1,
+                  data_on_device: bool = False, cpu_fusion: str | None = None) -> dict:
+  """Compiles the train step, runs `warmup_steps` dispatches, then times `steps` dispatches.
+
+  Each dispatch runs `steps_per_dispatch` steps (drawing its batches on device with
+  `data_on_device`); times are per step. Returns step_ms_median, images_per_sec, compile_s, devices,
+  flops_per_step (3 x forward, the usual estimate of forward + backward, 2 FLOPs per multiply-add) and
+  achieved_tflops, plus the compiled step's memory footprint from XLA's memory analysis.
+  """
+  config = default_config()
+  config.update(model=model, batch_size=batch_size, dtype=dtype, dataset="synthetic",
+                image_size=image_size, parallelism=parallelism, num_devices=num_devices,
+                total_steps=max(1, steps + warmup_steps), lr_decay_steps=(), scan_blocks=scan_blocks,
+                remat_blocks=remat_blocks)
+  if cpu_fusion is not None:
+    config.cpu_fusion = cpu_fusion
+  trainer = Trainer(config)
+  strategy, dataset = trainer.strategy, trainer.dataset
+  state = strategy.put_state(trainer.init_state())
+  k = steps_per_dispatch
+  if data_on_device:
+    fn, arg = strategy.device_steps(k, config.seed, batch_size, "cifar"), strategy.put_data(*dataset.train_arrays())
+  elif k > 1:
+    fn, arg = strategy.multi_step(k), strategy.put_batches([dataset.train_batch(config.seed, i, batch_size)
+                                                for i in range(k)])
+  else:
+    fn, arg = strategy.train_step, strategy.put_batch(dataset.train_batch(config.seed, 0, batch_size))
+
+  t0 = time.perf_counter()
+  compiled = fn.lower(state, arg).compile()
+  compile_s = time.perf_counter() - t0
+
+  for _ in range(warmup_steps):
+    state, metrics = compiled(state, arg)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    state, metrics = compiled(state, arg)
+    jax.block_until_ready(metrics)
+    times.append((time.perf_counter() - t) / k)
+
+  step_s = statistics.median(times)
+  side = dataset.image_shape[0]
+  macs = flops.count_macs(trainer.model, side, dataset.image_shape[-1])
+  flops_per_step = 3 * 2 * macs * batch_size
+  result = {
+      "model": model, "batch_size": batch_size, "dtype": dtype, "image_size": side,
+      "parallelism": parallelism, "devices": len(strategy.devices), "backend": jax.default_backend(),
+      "scan_blocks": scan_blocks, "remat_blocks": remat_blocks, "steps_per_dispatch": k,
+      "data_on_device": data_on_device, "cpu_fusion": config.cpu_fusion,
+      "compiler_options": strategy.compiler_options or {},
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+      "steps": steps, "step_ms_median": 1e3 * step_s, "step_ms_min": 1e3 * min(times),
+      "images_per_sec": batch_size / step_s, "compile_s": compile_s,
+      "flops_per_step": flops_per_step, "achieved_tflops": flops_per_step / step_s / 1e12,
+  }
+  result.update(_memory(compiled))
+  if not np.all(np.isfinite(strategy.fetch(metrics)["train/loss"])):
+    raise RuntimeError("the benchmark's loss is not finite; the timed step is broken.")
+  return result
+
+
+def _memory(compiled) -> dict:
+  """Bytes the compiled step needs per device (arguments, outputs, temporaries), if XLA reports it."""
+  try:
+    m = compiled.memory_analysis()
+  except (NotImplementedError, AttributeError, RuntimeError):
+    return {}
+  if m is None:
+    return {}
+  if isinstance(m, (list, tuple)):  # pmap: one analysis per device; they are identical
+    m = m[0]
+  temp = getattr(m, "temp_size_in_bytes", 0)
+  args = getattr(m, "argument_size_in_bytes", 0)
+  out = getattr(m, "output_size_in_bytes", 0)
+  alias = getattr(m, "alias_size_in_bytes", 0)
+  return {"memory_temp_mb": temp / 2**20, "memory_args_mb": args / 2**20,
+          "memory_peak_mb": (temp + args + out - alias) / 2**20}

@@ -1,0 +1,18 @@
+"""Configuration: every key with its default (`defaults`), and loading config files with overrides
+(`files`).
+
+What lives here: `default_config()`, the one place every key is listed with a comment; `load(spec,
+overrides)` for `--config FILE[:ARG]` and `--config.key=value`; `from_json` for a run's saved
+config.json; `validate` for the keys the loop reads. Experiment presets are files under the
+repository's `configs/` (shipped in the wheel too), loaded by path.
+
+What it may import: ml_collections, etils and `resnet_jax.checks`; no other room. Every other room
+reads a config, none writes one.
+"""
+
+from resnet_jax.config.defaults import default_config
+from resnet_jax.config.files import (apply_overrides, from_dict, from_json, load, load_config_file,
+                                     load_module, presets_dir, resolve_path, validate)
+
+__all__ = ["default_config", "apply_overrides", "from_dict", "from_json", "load",
+           "load_config_file", "load_module", "presets_dir", "resolve_path", "validate"]

@@ -1,0 +1,181 @@
+"""Config files and command-line overrides, ml_collections style.
+
+`--config configs/cifar10.py:resnet56` loads that file's `get_config("resnet56")`; each
+`--config.key=value` then overrides one key. Configs are locked and type-safe: an unknown key or a value
+of the wrong type is an error that names the key.
+
+Config files are loaded by path. A path under `configs/` that does not exist where the command runs
+is looked up among the presets that ship with the package, so `--config configs/quickstart.py` works
+from a checkout and from an installed wheel alike. Files in a `configs` folder may import their
+siblings as `from configs import cifar10`: while a file loads, `configs` names its own folder tree.
+"""
+
+import ast
+import importlib.util
+import json
+import os
+import sys
+import types
+
+from etils import epath
+import ml_collections
+
+from resnet_jax.checks import check_choice
+from resnet_jax.config.defaults import default_config
+
+PRESETS = "configs"  # the checkout's folder of presets, shipped in the wheel as resnet_jax/presets
+
+
+def presets_dir() -> str | None:
+  """Where this installation's presets are: the checkout's configs/, or the wheel's copy."""
+  package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for candidate in (os.path.join(os.path.dirname(package), PRESETS),  # a checkout (editable install)
+                    os.path.join(package, "presets")):  # a wheel
+    if os.path.isfile(os.path.join(candidate, "cifar10.py")):
+      return candidate
+  return None
+
+
+def resolve_path(path: str) -> str:
+  """`path` if it exists; else, for `configs/...`, the shipped preset of that name."""
+  if os.path.isfile(path):
+    return path
+  parts = os.path.normpath(path).split(os.sep)
+  shipped = presets_dir()
+  if parts[0] == PRESETS and shipped is not None:
+    candidate = os.path.join(shipped, *parts[1:])
+    if os.path.isfile(candidate):
+      return candidate
+  hint = f" Shipped presets are in {shipped}." if shipped else ""
+  raise ValueError(f"config file {path!r} does not exist (expected e.g. configs/quickstart.py).{hint}")
+
+
+def _configs_root(path: str) -> str | None:
+  """The folder that `from configs import ...` means for the file at `path`."""
+  shipped = presets_dir()
+  folder = os.path.dirname(os.path.abspath(path))
+  while True:
+    if os.path.basename(folder) == PRESETS or (shipped and os.path.samefile(folder, shipped)):
+      return folder
+    parent = os.path.dirname(folder)
+    if parent == folder:
+      return None
+    folder = parent
+
+
+def load_module(path: str):
+  """Imports a config (or sweep) file by path (see `resolve_path`)."""
+  path = resolve_path(path)
+  root = _configs_root(path)
+  # `configs` is a package only while the file loads (and imports its siblings), so no top-level
+  # `configs` outlives the call to clash with a user's own.
+  saved = {k: v for k, v in sys.modules.items() if k == PRESETS or k.startswith(PRESETS + ".")}
+  if root is not None:
+    package = types.ModuleType(PRESETS)
+    package.__path__ = [root]
+    sys.modules[PRESETS] = package
+  try:
+    module_spec = importlib.util.spec_from_file_location(f"_resnet_jax_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+      module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+      raise ValueError(f"config file {e.filename}, line {e.lineno}: {e.msg}. Fix the file and "
+                       "re-run.") from None
+  finally:
+    if root is not None:
+      for name in [k for k in sys.modules if k == PRESETS or k.startswith(PRESETS + ".")]:
+        del sys.modules[name]
+      sys.modules.update(saved)
+  return module
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path.py` or `path.py:arg` by calling the file's `get_config([arg])`."""
+  path, _, arg = spec.partition(":")
+  module = load_module(path)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {path!r} has no get_config() function.")
+  config = module.get_config(arg) if arg else module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ValueError(f"{path}: get_config() must return an ml_collections.ConfigDict.")
+  return config
+
+
+def _parse_value(key: str, raw: str, current):
+  if isinstance(current, str):
+    return raw
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    raise ValueError(f"--config.{key}={raw!r}: not a valid {type(current).__name__} literal.") from None
+  if isinstance(current, bool) != isinstance(value, bool):
+    raise ValueError(f"--config.{key}: expected {type(current).__name__}, got {raw!r}.")
+  if isinstance(current, float) and isinstance(value, int):
+    value = float(value)
+  if isinstance(current, tuple) and isinstance(value, (list, int)):
+    value = tuple(value) if isinstance(value, list) else (value,)
+  return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
+  """Sets each dotted `key` to its parsed `value` string; the config must already have the key."""
+  for key, raw in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part] if part in node else None
+      if not isinstance(node, ml_collections.ConfigDict):
+        raise ValueError(f"unknown config key {key!r}; see resnet_jax/config/defaults.py for every key.")
+    if leaf not in node:
+      raise ValueError(f"unknown config key {key!r}; see resnet_jax/config/defaults.py for every key.")
+    value = _parse_value(key, raw, node[leaf])
+    try:
+      node[leaf] = value
+    except TypeError as e:
+      raise ValueError(f"--config.{key}={raw!r}: {e}") from None
+
+
+def load(spec: str, overrides: dict[str, str] | None = None) -> ml_collections.ConfigDict:
+  """The resolved config: file, then overrides; locked so typos fail loudly later too."""
+  config = load_config_file(spec)
+  config.lock()
+  apply_overrides(config, overrides or {})
+  return config
+
+
+def from_dict(data: dict) -> ml_collections.ConfigDict:
+  """A locked config from a run's saved values; keys added since it was written take their defaults."""
+  data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+  config = ml_collections.ConfigDict({**default_config().to_dict(), **data})
+  config.lock()
+  return config
+
+
+def from_json(path: str) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote to `<workdir>/config.json` (a local path or gs://).
+
+  Keys added to the defaults after the run was written take their defaults, so a run from an older
+  version still evaluates and reports.
+  """
+  return from_dict(json.loads(epath.Path(path).read_text()))
+
+
+_CHOICES = {"dtype": ("float32", "bfloat16", "float16")}
+_POSITIVE = ("batch_size", "eval_batch_size", "total_steps", "log_every_steps")
+_NON_NEGATIVE = ("eval_every_steps", "checkpoint_every_steps", "bn_group_size", "num_devices",
+                 "num_classes", "image_size", "label_smoothing")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the keys the loop itself reads; modules check their own (optim, models, parallel)."""
+  for key, choices in _CHOICES.items():
+    check_choice(key, config[key], choices)
+  for key in _POSITIVE:
+    if config[key] <= 0:
+      raise ValueError(f"{key}={config[key]} must be > 0.")
+  for key in _NON_NEGATIVE:
+    if config[key] < 0:
+      raise ValueError(f"{key}={config[key]} must be >= 0.")
+  if config.keep_checkpoints < 1:
+    raise ValueError(f"keep_checkpoints={config.keep_checkpoints} must be >= 1.")

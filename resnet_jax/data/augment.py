@@ -1,0 +1,168 @@
+"""Host-side augmentation and normalisation, vectorised with NumPy over the batch.
+
+Random parameters are drawn for the whole GLOBAL batch from an RNG keyed by (seed, step) and then
+sliced per process, so the global batch is the same on any number of processes. Crop boxes are
+(y0, x0, height, width) in the source image's pixels (floats); only JPEG/PNG decoding and resizing run
+per example (in PIL's C code, which releases the GIL so read-ahead threads overlap).
+"""
+
+import io
+
+import numpy as np
+
+from resnet_jax.checks import check_choice
+
+AUGMENTS = ("none", "cifar", "inception", "scale")
+NORMALIZATIONS = ("per_channel", "per_pixel_mean")
+CIFAR_PAD = 4              # He et al. 2015, sec. 4.2: "4 pixels are padded on each side"
+INCEPTION_SCALE = (0.08, 1.0)  # Szegedy et al. 2015 crop area range, as in torchvision
+INCEPTION_RATIO = (3 / 4, 4 / 3)
+INCEPTION_ATTEMPTS = 10    # torchvision's RandomResizedCrop: 10 tries, then a centre crop
+SCALE_RANGE = (256, 480)   # sec. 3.4: shorter side sampled in [256, 480] for a 224 crop
+EVAL_CROP_FRACTION = 0.875  # resize to 256, centre crop 224 (224 / 256)
+
+
+def sample_params(augment: str, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+  """The random numbers one global batch needs; each array's leading axis is the batch."""
+  check_choice("augment", augment, AUGMENTS)
+  params = {"flip": rng.random(batch_size) < 0.5} if augment != "none" else {}
+  if augment == "cifar":
+    params["offset"] = rng.integers(0, 2 * CIFAR_PAD + 1, (batch_size, 2))
+  elif augment == "inception":
+    params["u"] = rng.random((batch_size, INCEPTION_ATTEMPTS, 4))
+  elif augment == "scale":
+    params["u"] = rng.random((batch_size, 3))
+  return params
+
+
+def pad_crop_flip(images, offset, flip, pad: int = CIFAR_PAD, xp=np):
+  """Zero-pads by `pad`, takes an HxW crop at `offset` (B, 2), mirrors where `flip`: one gather.
+
+  The paper's CIFAR augmentation (sec. 4.2). `xp` is the array module: numpy for the host pipeline,
+  jax.numpy inside the compiled step for on-device data; both run this same code.
+  """
+  b, h, w, _ = images.shape
+  padded = xp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  rows = offset[:, 0, None] + xp.arange(h)
+  cols = offset[:, 1, None] + xp.arange(w)
+  cols = xp.where(flip[:, None], cols[:, ::-1], cols)
+  return padded[xp.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def flip_images(images: np.ndarray, flip: np.ndarray) -> np.ndarray:
+  return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
+def inception_boxes(u: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+  """Random-resized-crop boxes (B, 4) from uniforms `u` (B, attempts, 4), torchvision's rule.
+
+  Each attempt draws an area fraction in INCEPTION_SCALE and a log-uniform aspect ratio in
+  INCEPTION_RATIO; the first attempt that fits wins, else the largest centred crop of clamped ratio.
+  """
+  h, w = heights[:, None].astype(np.float64), widths[:, None].astype(np.float64)
+  area = h * w * (INCEPTION_SCALE[0] + (INCEPTION_SCALE[1] - INCEPTION_SCALE[0]) * u[..., 0])
+  lo, hi = np.log(INCEPTION_RATIO[0]), np.log(INCEPTION_RATIO[1])
+  ratio = np.exp(lo + (hi - lo) * u[..., 1])
+  cw, ch = np.round(np.sqrt(area * ratio)), np.round(np.sqrt(area / ratio))
+  fits = (cw >= 1) & (ch >= 1) & (cw <= w) & (ch <= h)
+  first = np.argmax(fits, axis=1)
+  pick = lambda a: np.take_along_axis(a, first[:, None], axis=1)[:, 0]
+  ch, cw = pick(ch), pick(cw)
+  y0 = np.floor(pick(u[..., 2]) * (h[:, 0] - ch + 1))
+  x0 = np.floor(pick(u[..., 3]) * (w[:, 0] - cw + 1))
+  # Fallback (no attempt fits): the whole image, cropped to the nearest allowed aspect ratio.
+  fh, fw = heights.astype(np.float64), widths.astype(np.float64)
+  fw = np.where(fw / fh > INCEPTION_RATIO[1], np.round(fh * INCEPTION_RATIO[1]), fw)
+  fh = np.where(fw / fh < INCEPTION_RATIO[0], np.round(fw / INCEPTION_RATIO[0]), fh)
+  ok = fits.any(axis=1)
+  boxes = np.stack([y0, x0, ch, cw], axis=1)
+  fallback = np.stack([(heights - fh) // 2, (widths - fw) // 2, fh, fw], axis=1)
+  return np.where(ok[:, None], boxes, fallback)
+
+
+def scale_boxes(u: np.ndarray, heights: np.ndarray, widths: np.ndarray, size: int) -> np.ndarray:
+  """The paper's scale augmentation as crop boxes: shorter side resized to S, a random size x size crop.
+
+  S is uniform in SCALE_RANGE scaled by size / 224 (exactly [256, 480] for 224 crops); the crop of the
+  resized image is the box of side size / f in the original, f = S / shorter side.
+  """
+  lo, hi = (r * size / 224 for r in SCALE_RANGE)
+  s = np.floor(lo + (hi - lo + 1) * u[:, 0])
+  side = size * np.minimum(heights, widths) / s
+  y0 = u[:, 1] * (heights - side)
+  x0 = u[:, 2] * (widths - side)
+  return np.stack([y0, x0, side, side], axis=1)
+
+
+def center_boxes(heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+  """Evaluation view: resize the shorter side to size / 0.875, centre crop size (square boxes)."""
+  side = EVAL_CROP_FRACTION * np.minimum(heights, widths).astype(np.float64)
+  return np.stack([(heights - side) / 2, (widths - side) / 2, side, side], axis=1)
+
+
+def open_image(data: bytes, channels: int):
+  """A lazily decoded PIL image (header only) in the mode `channels` asks for."""
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+
+  try:  # naming the usual formats skips PIL's probe of every plugin (~25 us of ~100 per CIFAR image)
+    image = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
+  except UnidentifiedImageError:
+    image = Image.open(io.BytesIO(data))
+  mode = "RGB" if channels == 3 else "L"
+  return image if image.mode == mode else image.convert(mode)
+
+
+def to_array(image, channels: int) -> np.ndarray:
+  array = np.asarray(image, dtype=np.uint8)
+  return array[..., None] if channels == 1 else array
+
+
+def crop_resize(image, box, size: int, channels: int) -> np.ndarray:
+  """Crops `box` (y0, x0, h, w) and resizes it to size x size (antialiased bilinear), uint8 HWC."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  y0, x0, h, w = (float(v) for v in box)
+  out = image.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + w, y0 + h))
+  return to_array(out, channels)
+
+
+class Normalizer:
+  """uint8 images -> float32: per-channel standardisation or the paper's per-pixel mean subtraction.
+
+  Pixels are first scaled to [0, 1]; `mean` is (C,) or (H, W, C), `std` (C,) or None (the paper
+  subtracts the mean image only, sec. 4.2).
+  """
+
+  def __init__(self, mean: np.ndarray, std=None):
+    self.mean = np.asarray(mean, np.float32)
+    self.std = None if std is None else np.asarray(std, np.float32)
+
+  @classmethod
+  def fit(cls, kind: str, images: np.ndarray) -> "Normalizer":
+    """Statistics of uint8 `images` (N, H, W, C) in float64, so 50k images sum exactly enough."""
+    check_choice("normalization", kind, NORMALIZATIONS)
+    return cls.from_sums(kind, *moments(images))
+
+  @classmethod
+  def from_sums(cls, kind: str, count: int, total: np.ndarray, total_sq: np.ndarray) -> "Normalizer":
+    """From per-pixel sums of x and x^2 (x in [0, 1]) over `count` images."""
+    if kind == "per_pixel_mean":
+      return cls(total / count)
+    n = count * total.shape[0] * total.shape[1]
+    mean = total.sum(axis=(0, 1)) / n
+    std = np.sqrt(np.maximum(total_sq.sum(axis=(0, 1)) / n - mean ** 2, 0.0))
+    return cls(mean, std)
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    x = images.astype(np.float32) * np.float32(1 / 255) - self.mean
+    return x if self.std is None else x / self.std
+
+
+def moments(images: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+  """(count, per-pixel sum, per-pixel sum of squares) of 0..255 images, scaled to [0, 1].
+
+  Summed in float64 (exact enough over 50k images) from a float32 copy: half the memory of a float64
+  one, which matters for chunks of 224x224 images.
+  """
+  x = images.astype(np.float32) * np.float32(1 / 255)
+  return len(images), x.sum(axis=0, dtype=np.float64), np.square(x).sum(axis=0, dtype=np.float64)

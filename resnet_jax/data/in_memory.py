@@ -1,0 +1,101 @@
+"""Datasets held decoded in host memory: scikit-learn's digits (real, no download) and synthetic data."""
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+from resnet_jax.data import sampling
+from resnet_jax.data.augment import Normalizer, pad_crop_flip
+
+
+@dataclasses.dataclass(frozen=True)
+class InMemoryDataset:
+  """A decoded, normalised dataset held in host memory (float32 NHWC images, int32 labels).
+
+  `test_*` is the evaluation split: the test set, or the validation hold-out when one is configured.
+  """
+  name: str
+  num_classes: int
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  augment: str = "none"
+
+  def __post_init__(self):
+    if self.augment not in ("none", "cifar"):
+      raise ValueError(f"augment={self.augment!r} needs variable-size images from a TFDS dataset "
+                       f"(e.g. imagenet2012); {self.name!r} supports 'none' or 'cifar'.")
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train_images.shape[1:])
+
+  @property
+  def train_size(self) -> int:
+    return len(self.train_labels)
+
+  def train_batch(self, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
+    """This process's share of global training batch `step` (0-based)."""
+    idx, params = sampling.batch_plan(seed, step, batch_size, self.train_size, self.augment)
+    images = self.train_images[idx]
+    if self.augment == "cifar":
+      images = pad_crop_flip(images, params["offset"], params["flip"])
+    return {"image": images, "label": self.train_labels[idx]}
+
+  def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    """The whole normalised, un-augmented training split (for data_on_device)."""
+    return self.train_images, self.train_labels
+
+  def eval_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """The whole evaluation split once, in order; the last batch is padded and masked (mask 0)."""
+    for idx, mask in sampling.eval_plan(batch_size, len(self.test_labels)):
+      yield {"image": self.test_images[idx], "label": self.test_labels[idx], "mask": mask}
+
+
+def hold_out(images: np.ndarray, labels: np.ndarray, count: int, what: str):
+  """Splits off the last `count` training examples as a validation set (the paper's 45k/5k)."""
+  if not 0 <= count < len(labels):
+    raise ValueError(f"validation_split={count} must be in [0, {len(labels)}) for {what} "
+                     f"({len(labels)} training examples).")
+  cut = len(labels) - count
+  return (images[:cut], labels[:cut]), (images[cut:], labels[cut:])
+
+
+def load_digits(normalization: str = "per_channel", validation_split: int = 0,
+                augment: str = "none") -> InMemoryDataset:
+  """scikit-learn's bundled 8x8 digits (1,797 real images, 10 classes): no download needed.
+
+  A fixed split: the first 1,497 images train, the last 300 test (the data is ordered by writer,
+  so the test digits come from writers the model has not seen). `validation_split` > 0 evaluates on
+  the last that many of the 1,497 training images instead. Statistics come from the training part.
+  """
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
+  digits = datasets.load_digits()
+  images = (digits.images * (255 / 16)).astype(np.float32)[..., None]  # 0..16 -> the 0..255 scale
+  labels = digits.target.astype(np.int32)
+  (train, train_y), (evals, eval_y) = (images[:1497], labels[:1497]), (images[1497:], labels[1497:])
+  if validation_split:
+    (train, train_y), (evals, eval_y) = hold_out(train, train_y, validation_split, "digits")
+  norm = Normalizer.fit(normalization, train)
+  return InMemoryDataset("digits", 10, norm(train), train_y, norm(evals), eval_y, augment)
+
+
+def make_synthetic(image_size: int, num_classes: int, channels: int = 3, train_size: int = 1024,
+                   test_size: int = 256, seed: int = 0, validation_split: int = 0) -> InMemoryDataset:
+  """Random normal images with random labels: for benchmarks and plumbing tests, not for learning.
+
+  Already standardised, so `normalization` does not apply.
+  """
+  rng = np.random.default_rng(seed)
+
+  def split(n):
+    return (rng.standard_normal((n, image_size, image_size, channels), np.float32),
+            rng.integers(0, num_classes, n).astype(np.int32))
+
+  train, test = split(train_size), split(test_size)
+  if validation_split:
+    train, test = hold_out(*train, validation_split, "synthetic")
+  return InMemoryDataset("synthetic", num_classes, *train, *test)

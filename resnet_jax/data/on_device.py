@@ -1,0 +1,68 @@
+"""On-device data for datasets that fit in device memory (digits, CIFAR-10/100).
+
+The decoded, normalised training set is put on the devices once; each step's batch is then drawn and
+augmented (the paper's pad-crop-flip) inside the compiled step, as a pure function of (seed, step),
+so the host does no per-step work and exact resume still holds. Tiny CIFAR nets on an accelerator
+are otherwise bound by host input and dispatch, not arithmetic.
+
+The order differs from the host pipeline's (this one draws with jax.random, so it can be traced);
+the augmentation is the host's own `augment.pad_crop_flip`, run with jax.numpy. A test holds
+`sample_batch` to a specification written example by example.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from resnet_jax.checks import check_choice
+from resnet_jax.data.augment import CIFAR_PAD, pad_crop_flip
+
+AUGMENTS = ("none", "cifar")
+
+
+def _keys(seed: int, step):
+  base = jax.random.key(seed)
+  return jax.random.fold_in(base, 0), jax.random.fold_in(jax.random.fold_in(base, 1), step)
+
+
+def _epoch_permutation(order_key, epoch, n: int):
+  return jax.random.permutation(jax.random.fold_in(order_key, epoch), n)
+
+
+def example_indices(seed: int, step, batch_size: int, n: int):
+  """Global batch `step` of a stream of per-epoch shuffles: example i lies in epoch i // n."""
+  if batch_size > n:
+    raise ValueError(f"batch_size={batch_size} exceeds the {n} training examples held on device.")
+  order_key, _ = _keys(seed, step)
+  pos = step * batch_size + jnp.arange(batch_size)
+  first = (step * batch_size) // n
+  # A batch spans at most two epochs, since batch_size <= n.
+  perm = jnp.concatenate([_epoch_permutation(order_key, first, n),
+                          _epoch_permutation(order_key, first + 1, n)])
+  return perm[pos - first * n]
+
+
+def augment_params(seed: int, step, batch_size: int):
+  _, aug_key = _keys(seed, step)
+  k1, k2 = jax.random.split(aug_key)
+  return (jax.random.randint(k1, (batch_size, 2), 0, 2 * CIFAR_PAD + 1),
+          jax.random.bernoulli(k2, 0.5, (batch_size,)))
+
+
+def sample_batch(data: dict, seed: int, step, batch_size: int, augment: str) -> dict:
+  """The batch for `step` from on-device `data` ({"image", "label"}); traceable, vectorised."""
+  check_choice("augment (with data_on_device)", augment, AUGMENTS)
+  n = data["image"].shape[0]
+  idx = example_indices(seed, step, batch_size, n)
+  images, labels = data["image"][idx], data["label"][idx]
+  if augment == "cifar":
+    offsets, flips = augment_params(seed, step, batch_size)
+    images = pad_crop_flip(images, offsets, flips, xp=jnp)
+  return {"image": images, "label": labels}
+
+
+def train_arrays(dataset) -> tuple:
+  """The decoded, normalised, un-augmented training set of a dataset that supports it."""
+  if not hasattr(dataset, "train_arrays"):
+    raise ValueError(f"dataset {getattr(dataset, 'name', dataset)!r} cannot be held on device; set "
+                     "data_on_device=False.")
+  return dataset.train_arrays()

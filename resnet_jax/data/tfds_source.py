@@ -1,0 +1,244 @@
+"""TFDS image-classification datasets (cifar10, cifar100, imagenet2012, ...) read with random access.
+
+Storage is TFDS's `array_record` format, read through `builder.as_data_source` (the engine of
+`tfds.data_source`): random access by example index, no TensorFlow at training time. The batch for
+step k is built from indices that are a pure function of (seed, step), decoded and augmented with
+NumPy/PIL, and Grain threads build the next batches ahead (`readahead.ReadAhead`).
+TensorFlow is needed only to BUILD a dataset (download_and_prepare or `resnet-jax prepare`).
+"""
+
+import os
+
+import numpy as np
+
+from resnet_jax import storage
+from resnet_jax.checks import check_choice
+from resnet_jax.data import augment as aug
+from resnet_jax.data import sampling
+from resnet_jax.data.readahead import ReadAhead
+
+# Datasets whose `test` split carries no labels (ImageNet's test images are unlabelled: label -1).
+_EVAL_ON_VALIDATION = ("imagenet2012",)
+_STATS_CHUNK_PIXELS = 2 ** 23  # values per statistics chunk (32 MiB as float32): 500 CIFAR, 55 at 224
+_STATS_CACHE = {}  # (name, data_dir, train size, images used, kind, side) -> Normalizer, per process
+
+
+class DataUnavailableError(ValueError):
+  """The dataset is neither prepared in data_dir nor could be downloaded and prepared."""
+
+
+def _tfds():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  return tfds
+
+
+def _base_name(name: str) -> str:
+  return name.split("/")[0].split(":")[0]
+
+
+def local_copy(builder, cache_dir: str):
+  """Copies a prepared dataset from remote storage (gs://) to `cache_dir` once; returns its builder.
+
+  array_record reads only local (POSIX) files: random access on GCS is not implemented
+  (google/array_record#120), so a gs:// data_dir is mirrored, file by file, skipping files already
+  copied with the same size. For datasets larger than the local disk, mount the bucket with gcsfuse
+  and pass the mount point as data_dir instead.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  src = epath.Path(builder.data_dir)
+  root = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "resnet_jax", "tfds")
+  config = f"/{builder.builder_config.name}" if builder.builder_config else ""
+  dst = epath.Path(root) / f"{builder.name}{config}" / str(builder.version)  # TFDS's own layout
+  dst.mkdir(parents=True, exist_ok=True)
+  for f in src.iterdir():
+    target = dst / f.name
+    if not (target.exists() and target.stat().length == f.stat().length):
+      f.copy(target, overwrite=True)
+  return _tfds().builder(f"{builder.name}{config}:{builder.version}", data_dir=root,
+                         file_format="array_record")
+
+
+def open_builder(name: str, data_dir: str = "", cache_dir: str = "", download: bool = True):
+  """The TFDS builder of `name`, prepared in array_record format (downloading it if needed)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  tfds = _tfds()
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"dataset={name!r} is not 'digits', 'synthetic' or a TFDS dataset name "
+                     f"(e.g. cifar10, cifar100, imagenet2012). TFDS said: {e}") from None
+  where = data_dir or "the TFDS default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+  if not builder.is_prepared():
+    if not download or jax.process_count() > 1:
+      raise DataUnavailableError(
+          f"{name} is not prepared in {where}. Prepare it before the run (one process): "
+          f"`resnet-jax prepare {_base_name(name)} --source DIR --data-dir DATA_DIR` offline, or "
+          f"python -c \"import tensorflow_datasets as tfds; tfds.data_source('{name}', "
+          f"data_dir='DATA_DIR')\" with network.")
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # network, manual-download, TensorFlow-missing errors: all need a fix
+      raise DataUnavailableError(
+          f"could not download and prepare {name} in {where} ({type(e).__name__}: {e}). Offline, "
+          f"prepare it from the original files: resnet-jax prepare {_base_name(name)} --source DIR "
+          f"--data-dir DATA_DIR (see README, Data).") from e
+  if "array_record" not in [f.value for f in builder.info.available_file_formats()]:
+    raise ValueError(f"{name} in {builder.data_dir} is prepared as {builder.info.file_format.value}, "
+                     "but random access needs array_record. Prepare it into another data_dir.")
+  if storage.is_remote(str(builder.data_dir)):
+    builder = local_copy(builder, cache_dir)
+  return builder
+
+
+class TfdsDataset:
+  """A TFDS dataset behind the interface of `in_memory.InMemoryDataset` (train_batch, eval_batches)."""
+
+  def __init__(self, name: str, data_dir: str = "", augment: str = "none",
+               normalization: str = "per_channel", validation_split: int = 0, image_size: int = 0,
+               normalization_examples: int = 50000, data_threads: int = 0, prefetch_batches: int = 2,
+               cache_dir: str = "", default_image_size: int = 224):
+    check_choice("augment", augment, aug.AUGMENTS)
+    check_choice("normalization", normalization, aug.NORMALIZATIONS)
+    if normalization_examples < 1:
+      raise ValueError(f"normalization_examples={normalization_examples} must be >= 1.")
+    if data_threads < 0 or prefetch_batches < 0:
+      raise ValueError("data_threads and prefetch_batches must be >= 0.")
+    builder = open_builder(name, data_dir, cache_dir)
+    info = builder.info
+    if not info.supervised_keys or len(info.supervised_keys) != 2:
+      raise ValueError(f"{name} has no (image, label) supervised keys: not an image-classification "
+                       "dataset.")
+    self.image_key, self.label_key = info.supervised_keys
+    self.name, self.augment = name, augment
+    self.num_classes = info.features[self.label_key].num_classes
+    native = tuple(info.features[self.image_key].shape)
+    self.channels = native[-1]
+    self.fixed = None not in native  # CIFAR: every image 32x32x3; ImageNet: any size
+    if self.fixed:
+      if image_size and image_size != native[0]:
+        raise ValueError(f"image_size={image_size}, but {name} images are {native[0]}x{native[1]}; "
+                         "set image_size=0.")
+      self.size = native[0]
+    else:
+      if augment == "cifar":
+        raise ValueError(f"augment='cifar' pads and crops fixed-size images; {name} images vary in "
+                         "size: use 'inception' or 'scale'.")
+      self.size = image_size or default_image_size  # ImageNet nets: 224x224 crops (sec. 3.4)
+
+    decoders = {self.image_key: _tfds().decode.SkipDecoding()}  # we decode (and crop) with PIL
+    self._train = builder.as_data_source(split="train", decoders=decoders)
+    n = len(self._train)
+    if not 0 <= validation_split < n:
+      raise ValueError(f"validation_split={validation_split} must be in [0, {n}) for {name}.")
+    self.train_size = n - validation_split
+    if validation_split:  # the last examples of the stored (TFDS-shuffled) train split
+      self._eval, self._eval_offset, self.eval_size = self._train, self.train_size, validation_split
+      self.eval_split = f"train[-{validation_split}:]"
+    else:
+      split = "validation" if (_base_name(name) in _EVAL_ON_VALIDATION
+                               or "test" not in info.splits) else "test"
+      self._eval = builder.as_data_source(split=split, decoders=decoders)
+      self._eval_offset, self.eval_size, self.eval_split = 0, len(self._eval), split
+
+    self._ahead = ReadAhead(self._load_train, data_threads, prefetch_batches)
+    self._eval_ahead = ReadAhead(self._load_eval, data_threads, prefetch_batches)
+    key = (name, str(builder.data_dir), self.train_size, min(normalization_examples, self.train_size),
+           normalization, self.size)
+    if key not in _STATS_CACHE:
+      _STATS_CACHE[key] = self._fit_normalizer(normalization, key[3])
+    self.normalizer = _STATS_CACHE[key]
+
+  @classmethod
+  def from_config(cls, config, default_image_size: int) -> "TfdsDataset":
+    return cls(config.dataset, config.data_dir, config.augment, config.normalization,
+               config.validation_split, config.image_size, config.normalization_examples,
+               config.data_threads, config.prefetch_batches, config.data_cache_dir, default_image_size)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.size, self.size, self.channels)
+
+  def train_batch(self, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
+    """This process's share of global training batch `step` (0-based): a pure function of its args."""
+    return self._ahead.get((seed, batch_size), step)
+
+  def eval_batches(self, batch_size: int):
+    """The whole evaluation split once, in order; the last batch is padded and masked (mask 0)."""
+    return self._eval_ahead.run(batch_size, 0, sampling.num_eval_batches(batch_size, self.eval_size))
+
+  def records(self, indices, split: str = "train") -> list[dict]:
+    """TFDS records (image still encoded) at `indices` of the training or evaluation examples."""
+    if split == "train":
+      return self._train.__getitems__([int(i) for i in indices])
+    return self._eval.__getitems__([int(i) + self._eval_offset for i in indices])
+
+  def _load_train(self, key, step: int) -> dict[str, np.ndarray]:
+    seed, batch_size = key
+    idx, params = sampling.batch_plan(seed, step, batch_size, self.train_size, self.augment)
+    records = self.records(idx)
+    return {"image": self._images(records, params, train=True), "label": self._labels(records)}
+
+  def _load_eval(self, batch_size: int, j: int) -> dict[str, np.ndarray]:
+    idx, mask = sampling.eval_batch_plan(batch_size, self.eval_size, j)
+    records = self.records(idx, "eval")
+    return {"image": self._images(records, {}, train=False), "label": self._labels(records),
+            "mask": mask}
+
+  def _labels(self, records) -> np.ndarray:
+    return np.asarray([r[self.label_key] for r in records], np.int32)
+
+  def decode(self, records, params: dict, train: bool) -> np.ndarray:
+    """uint8 images (B, size, size, C) of `records`: augmented if `train`, else the eval view."""
+    data = [r[self.image_key] for r in records]
+    if self.fixed and not (train and self.augment in ("inception", "scale")):
+      return np.stack([aug.to_array(aug.open_image(d, self.channels), self.channels) for d in data])
+    images = [aug.open_image(d, self.channels) for d in data]
+    heights = np.array([im.height for im in images])
+    widths = np.array([im.width for im in images])
+    if train and self.augment == "inception":
+      boxes = aug.inception_boxes(params["u"], heights, widths)
+    elif train and self.augment == "scale":
+      boxes = aug.scale_boxes(params["u"], heights, widths, self.size)
+    else:
+      boxes = aug.center_boxes(heights, widths)
+    out = np.stack([aug.crop_resize(im, b, self.size, self.channels) for im, b in zip(images, boxes)])
+    return aug.flip_images(out, params["flip"]) if "flip" in params else out
+
+  def _images(self, records, params: dict, train: bool) -> np.ndarray:
+    images = self.normalizer(self.decode(records, params, train))
+    if train and self.augment == "cifar":
+      # Normalise first, then zero-pad: the padding is the mean colour, as with the paper's
+      # mean-subtracted inputs (sec. 4.2).
+      images = aug.pad_crop_flip(images, params["offset"], params["flip"])
+    return images
+
+  def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    """The whole training split decoded, normalised and un-augmented (for data_on_device).
+
+    Only for fixed-size images (CIFAR: 50k x 32x32x3 float32 = 614 MB); ImageNet does not fit.
+    """
+    if not self.fixed:
+      raise ValueError(f"{self.name} images vary in size, so they cannot be held on device; set "
+                       "data_on_device=False.")
+    parts = list(self._chunks(self.train_size, lambda recs: (
+        self.normalizer(self.decode(recs, {}, train=False)), self._labels(recs))))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+  def _chunks(self, count: int, fn):
+    """fn(records) for consecutive chunks of the first `count` training examples, read ahead."""
+    per = min(500, max(1, _STATS_CHUNK_PIXELS // (self.size * self.size * self.channels)))
+
+    def chunk(_, j):
+      return fn(self.records(range(j * per, min((j + 1) * per, count))))
+
+    return ReadAhead(chunk, self._ahead.num_threads, 2).run(None, 0, -(-count // per))
+
+  def _fit_normalizer(self, kind: str, count: int) -> aug.Normalizer:
+    """Statistics of the first `count` training images (stored order, TFDS-shuffled) in eval view."""
+    total = None
+    for part in self._chunks(count, lambda recs: aug.moments(self.decode(recs, {}, train=False))):
+      total = part if total is None else tuple(a + b for a, b in zip(total, part))
+    return aug.Normalizer.from_sums(kind, *total)

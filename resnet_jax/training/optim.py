@@ -1,0 +1,144 @@
+"""Learning-rate schedules and the SGD-momentum optimizer of He et al. 2015.
+
+The paper trains with SGD, momentum 0.9 and weight decay 1e-4, dividing the
+learning rate by 10 at fixed iterations (He et al. 2015, sec. 3.4 and 4.2).
+Everything here is driven by the optimisation keys of `resnet_jax/config/defaults.py`.
+"""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from resnet_jax.checks import check_choice
+
+_CHOICES = {
+    "lr_schedule": ("step", "cosine", "constant"),
+    "warmup_mode": ("linear", "constant"),
+    "lr_scaling": ("none", "linear"),
+    "momentum_style": ("optax", "caffe"),
+    "weight_decay_mask": ("kernels", "all"),
+}
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError, naming the key, for any bad optimisation setting."""
+  for key, choices in _CHOICES.items():
+    check_choice(key, config[key], choices)
+  boundaries = tuple(config.lr_decay_steps)
+  if any(b < 0 for b in boundaries):
+    raise ValueError(
+        f"lr_decay_steps must be non-negative, got {boundaries!r}.")
+  # Strictly increasing: a repeated boundary would be an ambiguous double drop.
+  if any(a >= b for a, b in zip(boundaries, boundaries[1:])):
+    raise ValueError(
+        f"lr_decay_steps must be strictly increasing, got {boundaries!r}.")
+  if config.warmup_steps < 0:
+    raise ValueError(
+        f"warmup_steps must be non-negative, got {config.warmup_steps!r}.")
+  if config.warmup_steps > config.total_steps:
+    raise ValueError(
+        f"warmup_steps ({config.warmup_steps}) must not exceed total_steps "
+        f"({config.total_steps}).")
+  cosine = config.lr_schedule == "cosine"
+  if cosine and config.warmup_steps == config.total_steps:
+    raise ValueError(
+        "lr_schedule 'cosine' needs total_steps > warmup_steps, got "
+        f"warmup_steps = total_steps = {config.total_steps}.")
+  if config.grad_clip_norm < 0:
+    raise ValueError(
+        f"grad_clip_norm must be >= 0 (0 = no clipping), got "
+        f"{config.grad_clip_norm!r}.")
+
+
+def create_learning_rate_fn(
+    config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Returns the schedule step -> lr; step 0 is the first update."""
+  _validate(config)
+  peak = float(config.learning_rate)
+  if config.lr_scaling == "linear":
+    # Linear scaling rule (Goyal et al. 2017, sec. 2.1): lr grows with the
+    # batch, relative to the reference batch of 256. Only the peak scales.
+    peak *= config.batch_size / 256
+  boundaries = jnp.asarray(tuple(config.lr_decay_steps), dtype=jnp.int32)
+  factor = float(config.lr_decay_factor)
+  warmup = int(config.warmup_steps)
+  decay_steps = int(config.total_steps) - warmup
+  warmup_lr = float(config.warmup_learning_rate)
+
+  def schedule(step):
+    step = jnp.asarray(step)
+    if config.lr_schedule == "step":
+      # Boundaries count absolute updates, warm-up included: the paper divides
+      # by 10 "at 32k and 48k iterations" (He et al. 2015, sec. 4.2).
+      drops = jnp.sum(step[..., None] >= boundaries, axis=-1)
+      lr = peak * factor**drops
+    elif config.lr_schedule == "cosine":
+      # Cosine decay to 0 after warm-up (Loshchilov & Hutter 2017, SGDR).
+      t = jnp.clip(step - warmup, 0, decay_steps) / decay_steps
+      lr = 0.5 * peak * (1.0 + jnp.cos(math.pi * t))
+    else:
+      lr = peak * jnp.ones_like(step, dtype=jnp.float32)
+    if warmup > 0:
+      if config.warmup_mode == "linear":
+        # Gradual warm-up from 0 to the peak (Goyal et al. 2017, sec. 2.2).
+        warm = peak * step / warmup
+      else:
+        # ResNet-110: 0.01 until training "warms up" (~400 iterations), then
+        # back to 0.1 (He et al. 2015, sec. 4.2).
+        warm = warmup_lr * jnp.ones_like(step, dtype=jnp.float32)
+      lr = jnp.where(step < warmup, warm, lr)
+    return jnp.asarray(lr, dtype=jnp.float32)
+
+  return schedule
+
+
+def _key_name(entry: Any) -> Any:
+  # DictKey (dicts, FrozenDict) carries `.key`; GetAttrKey carries `.name`.
+  return getattr(entry, "key", getattr(entry, "name", None))
+
+
+def weight_decay_mask(params: Any, mode: str) -> Any:
+  """Returns a pytree of bools like `params`: True where weight decay applies.
+
+  Args:
+    params: the parameter pytree (e.g. Flax `variables["params"]`).
+    mode: "kernels" decays only leaves named `kernel` (conv and dense weights),
+      sparing BN scale/bias and biases ("no bias decay", He et al. 2019, Bag
+      of Tricks, sec. 3.1); "all" decays every parameter, as a plain global
+      L2 weight decay does (He et al. 2015, sec. 3.4).
+  """
+  check_choice("weight_decay_mask", mode, _CHOICES["weight_decay_mask"])
+  if mode == "all":
+    return jax.tree_util.tree_map(lambda _: True, params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: bool(path) and _key_name(path[-1]) == "kernel", params)
+
+
+def create_optimizer(
+    config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Returns the chain clip -> masked weight decay -> momentum with lr."""
+  _validate(config)
+  schedule = create_learning_rate_fn(config)
+  transforms = []
+  if config.grad_clip_norm > 0:
+    # Clip the raw loss gradient first, so the decay term is never clipped.
+    transforms.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  mode = config.weight_decay_mask
+  # L2 decay added to the gradient (not the loss), so it shares the momentum
+  # buffer exactly as in Caffe's SGD solver (He et al. 2015, sec. 3.4).
+  transforms.append(
+      optax.add_decayed_weights(
+          config.weight_decay, mask=lambda p: weight_decay_mask(p, mode)))
+  trace = optax.trace(decay=config.momentum, nesterov=config.nesterov)
+  if config.momentum_style == "optax":
+    # Exactly `optax.sgd`: v = m v + g; w -= lr v.
+    transforms += [trace, optax.scale_by_learning_rate(schedule)]
+  else:
+    # Caffe: v = m v + lr g; w -= v. The lr is baked into the buffer, so old
+    # momentum keeps the old lr for a while after a drop.
+    transforms += [optax.scale_by_learning_rate(schedule), trace]
+  return optax.chain(*transforms)

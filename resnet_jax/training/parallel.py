@@ -1,0 +1,251 @@
+"""Data parallelism: one pure step, compiled with `jax.jit` over a device mesh or with `jax.pmap`.
+
+Both strategies expose the same small interface to the loop: place the state, place a batch, run the
+compiled steps, and bring the state back in a device-count-independent form for checkpoints.
+"""
+
+import functools
+import warnings
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from resnet_jax.checks import check_choice
+from resnet_jax.data import on_device
+from resnet_jax.training.step import eval_step, train_step
+
+AXIS = "data"
+STRATEGIES = ("jit", "pmap")
+# XLA:CPU library fusions (DebugOptions.LibraryFusionType) that `cpu_fusion` may name.
+CPU_FUSIONS = ("dot", "eltwise", "reduce")
+
+
+def select_devices(num_devices: int = 0) -> list:
+  """All devices of every process, or the first `num_devices` (single process only)."""
+  devices = jax.devices()
+  if num_devices:
+    if num_devices > len(devices):
+      raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist; use 0 for all.")
+    if jax.process_count() > 1:
+      raise ValueError("num_devices must be 0 (all devices) in a multi-process run.")
+    devices = devices[:num_devices]
+  return devices
+
+
+def cpu_compiler_options(cpu_fusion: str, devices) -> dict:
+  """XLA compiler options for the train and eval steps on CPU devices: `{}` elsewhere.
+
+  `cpu_fusion` names YNNPACK library fusions (comma-separated from CPU_FUSIONS; "" = XLA's default).
+  Handing element-wise ops to YNNPACK lets XLA:CPU drop most of the layout transposes in front of
+  the weight-gradient convolutions, about half of a ResNet-56 step on CPU (docs/PERFORMANCE.md).
+  The option is experimental in XLA, so a jaxlib that does not accept it gets a warning and its
+  defaults rather than a failed run.
+  """
+  names = [n.strip() for n in cpu_fusion.split(",") if n.strip()]
+  unknown = sorted(set(names) - set(CPU_FUSIONS))
+  if unknown:
+    raise ValueError(f"cpu_fusion={cpu_fusion!r}: unknown fusion {unknown}; use a comma-separated "
+                     f"subset of {list(CPU_FUSIONS)}, or \"\" for XLA's default.")
+  if not names or devices[0].platform != "cpu":
+    return {}
+  return dict(_probed_cpu_options(tuple(names)))
+
+
+@functools.lru_cache(maxsize=None)
+def _probed_cpu_options(names: tuple[str, ...]) -> tuple:
+  options = {"xla_cpu_experimental_ynn_fusion_type":
+             ",".join(f"LIBRARY_FUSION_TYPE_{n.upper()}" for n in names)}
+  try:  # Probe once: an unknown option only fails at compile time, deep inside the first step.
+    jax.jit(lambda x: x * 2 + 1, compiler_options=options).lower(np.zeros(4, np.float32)).compile()
+  except Exception as e:  # pylint: disable=broad-except  # jaxlib raises several types
+    warnings.warn(f"cpu_fusion={','.join(names)!r} is not supported by this jaxlib ({e}); using "
+                  "XLA's default CPU fusions.", stacklevel=3)
+    return ()
+  return tuple(options.items())
+
+
+class MeshJit:
+  """`jax.jit` with the batch sharded on its leading axis over a 1-D mesh and the state replicated.
+
+  The step sees the global batch, so BN statistics over the whole batch are exact (XLA inserts the
+  cross-device reductions) and the state buffers are donated.
+  """
+  axis_name = None
+
+  def __init__(self, devices, model, tx, learning_rate_fn, label_smoothing=0.0, compiler_options=None):
+    self.devices = devices
+    self.compiler_options = compiler_options or None
+    self.mesh = Mesh(np.asarray(devices), (AXIS,))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.sharded = NamedSharding(self.mesh, P(AXIS))
+    step = functools.partial(train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
+                             label_smoothing=label_smoothing)
+    self.train_step = self._jit(step, in_shardings=(self.replicated, self.sharded),
+                                out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    self.eval_step = self._jit(functools.partial(eval_step, model=model),
+                               in_shardings=(self.replicated, self.sharded),
+                               out_shardings=self.replicated)
+    self._step, self._compiled = step, {}
+
+  def _jit(self, fn, **kwargs):
+    return jax.jit(fn, compiler_options=self.compiler_options, **kwargs)
+
+  def multi_step(self, k: int):
+    """K steps in one dispatch: `lax.scan` of the step over batches stacked on a leading K axis.
+
+    Returns (state, metrics) with every metric stacked [K], so each step is still recorded.
+    """
+    if ("host", k) not in self._compiled:
+      run = lambda state, batches: _scan(self, self._step, state, batches, k)
+      self._compiled["host", k] = self._jit(
+          run, in_shardings=(self.replicated, NamedSharding(self.mesh, P(None, AXIS))),
+          out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    return self._compiled["host", k]
+
+  def put_batches(self, local_batches: list[dict]):
+    """Stacks K of this process's batches for `multi_step`, sharded on the batch (second) axis."""
+    sharding = NamedSharding(self.mesh, P(None, AXIS))
+    return {k: jax.make_array_from_process_local_data(sharding, np.stack([b[k] for b in local_batches]))
+            for k in local_batches[0]}
+
+  def device_steps(self, k: int, seed: int, batch_size: int, augment: str):
+    """K steps whose batches are drawn and augmented on device from `data` (`resnet_jax.data.on_device`)."""
+    key = ("device", k, seed, batch_size, augment)
+    if key not in self._compiled:
+      def run(state, data):
+        def body(state, _):
+          batch = on_device.sample_batch(data, seed, state.step, batch_size, augment)
+          batch = jax.lax.with_sharding_constraint(batch, self.sharded)  # each device its share
+          return self._step(state, batch)
+        return _scan(self, body, state, None, k)
+
+      self._compiled[key] = self._jit(run, in_shardings=(self.replicated, self.replicated),
+                                      out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    return self._compiled[key]
+
+  def put_data(self, images: np.ndarray, labels: np.ndarray):
+    """The whole training set, replicated on every device (it must fit; CIFAR-10 is 600 MB float32)."""
+    return self.put_state({"image": images, "label": labels})
+
+  @property
+  def state_sharding(self):
+    return self.replicated
+
+  def put_state(self, state):
+    def put(x):
+      if isinstance(x, jax.Array) and x.sharding == self.replicated:
+        return x  # already in place (e.g. restored by Orbax onto this mesh)
+      x = np.asarray(jax.device_get(x))
+      return jax.make_array_from_callback(x.shape, self.replicated, lambda i: x[i])
+    return jax.tree_util.tree_map(put, state)
+
+  def put_batch(self, local_batch: dict[str, np.ndarray]):
+    return {k: jax.make_array_from_process_local_data(self.sharded, v) for k, v in local_batch.items()}
+
+  def get_state(self, state):
+    return state
+
+  def fetch(self, tree):
+    """Host copy of replicated outputs; one local replica is enough (also in multi-process runs)."""
+    return jax.device_get(jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree))
+
+
+class Pmap:
+  """`jax.pmap` over the local devices with axis name "data": gradients and metrics are averaged."""
+  axis_name = AXIS
+
+  def __init__(self, devices, model, tx, learning_rate_fn, label_smoothing=0.0, compiler_options=None):
+    # jax.pmap takes no compiler options: `cpu_fusion` applies to the jit strategy only.
+    self.devices = [d for d in devices if d.process_index == jax.process_index()]
+    # pmap's inputs carry a leading axis of one entry per local device.
+    self.stacked = NamedSharding(Mesh(np.asarray(self.devices), (AXIS,)), P(AXIS))
+    step = functools.partial(train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
+                             label_smoothing=label_smoothing, axis_name=AXIS)
+    # Every process names all devices, so the axis (and its gradient mean) spans every process;
+    # each process feeds its local ones (jax.pmap's `devices` contract in multi-process runs).
+    self.train_step = jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=0)
+    self.eval_step = jax.pmap(functools.partial(eval_step, model=model, axis_name=AXIS),
+                              axis_name=AXIS, devices=devices)
+    self._step, self._all_devices, self._compiled = step, devices, {}
+
+  def multi_step(self, k: int):
+    """K steps per dispatch: `lax.scan` inside the pmap; metrics come back stacked [K]."""
+    if k not in self._compiled:
+      self._compiled[k] = jax.pmap(lambda state, batches: _scan(self, self._step, state, batches, k),
+                                   axis_name=AXIS, devices=self._all_devices, donate_argnums=0)
+    return self._compiled[k]
+
+  def put_batches(self, local_batches: list[dict]):
+    n = len(self.devices)
+    def stack(key):
+      x = np.stack([b[key] for b in local_batches])  # [K, local batch, ...]
+      x = x.reshape((x.shape[0], n, -1) + x.shape[2:])
+      return jax.device_put(np.swapaxes(x, 0, 1), self.stacked)  # [device, K, per-device batch, ...]
+    return {key: stack(key) for key in local_batches[0]}
+
+  def device_steps(self, *args):
+    raise ValueError("data_on_device=True needs parallelism='jit' (the batch is drawn inside one "
+                     "jit-compiled step over the mesh).")
+
+  @property
+  def state_sharding(self):
+    # Checkpoints hold global arrays replicated on every device of every process, as MeshJit's do:
+    # Orbax refuses process-local arrays in a multi-process run, and either strategy restores either.
+    return NamedSharding(Mesh(np.asarray(self._all_devices), (AXIS,)), P())
+
+  def put_state(self, state):
+    n = len(self.devices)
+
+    def put(x):
+      x = np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)  # a local replica
+      return jax.device_put(np.broadcast_to(x, (n,) + x.shape), self.stacked)
+    return jax.tree_util.tree_map(put, state)
+
+  def put_batch(self, local_batch: dict[str, np.ndarray]):
+    n = len(self.devices)
+    return {k: jax.device_put(np.reshape(v, (n, -1) + v.shape[1:]), self.stacked)
+            for k, v in local_batch.items()}
+
+  def get_state(self, state):
+    """The state as global arrays (`state_sharding`): each local device's replica becomes one shard."""
+    replicated = self.state_sharding
+
+    def unstack(x):
+      return jax.make_array_from_single_device_arrays(
+          x.shape[1:], replicated, [s.data.reshape(x.shape[1:]) for s in x.addressable_shards])
+    return jax.tree_util.tree_map(unstack, state)
+
+  def fetch(self, tree):
+    """Host copy of the (identical, averaged) first device's outputs."""
+    return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
+
+
+def _scan(strategy, body, state, xs, k: int):
+  """`lax.scan(body, state, xs, length=k)`, with per-step outputs stacked [k]."""
+  # XLA:CPU runs convolutions inside loop bodies ~30x slower than outside (jax-ml/jax#12868; we
+  # measured 0.28 s vs 0.007 s per step of a small conv net), and a loop of one trip is still a loop:
+  # on CPU the k steps become straight-line code. Accelerators keep a real loop, compiled once.
+  if strategy.devices[0].platform != "cpu":
+    return jax.lax.scan(body, state, xs, length=k)
+  outputs = []
+  for i in range(k):
+    state, out = body(state, None if xs is None else jax.tree_util.tree_map(lambda x: x[i], xs))
+    outputs.append(out)
+  return state, jax.tree_util.tree_map(lambda *ys: jnp.stack(ys), *outputs)
+
+
+def create(strategy: str, devices, model, tx, learning_rate_fn: Callable, label_smoothing: float = 0.0,
+           compiler_options: dict | None = None) -> Any:
+  """The data-parallel strategy named by `config.parallelism`."""
+  check_choice("parallelism", strategy, STRATEGIES)
+  cls = MeshJit if strategy == "jit" else Pmap
+  return cls(devices, model, tx, learning_rate_fn, label_smoothing, compiler_options)
+
+
+def check_batch_size(batch_size: int, num_devices: int, what: str = "batch_size") -> None:
+  if batch_size % num_devices or batch_size % jax.process_count():
+    raise ValueError(f"{what}={batch_size} must be divisible by the number of devices ({num_devices}) "
+                     f"and processes ({jax.process_count()}).")

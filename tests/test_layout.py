@@ -1,0 +1,230 @@
+"""The package's layout: rooms import only rooms below them, no import circles, a light models room,
+old module paths still import, and the wheel ships the presets without a top-level `configs`.
+"""
+
+import ast
+import glob
+import json
+import os
+import subprocess
+import sys
+import tomllib
+import warnings
+import zipfile
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(REPO_ROOT, "resnet_jax")
+
+
+def _module_name(path: str) -> str:
+  rel = os.path.relpath(path, REPO_ROOT)[:-len(".py")].split(os.sep)
+  if rel[-1] == "__init__":
+    rel = rel[:-1]
+  return ".".join(rel)
+
+
+def _imports() -> dict[str, set[str]]:
+  """module -> the resnet_jax modules (and `configs`) it imports anywhere, top-level or in functions."""
+  modules = {_module_name(p): p for p in glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True)}
+  graph = {}
+  for name, path in modules.items():
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    deps = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        targets = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        # `from resnet_jax.x import y` imports the submodule resnet_jax.x.y if there is one, else a
+        # name defined in resnet_jax.x.
+        targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                   for a in node.names]
+      else:
+        continue
+      for target in targets:
+        if target.startswith("configs"):
+          deps.add("configs")
+        while target and target not in modules:
+          target = target.rpartition(".")[0]
+        if target and target != name and target.startswith("resnet_jax"):
+          deps.add(target)
+    graph[name] = deps
+  return graph
+
+
+GRAPH = _imports()
+
+
+def _room(module: str) -> str:
+  parts = module.split(".")
+  return parts[1] if len(parts) > 1 else "resnet_jax"
+
+
+def test_no_import_cycles():
+  """Tarjan's strongly connected components: every one must be a single module."""
+  index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
+
+  def visit(v):
+    index[v] = low[v] = counter[0]
+    counter[0] += 1
+    stack.append(v)
+    on_stack.add(v)
+    for w in GRAPH.get(v, ()):
+      if w == "configs" or w not in GRAPH:
+        continue
+      # A package's __init__ importing its own submodules is how packages work; the submodule
+      # importing siblings through the package is what would make a circle, and is kept.
+      if w.startswith(v + "."):
+        continue
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on_stack:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      component = []
+      while True:
+        w = stack.pop()
+        on_stack.discard(w)
+        component.append(w)
+        if w == v:
+          break
+      if len(component) > 1:
+        cycles.append(sorted(component))
+
+  for v in sorted(GRAPH):
+    if v not in index:
+      visit(v)
+  assert not cycles, f"import circles: {cycles}"
+
+
+# Which rooms each room may import (besides itself and the floors: checks, storage).
+ALLOWED = {
+    "models": set(),
+    "config": set(),
+    "data": set(),
+    "training": {"models", "data", "config"},
+    "experiments": {"models", "data", "config", "training"},
+    "bench": {"models", "data", "config", "training"},
+}
+FLOORS = {"resnet_jax.checks", "resnet_jax.storage"}
+
+
+@pytest.mark.parametrize("room", sorted(ALLOWED))
+def test_rooms_import_only_rooms_below(room):
+  for module, deps in GRAPH.items():
+    if _room(module) != room:
+      continue
+    assert "configs" not in deps, f"{module} imports the configs/ presets; the package must not"
+    bad = {d for d in deps - FLOORS if _room(d) not in ALLOWED[room] | {room}}
+    assert not bad, f"{module} (room {room}) imports {sorted(bad)}"
+
+
+def test_models_need_no_other_room_and_the_step_no_loop():
+  models_deps = set().union(*(d for m, d in GRAPH.items() if _room(m) == "models"))
+  assert {_room(d) for d in models_deps} <= {"models", "checks"}
+  step_deps = GRAPH["resnet_jax.training.step"]
+  assert not step_deps & {"resnet_jax.training.loop", "resnet_jax.training.trainer"}
+
+
+def test_every_room_says_what_it_holds_and_may_import():
+  for room in ALLOWED:
+    with open(os.path.join(PACKAGE, room, "__init__.py")) as f:
+      doc = ast.get_docstring(ast.parse(f.read())) or ""
+    assert "What lives here" in doc and "may import" in doc, room
+
+
+def test_models_import_with_only_jax_flax_and_numpy():
+  """The data and training stacks are made unimportable; a model still builds and runs."""
+  code = """
+import importlib.abc, sys
+BLOCKED = ("tensorflow", "tensorflow_datasets", "grain", "optax", "orbax", "ml_collections",
+           "etils", "sklearn", "matplotlib", "tensorboardX", "PIL", "chex", "torch")
+class Block(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in BLOCKED:
+      raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Block())
+import jax, jax.numpy as jnp
+from resnet_jax import models
+model = models.get_model("resnet8")
+x = jnp.ones((2, 32, 32, 3))
+logits = model.apply(model.init(jax.random.key(0), x, train=False), x, train=False)
+print(logits.shape)
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == "(2, 10)"
+
+
+def test_old_module_paths_still_import_with_a_warning():
+  import importlib  # pylint: disable=g-import-not-at-top
+  import resnet_jax  # pylint: disable=g-import-not-at-top
+
+  for old, new in resnet_jax.MOVED.items():
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      via_attribute = getattr(resnet_jax, old)
+      via_import = importlib.import_module(f"resnet_jax.{old}")
+    assert via_attribute is via_import is importlib.import_module(f"resnet_jax.{new}"), old
+    assert any(issubclass(w.category, DeprecationWarning) and f"resnet_jax.{new}" in str(w.message)
+               for w in caught), old
+  # What README and old scripts use keeps working.
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from resnet_jax import flops, train  # pylint: disable=g-import-not-at-top
+  assert callable(flops.profile) and callable(train.train_and_evaluate) and train.Trainer
+
+
+def test_pyproject_lists_every_subpackage():
+  with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+    setuptools = tomllib.load(f)["tool"]["setuptools"]
+  on_disk = {_module_name(p) for p in glob.glob(os.path.join(PACKAGE, "**", "__init__.py"),
+                                                 recursive=True)}
+  presets = {"resnet_jax.presets" + _module_name(p)[len("configs"):]
+             for p in glob.glob(os.path.join(REPO_ROOT, "configs", "**", "__init__.py"), recursive=True)}
+  assert set(setuptools["packages"]) == on_disk | presets
+  assert setuptools["package-dir"] == {"resnet_jax.presets": "configs"}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+  out = tmp_path_factory.mktemp("wheel")
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                  "-w", str(out), REPO_ROOT], check=True, capture_output=True)
+  (path,) = glob.glob(str(out / "*.whl"))
+  return path
+
+
+def test_wheel_ships_presets_but_no_top_level_configs(wheel):
+  with zipfile.ZipFile(wheel) as z:
+    names = z.namelist()
+  top = {n.split("/")[0] for n in names}
+  assert top == {"resnet_jax", next(t for t in top if t.endswith(".dist-info"))}
+  for preset in ("quickstart.py", "cifar10.py", "sweeps/degradation_digits.py"):
+    assert f"resnet_jax/presets/{preset}" in names
+  assert "resnet_jax/config/defaults.py" in names
+
+
+def test_installed_wheel_trains_a_shipped_preset_outside_the_checkout(wheel, tmp_path):
+  """`--config configs/quickstart.py` from a directory with no configs/: the wheel's copy is used."""
+  site = tmp_path / "site"
+  subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+                  wheel], check=True, capture_output=True)
+  run_dir = tmp_path / "elsewhere"
+  run_dir.mkdir()
+  env = {**os.environ, "PYTHONPATH": str(site), "RESNET_JAX_HUGEPAGES": "0"}
+  cmd = [sys.executable, "-m", "resnet_jax.cli", "train", "--config", "configs/quickstart.py",
+         "--workdir", "run", "--config.model=resnet8", "--config.total_steps=2",
+         "--config.lr_decay_steps=()", "--config.log_every_steps=1", "--config.eval_every_steps=0",
+         "--config.checkpoint_every_steps=0", "--config.num_devices=1"]
+  out = subprocess.run(cmd, cwd=run_dir, env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert json.loads(out.stdout.strip().splitlines()[-1])["step"] == 2
+  # The package ran from the wheel's copy, not from the checkout.
+  code = "import resnet_jax, resnet_jax.config as c; print(resnet_jax.__file__); print(c.presets_dir())"
+  where = subprocess.run([sys.executable, "-c", code], cwd=run_dir, env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+  assert where[0].startswith(str(site)) and where[1] == str(site / "resnet_jax" / "presets")
