@@ -20,7 +20,7 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 80GB HBM3": 989.0, "H100 SXM": 989.0, "
 PAPER_CIFAR_STEPS = 64_000  # He et al. 2015, sec. 4.2
 
 
-def cases(smoke: bool) -> list[tuple[str, list[str]]]:
+def cases(smoke: bool) -> list[list[str]]:
   if smoke:
     r50 = ["--model", "resnet8", "--batch-size", "8", "--dtype", "bfloat16", "--steps", "2"]
     r56 = ["--model", "resnet8", "--batch-size", "8", "--steps", "2"]
@@ -29,13 +29,22 @@ def cases(smoke: bool) -> list[tuple[str, list[str]]]:
     r50 = ["--model", "resnet50", "--batch-size", "256", "--dtype", "bfloat16", "--steps", "30"]
     r56 = ["--model", "resnet56", "--batch-size", "128", "--steps", "50"]
     k = "16"
-  return [
-      ("resnet50 bf16 b256", r50),
-      ("resnet56 b128", r56),
-      ("resnet56 b128 + data on device", r56 + ["--data-on-device"]),
-      (f"resnet56 b128 + data on device + {k} steps/dispatch",
-       r56 + ["--data-on-device", "--steps-per-dispatch", k]),
-  ]
+  return [r50, r56, r56 + ["--data-on-device"], r56 + ["--data-on-device", "--steps-per-dispatch", k]]
+
+
+def label(result: dict) -> str:
+  """What ran, read from the benchmark's own JSON (so a row can never name another case)."""
+  text = f"{result['model']} {result['dtype']} b{result['batch_size']}"
+  if result.get("data_on_device"):
+    text += " + data on device"
+  if result.get("steps_per_dispatch", 1) > 1:
+    text += f" + {result['steps_per_dispatch']} steps/dispatch"
+  return text
+
+
+def requested(args: list[str]) -> str:
+  """A failed case's label: what was asked for."""
+  return "bench " + " ".join(args)
 
 
 def device_name() -> str:
@@ -72,18 +81,19 @@ def main(argv=None) -> int:
   print(f"device: {name}; dense bf16 peak: {peak or 'unknown'} TFLOP/s", flush=True)
   print("| case | ms/step | images/s | TFLOP/s | % of peak | steps/s | 64k steps (min) | compile s |")
   print("|---|---|---|---|---|---|---|---|")
-  for label, case_args in cases(args.smoke):
+  for case_args in cases(args.smoke):
     r = run_case(case_args)
-    r["case"] = label
     if "error" in r:
-      print(f"| {label} | failed: {r['error']} |||||||", flush=True)
+      r["case"] = requested(case_args)
+      print(f"| {r['case']} | failed: {r['error']} |||||||", flush=True)
       results.append(r)
       continue
+    r["case"] = label(r)
     r["steps_per_sec"] = 1e3 / r["step_ms_median"]
     r["paper_schedule_min"] = PAPER_CIFAR_STEPS / r["steps_per_sec"] / 60
     r["fraction_of_peak"] = r["achieved_tflops"] / peak if peak else None
     pct = f"{100 * r['fraction_of_peak']:.1f}" if peak else "-"
-    print(f"| {label} | {r['step_ms_median']:.2f} | {r['images_per_sec']:.0f} | "
+    print(f"| {r['case']} | {r['step_ms_median']:.2f} | {r['images_per_sec']:.0f} | "
           f"{r['achieved_tflops']:.1f} | {pct} | {r['steps_per_sec']:.1f} | "
           f"{r['paper_schedule_min']:.1f} | {r['compile_s']:.1f} |", flush=True)
     results.append(r)

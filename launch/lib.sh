@@ -120,8 +120,19 @@ remote_logs_command() {
   echo "tail -n 200 -F ~/$REMOTE_LOG"
 }
 
-# The resnet-jax arguments after `--`; a leading option means the `train` command.
+# The resnet-jax arguments after `--`; a leading option means the `train` command. resnet-jax has no
+# --dry-run, so one written after `--` (easy to do when appending it to a long command) is ours: it
+# turns dry-run on here rather than reaching resnet-jax while gcloud runs for real.
 resnet_jax_args() {
+  local args=() arg
+  for arg in "$@"; do
+    if [[ $arg == --dry-run ]]; then
+      dry_run=1
+    else
+      args+=("$arg")
+    fi
+  done
+  set -- ${args[@]+"${args[@]}"}
   if (($# == 0)) || [[ $1 == -* ]]; then
     set -- train "$@"
   fi

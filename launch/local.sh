@@ -56,6 +56,12 @@ done
 (($# > 0)) || { usage >&2; exit 2; }
 num_processes=$1
 shift
+# resnet-jax has no --dry-run: one among its arguments (easy to write at the end of the line) is ours.
+args=()
+for arg in "$@"; do
+  if [[ $arg == --dry-run ]]; then dry_run=1; else args+=("$arg"); fi
+done
+set -- ${args[@]+"${args[@]}"}
 [[ $num_processes =~ ^[1-9][0-9]*$ ]] || die "N='$num_processes' must be a positive number of processes (see -h)"
 [[ $devices =~ ^[1-9][0-9]*$ ]] || die "--devices-per-process '$devices' must be a positive integer"
 if (($# == 0)) || [[ $1 == -* ]]; then

@@ -1,4 +1,4 @@
-"""Test setup: simulate 8 CPU devices and make `configs/` importable from the repo root.
+"""Test setup: simulate 8 CPU devices, put the checkout first on the path, find the real CIFAR-10.
 
 XLA_FLAGS must be set before jax is imported anywhere, which is why it lives here.
 """
@@ -19,15 +19,25 @@ if REPO_ROOT not in sys.path:
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# The complete CIFAR-10 (official binary files, gzipped), kept beside the repository, never in it.
-CIFAR10_SOURCE = os.path.join(REPO_ROOT, "..", "shared", "data", "cifar10")
+# The complete CIFAR-10 (the official binary files, plain or gzipped, or cifar-10-binary.tar.gz),
+# never inside the repository: $RESNET_JAX_CIFAR10 names its folder, else ../shared/data/cifar10
+# beside the checkout is used.
+CIFAR10_ENV = "RESNET_JAX_CIFAR10"
+CIFAR10_SOURCE = os.environ.get(CIFAR10_ENV) or os.path.join(REPO_ROOT, "..", "shared", "data",
+                                                              "cifar10")
+
+
+def has_cifar10(folder: str) -> bool:
+  return any(os.path.isfile(os.path.join(folder, name))
+             for name in ("test_batch.bin.gz", "test_batch.bin", "cifar-10-binary.tar.gz"))
 
 
 @pytest.fixture(scope="session")
 def cifar10_source():
   """The folder of the real CIFAR-10 binary files; tests that need it skip where it is absent."""
-  if not os.path.isfile(os.path.join(CIFAR10_SOURCE, "test_batch.bin.gz")):
-    pytest.skip(f"real CIFAR-10 not found at {os.path.normpath(CIFAR10_SOURCE)}")
+  if not has_cifar10(CIFAR10_SOURCE):
+    pytest.skip(f"real CIFAR-10 not found at {os.path.normpath(CIFAR10_SOURCE)}; set "
+                f"{CIFAR10_ENV} to the folder of its binary files (README, Tests)")
   return CIFAR10_SOURCE
 
 

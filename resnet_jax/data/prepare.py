@@ -9,6 +9,7 @@ other TFDS dataset with a manual download) goes through TFDS's own `manual_dir` 
 
 import contextlib
 import gzip
+import io
 import os
 import tarfile
 import tempfile
@@ -153,30 +154,67 @@ def check_imagenet(source: str) -> None:
       raise SourceError(f"{path} is corrupt: the archive is empty.")
 
 
-def prepare(name: str, source: str, data_dir: str) -> dict:
-  """Builds TFDS dataset `name` into `data_dir` (array_record) from `source`; returns split sizes."""
+@contextlib.contextmanager
+def quiet_tensorflow():
+  """TensorFlow's and TFDS's start-up logging, warnings and progress bars off, while preparing.
+
+  The variables must be set before TensorFlow loads (TFDS loads it while building, in this
+  process and its workers), so this runs before TFDS is imported. TFDS also prints "Downloading and
+  preparing dataset ..." to stdout even when nothing is downloaded; stdout is kept for our own result.
+  """
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  # Its "oneDNN custom operations are on" notice ignores the level; building a dataset only encodes
+  # images, where oneDNN's float kernels change nothing.
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  tfds.disable_progress_bar()
   try:
-    tfds.builder_cls(name)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise ValueError(f"{name!r} is not a TFDS dataset name (e.g. cifar10, cifar100, "
-                     "imagenet2012).") from None
-  builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-  if builder.is_prepared():
-    print(f"{name} is already prepared in {builder.data_dir}; nothing to do.")
-    return {split: info.num_examples for split, info in builder.info.splits.items()}
-  with tempfile.TemporaryDirectory(prefix="resnet_jax_prepare_") as tmp:
-    config = None
-    if name in CIFAR:
-      staged = stage_cifar(name, source, os.path.join(tmp, "staged"))
-      builder = _offline_builder(name)(staged=staged, data_dir=data_dir, file_format="array_record")
-    else:
-      if not os.path.isdir(source):
-        raise SourceError(f"--source {source} is not a directory: give the folder that holds the "
-                          f"files of {name}'s manual download.")
-      if name == "imagenet2012":
-        check_imagenet(source)
-      config = tfds.download.DownloadConfig(manual_dir=source)
-    builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"), download_config=config)
-  return {split: info.num_examples for split, info in builder.info.splits.items()}
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield tfds
+  finally:
+    absl_logging.set_verbosity(verbosity)
+    tfds.enable_progress_bar()
+
+
+def prepare(name: str, source: str, data_dir: str, log=None) -> dict:
+  """Builds TFDS dataset `name` into `data_dir` (array_record) from `source`; returns split sizes.
+
+  `log(text)` hears one line per phase (checking the files, building, done).
+  """
+  log = log or (lambda text: None)
+  with quiet_tensorflow() as tfds:
+    try:
+      tfds.builder_cls(name)
+    except tfds.core.registered.DatasetNotFoundError:
+      raise ValueError(f"{name!r} is not a TFDS dataset name (e.g. cifar10, cifar100, "
+                       "imagenet2012).") from None
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    if builder.is_prepared():
+      log(f"{name} is already prepared in {builder.data_dir}; nothing to do.")
+      return {split: info.num_examples for split, info in builder.info.splits.items()}
+    with tempfile.TemporaryDirectory(prefix="resnet_jax_prepare_") as tmp:
+      config = None
+      if name in CIFAR:
+        log(f"checking the {name} files in {source}")
+        staged = stage_cifar(name, source, os.path.join(tmp, "staged"))
+        builder = _offline_builder(name)(staged=staged, data_dir=data_dir,
+                                         file_format="array_record")
+      else:
+        if not os.path.isdir(source):
+          raise SourceError(f"--source {source} is not a directory: give the folder that holds the "
+                            f"files of {name}'s manual download.")
+        if name == "imagenet2012":
+          log(f"checking the ILSVRC2012 archives in {source}")
+          check_imagenet(source)
+        config = tfds.download.DownloadConfig(manual_dir=source)
+      log(f"building {name} into {data_dir} with TFDS's own {name} builder, from the local files "
+          "(nothing is downloaded)")
+      builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"),
+                                   download_config=config)
+    splits = {split: info.num_examples for split, info in builder.info.splits.items()}
+  log(f"{name} is ready in {builder.data_dir}: " + ", ".join(f"{k} {v:,}" for k, v in splits.items()))
+  return splits
