@@ -6,6 +6,7 @@ import os
 import sys
 
 from resnet_jax import runtime
+from resnet_jax.training import errors
 
 def _models(args) -> int:
   from resnet_jax import models  # pylint: disable=g-import-not-at-top
@@ -49,14 +50,7 @@ def _train(args) -> int:
 
   distributed.initialize()  # before anything touches a device
   config = config_lib.load(args.config, split_overrides(args.overrides))
-  try:
-    last = loop.train_and_evaluate(config, args.workdir)
-  except loop.StoppedEarly as e:
-    print(f"resnet-jax train: {e}", file=sys.stderr)
-    return loop.EXIT_STOPPED_EARLY
-  except loop.NonFiniteError as e:
-    print(f"resnet-jax train: error: {e}", file=sys.stderr)
-    return 1
+  last = loop.train_and_evaluate(config, args.workdir)
   if distributed.is_lead():
     print(json.dumps(last))
   return 0
@@ -74,17 +68,15 @@ def _eval(args) -> int:
 
 def _sweep(args) -> int:
   from resnet_jax.experiments import report, sweep  # pylint: disable=g-import-not-at-top
-  from resnet_jax.training import loop  # pylint: disable=g-import-not-at-top
 
-  try:
-    results = sweep.run_sweep(args.config, args.workdir, args.shard, split_overrides(args.overrides))
-  except loop.StoppedEarly as e:
-    print(f"resnet-jax sweep: {e}", file=sys.stderr)
-    return loop.EXIT_STOPPED_EARLY
-  report.write_report(args.workdir, plots=not args.no_plots, responses=not args.no_plots)
-  with open(f"{args.workdir}/summary.md") as f:
-    print(f.read())
+  results = sweep.run_sweep(args.config, args.workdir, args.shard, split_overrides(args.overrides))
   failed = sorted(name for name, status in results.items() if status == "failed")
+  if failed and len(failed) == len(results):
+    print(f"resnet-jax sweep: every run failed: {', '.join(failed)} (see <run>/status.json); no "
+          "report.", file=sys.stderr)
+    return 1
+  report.write_report(args.workdir, plots=not args.no_plots, responses=not args.no_plots)
+  print(_read_text(f"{args.workdir}/summary.md"))
   if failed:
     print(f"resnet-jax sweep: {len(failed)} run(s) failed: {', '.join(failed)} "
           "(see <run>/status.json); re-run to retry them.", file=sys.stderr)
@@ -96,9 +88,14 @@ def _report(args) -> int:
   from resnet_jax.experiments import report  # pylint: disable=g-import-not-at-top
 
   report.write_report(args.workdir, plots=not args.no_plots, responses=not args.no_plots)
-  with open(f"{args.workdir}/summary.md") as f:
-    print(f.read())
+  print(_read_text(f"{args.workdir}/summary.md"))
   return 0
+
+
+def _read_text(path: str) -> str:
+  from etils import epath  # pylint: disable=g-import-not-at-top  # a bucket path too
+
+  return epath.Path(path).read_text()
 
 
 def _bench(args) -> int:
@@ -120,8 +117,9 @@ def _bench(args) -> int:
 
 def _prepare(args) -> int:
   from resnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  from resnet_jax.training import console  # pylint: disable=g-import-not-at-top
 
-  sizes = prepare.prepare(args.name, args.source, args.data_dir)
+  sizes = prepare.prepare(args.name, args.source, args.data_dir, log=console.Console().say)
   print(json.dumps({"dataset": args.name, "data_dir": args.data_dir,
                     "splits": {str(k): v for k, v in sizes.items()}}))
   return 0
@@ -152,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("train", help="train (or resume) a run; every config key can be overridden",
                      epilog="Overrides: --config.<key>=<value>, keys as in resnet_jax/config/defaults.py. "
-                            "Exit codes: 0 done, 1 non-finite loss, 2 bad input, 75 stopped early by "
-                            "SIGTERM after saving (re-run to resume).")
+                            "Exit codes: 0 done, 1 non-finite loss, 2 bad input (config, workdir, "
+                            "data; also a workdir in use), 74 disk full, 75 stopped early by SIGTERM "
+                            "or Ctrl-C after saving (re-run to resume), 130 a second Ctrl-C.")
   p.add_argument("--config", required=True, help="config file, optionally with an argument: FILE[:ARG]")
   p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard, config.json")
   p.set_defaults(func=_train, overrides=[])
@@ -224,9 +223,19 @@ def main(argv=None) -> int:
   args.overrides = extra
   try:
     return args.func(args)
-  except ValueError as e:  # bad input from the user: say what and how to fix it, no traceback
-    print(f"resnet-jax {args.command}: error: {e}", file=sys.stderr)
-    return 2
+  except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
+    code = errors.exit_code(e)
+    if code is None:
+      raise  # not an error a user can fix: a bug, with its traceback
+    if isinstance(e, KeyboardInterrupt):
+      message = ("stopped at once by a second Ctrl-C; nothing was saved after the last checkpoint, "
+                 "from which the same command resumes.")
+    elif isinstance(e, errors.StoppedEarly):
+      message = str(e)
+    else:
+      message = f"error: {e}"
+    print(f"resnet-jax {args.command}: {message}", file=sys.stderr)
+    return code
 
 
 def entry_point() -> int:

@@ -1,6 +1,7 @@
 """Which launch a process belongs to (`distributed.detect`), and the metrics log of a gs:// workdir."""
 
 import json
+import os
 
 import pytest
 
@@ -8,18 +9,46 @@ from resnet_jax import storage
 from resnet_jax.training import distributed, metrics_log
 
 
+SLURM = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_LOCALID": "0"}
+OMPI = {"OMPI_MCA_orte_hnp_uri": "1234.0;tcp://10.0.0.1:5000"}
+
+
 @pytest.mark.parametrize("env,kind", [
     ({}, None),
     ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}, "env"),
     # An sbatch shell, or srun with one task, is a single process.
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None),
-    ({"SLURM_PROCID": "3", "SLURM_NTASKS": "8"}, "slurm"),
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "1"}, None),
-    ({"OMPI_COMM_WORLD_SIZE": "4"}, "mpi"),
-    ({"OMPI_COMM_WORLD_SIZE": "1"}, None),
+    ({**SLURM, "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None),
+    ({**SLURM, "SLURM_PROCID": "3", "SLURM_NTASKS": "8"}, "slurm"),
+    ({**SLURM, "SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "1"}, None),
+    # Not what JAX's SLURM detection recognises (it needs all of its five variables).
+    ({"SLURM_PROCID": "3", "SLURM_NTASKS": "8"}, None),
+    ({**OMPI, "OMPI_COMM_WORLD_SIZE": "4"}, "mpi"),
+    ({**OMPI, "OMPI_COMM_WORLD_SIZE": "1"}, None),
 ])
 def test_detect(env, kind):
   assert distributed.detect(env) == kind
+
+
+@pytest.mark.parametrize("env", [
+    {}, {**SLURM, "SLURM_PROCID": "3", "SLURM_NTASKS": "8"}, {"SLURM_PROCID": "3", "SLURM_NTASKS": "8"},
+    {**SLURM, "SLURM_NTASKS": "8"}, {**OMPI, "OMPI_COMM_WORLD_SIZE": "4"}, {"OMPI_COMM_WORLD_SIZE": "4"},
+])
+def test_detection_agrees_with_jax(env, monkeypatch):
+  """Our SLURM / Open MPI detection is JAX's own, read from the same variables."""
+  from jax._src.clusters import ompi_cluster, slurm_cluster  # pylint: disable=g-import-not-at-top
+
+  for name in list(os.environ):
+    if name.startswith(("SLURM_", "OMPI_")):
+      monkeypatch.delenv(name)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  assert distributed.jax_detects("slurm", env) == slurm_cluster.SlurmCluster.is_env_present()
+  assert distributed.jax_detects("mpi", env) == ompi_cluster.OmpiCluster.is_env_present()
+
+
+def test_open_mpi_that_jax_cannot_read_is_an_error_saying_what_to_set():
+  with pytest.raises(ValueError, match="JAX_COORDINATOR_ADDRESS=.*OMPI_COMM_WORLD_RANK"):
+    distributed.detect({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "1"})
 
 
 def test_bad_process_variables_are_errors_naming_them(monkeypatch):

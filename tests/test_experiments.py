@@ -23,7 +23,7 @@ def _tiny(spec, image_size):
   """The preset on synthetic data of a tiny image size: its model, optimizer and step, not its data."""
   config = config_lib.load(spec, {"dataset": "synthetic", "image_size": str(image_size),
                                      "batch_size": "8", "eval_batch_size": "8", "num_devices": "1",
-                                     "bn_group_size": "0", "augment": "none"})
+                                     "bn_group_size": "0", "augment": "none", "eval_crops": "center"})
   return config, loop.Trainer(config)
 
 
@@ -149,3 +149,59 @@ def test_report_groups_seeds_and_quotes_the_paper():
   assert group["final_test_error_mean"] == 3.0 and group["final_test_error_std"] == pytest.approx(np.sqrt(2))
   with pytest.raises(ValueError, match="no runs"):
     report.write_report("configs")
+
+
+# He et al. 2015, Table 6 (CIFAR-10 test error %, and parameters), copied here from the paper
+# independently of resnet_jax/experiments/report.py. ResNet-110 is the best of 5 runs.
+TABLE6 = {"resnet20": (8.75, 0.27e6), "resnet32": (7.51, 0.46e6), "resnet44": (7.17, 0.66e6),
+          "resnet56": (6.97, 0.85e6), "resnet110": (6.43, 1.7e6), "resnet1202": (7.93, 19.4e6)}
+
+
+def test_report_paper_column_is_table6(tmp_path):
+  assert report.PAPER_TABLE6 == {k: v[0] for k, v in TABLE6.items()}
+  # The parameter counts of our nets match the table's, so the rows compare the same networks.
+  from resnet_jax import models  # pylint: disable=g-import-not-at-top
+  from resnet_jax.models import flops  # pylint: disable=g-import-not-at-top
+  for name in ("resnet20", "resnet56"):
+    assert abs(flops.count_params(models.get_model(name), 32) - TABLE6[name][1]) < 0.006e6
+  # The summary puts them in the right rows, and only for CIFAR-10 runs.
+  for dataset in ("cifar10", "digits"):
+    run = tmp_path / dataset / "resnet56"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": "resnet56", "dataset": dataset, "seed": 0}))
+    (run / metrics_log.METRICS_FILE).write_text(json.dumps(
+        {"step": 1, "train/accuracy": 0.5, "eval/accuracy": 0.9}) + "\n")
+    row = report.summarize_run(str(run), str(tmp_path / dataset))
+    assert row["paper_test_error"] == (6.97 if dataset == "cifar10" else None)
+  paper = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                       "PAPER.md")
+  if os.path.exists(paper):  # the project's transcription of the paper, beside the checkout
+    text = open(paper).read()
+    for name, (error, _) in TABLE6.items():
+      assert f"ResNet-{name[len('resnet'):]} {error}" in text, name
+
+
+def test_summary_says_the_best_test_error_is_selected_on_the_test_set():
+  text = report.markdown([], [])
+  assert "best*" in text and "selected on the test set itself" in text
+
+
+def test_imagenet_paper_preset_is_the_papers_network_and_testing():
+  paper = config_lib.load("configs/imagenet.py:resnet50")
+  modern = config_lib.load("configs/imagenet.py:resnet50-modern")
+  cifar = config_lib.load("configs/cifar10.py:resnet20")
+  # Sec. 3.4 / Table 1: the stride on the bottleneck's first 1x1, and 10-crop testing for Tables 2-4.
+  assert (paper.stride_placement, paper.eval_crops, paper.augment) == ("v1", "ten", "scale")
+  assert (paper.batch_size, paper.bn_group_size, paper.learning_rate) == (256, 32, 0.1)
+  assert (paper.weight_decay, paper.momentum, paper.lr_schedule) == (1e-4, 0.9, "step")
+  # The paper's two presets decay the same parameters.
+  assert paper.weight_decay_mask == cifar.weight_decay_mask == "all"
+  # -modern is torchvision's network with Goyal et al. and Bag of Tricks' changes.
+  assert (modern.stride_placement, modern.eval_crops, modern.weight_decay_mask) == (
+      "v1.5", "center", "kernels")
+  assert (modern.lr_schedule, modern.label_smoothing, modern.zero_init_residual) == ("cosine", 0.1, True)
+  # Table 1's multiply-adds for the v1 network (3.8e9), not torchvision's v1.5 (4.1e9).
+  from resnet_jax import models  # pylint: disable=g-import-not-at-top
+  from resnet_jax.models import flops  # pylint: disable=g-import-not-at-top
+  macs = flops.count_macs(models.get_model("resnet50", stride_placement=paper.stride_placement), 224)
+  assert round(macs / 1e9, 1) == 3.9 and abs(macs - 3.8e9) / 3.8e9 < 0.02

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from resnet_jax.config import default_config
-from resnet_jax.training import loop, metrics_log
+from resnet_jax.training import errors, loop, metrics_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CKPT_EVERY = 4
@@ -123,7 +123,7 @@ def test_two_processes_survive_sigterm_and_sigkill_and_match_one_process(tmp_pat
   run = local_run(workdir, "1_sigterm", total_steps=NEVER, steps_per_dispatch=2, log_every_steps=2)
   run.wait_for(lambda: len(metrics_log.read_metrics(workdir)) >= signal_after, f"step {signal_after}")
   os.kill(run.pids()[1], signal.SIGTERM)
-  assert run.finish() == loop.EXIT_STOPPED_EARLY, run.stderr()[-3000:]
+  assert run.finish() == errors.EXIT_STOPPED_EARLY, run.stderr()[-3000:]
   stops = re.findall(r"stopped early by SIGTERM at step (\d+)", run.stderr())
   assert len(stops) == 2 and stops[0] == stops[1], (stops, context)  # both, at the same step
   stopped = int(stops[0])

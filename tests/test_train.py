@@ -6,6 +6,8 @@ Runs resnet8 (6n+2 with n=1) on the bundled digits so every compile is a few sec
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -96,6 +98,12 @@ def test_metrics_every_step_and_exact_resume(tmp_path):
       pytest.approx(0.01))
   assert json.load(open(whole / "config.json"))["model"] == "resnet8"
   assert any(f.startswith("events") for f in os.listdir(whole / "tensorboard"))
+  # What README tells users to run reads them: TensorBoard itself (the `tensorboard` extra).
+  tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")  # this environment's
+  tb = subprocess.run([tensorboard, "--inspect", "--logdir", str(whole / "tensorboard")],
+                      capture_output=True, text=True, check=True, timeout=300)
+  for tag in ("train/loss", "eval/accuracy", "grad_norm/stem", "perf/elapsed_s"):
+    assert f"   {tag}\n" in tb.stdout, tb.stdout
 
   # Stop after step 3 (not a checkpoint step: 2 is), then resume to 6 with the same command.
   parts = tmp_path / "parts"

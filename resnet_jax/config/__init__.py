@@ -10,9 +10,11 @@ What it may import: ml_collections, etils and `resnet_jax.checks`; no other room
 reads a config, none writes one.
 """
 
-from resnet_jax.config.defaults import default_config
-from resnet_jax.config.files import (apply_overrides, from_dict, from_json, load, load_config_file,
-                                     load_module, presets_dir, resolve_path, validate)
+from resnet_jax.config.defaults import CHANGEABLE_ON_RESUME, default_config
+from resnet_jax.config.files import (apply_overrides, call, from_dict, from_json, load, load_config_file,
+                                     load_module, presets_dir, resolve_path, unknown_key_error,
+                                     validate)
 
-__all__ = ["default_config", "apply_overrides", "from_dict", "from_json", "load",
-           "load_config_file", "load_module", "presets_dir", "resolve_path", "validate"]
+__all__ = ["CHANGEABLE_ON_RESUME", "default_config", "apply_overrides", "call", "from_dict", "from_json",
+           "load", "load_config_file", "load_module", "presets_dir", "resolve_path", "validate",
+           "unknown_key_error"]

@@ -46,11 +46,15 @@ def default_config() -> ml_collections.ConfigDict:
                                      # in pixels; 0 = the model's default (224 for ImageNet nets)
   c.batch_size = 128                 # GLOBAL batch, split across all devices and processes
   c.eval_batch_size = 256            # global batch for evaluation; the last batch is padded and masked
+  c.eval_crops = "center"            # test view of variable-size images: "center" (resize, centre crop)
+                                     # or "ten" (the paper's 10-crop testing, sec. 3.4: corners, centre
+                                     # and flips, scores averaged; eval_batch_size counts images)
 
   # --- Optimisation (resnet_jax.optim) ---
   c.learning_rate = 0.1              # peak learning rate (before the linear scaling rule, if any)
   c.lr_scaling = "none"              # "none", or "linear": lr = learning_rate * batch_size / 256 (Goyal 2017)
-  c.lr_schedule = "step"             # "step" (divide at lr_decay_steps), "cosine", or "constant"
+  c.lr_schedule = "step"             # "step" (divide at lr_decay_steps), "cosine" or "linear" (to 0
+                                     # at total_steps, after the warm-up), or "constant"
   c.lr_decay_steps = (32000, 48000)  # step schedule boundaries: the paper's CIFAR recipe (section 4.2)
   c.lr_decay_factor = 0.1            # multiply the lr by this at each boundary ("divided by 10")
   c.warmup_steps = 0                 # length of the warm-up phase
@@ -84,3 +88,16 @@ def default_config() -> ml_collections.ConfigDict:
                                      # (comma-separated from dot,eltwise,reduce): ~2x faster ResNet-56
                                      # steps, ~1.6x the memory; "" = XLA's default (docs/PERFORMANCE.md)
   return c
+
+
+# Keys a run may change when it resumes from its checkpoints: they change where things are, how often
+# the host looks, or how the same arithmetic is laid out on devices (tested equal to 1e-5), never
+# what the run computes. Every other key must keep its value (resnet_jax.training.workdir checks),
+# so a new key is protected by default. total_steps may grow or shrink, except under the cosine and
+# linear schedules, whose shapes it fixes.
+CHANGEABLE_ON_RESUME = (
+    "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+    "keep_checkpoints", "eval_batch_size", "eval_crops", "data_dir", "data_cache_dir",
+    "data_threads", "prefetch_batches", "num_devices", "parallelism", "steps_per_dispatch",
+    "cpu_fusion", "remat_blocks",
+)

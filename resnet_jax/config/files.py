@@ -11,10 +11,12 @@ siblings as `from configs import cifar10`: while a file loads, `configs` names i
 """
 
 import ast
+import difflib
 import importlib.util
 import json
 import os
 import sys
+import traceback
 import types
 
 from etils import epath
@@ -80,8 +82,11 @@ def load_module(path: str):
     try:
       module_spec.loader.exec_module(module)
     except SyntaxError as e:
-      raise ValueError(f"config file {e.filename}, line {e.lineno}: {e.msg}. Fix the file and "
-                       "re-run.") from None
+      raise ValueError(f"config file {e.filename}, line {e.lineno}: {e.msg}: "
+                       f"{(e.text or '').strip()!r}. Fix the file and re-run.") from None
+    except Exception as e:  # pylint: disable=broad-except  # any error in the user's file
+      raise ValueError(f"config file {_where(e, root or path)}: {type(e).__name__}: {e}. Fix the "
+                       "file and re-run.") from None
   finally:
     if root is not None:
       for name in [k for k in sys.modules if k == PRESETS or k.startswith(PRESETS + ".")]:
@@ -90,16 +95,45 @@ def load_module(path: str):
   return module
 
 
+def _where(error: BaseException, inside: str) -> str:
+  """'file, line N' of the innermost traceback frame in a file under `inside` (the user's config)."""
+  inside = os.path.abspath(inside)
+  frames = [f for f in traceback.extract_tb(error.__traceback__)
+            if os.path.abspath(f.filename).startswith(inside)]
+  return f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else inside
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Loads `path.py` or `path.py:arg` by calling the file's `get_config([arg])`."""
   path, _, arg = spec.partition(":")
-  module = load_module(path)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {path!r} has no get_config() function.")
-  config = module.get_config(arg) if arg else module.get_config()
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise ValueError(f"{path}: get_config() must return an ml_collections.ConfigDict.")
-  return config
+  return call(load_module(path), "get_config", path, arg)
+
+
+def call(module, fn: str, path: str, *args):
+  """`module.fn(*args)` of a loaded config or sweep file; empty-string arguments are left out.
+
+  An error inside it names the file and line. A returned ConfigDict must hold known keys only: a
+  file works on an unlocked ConfigDict, where a misspelt key would be a new key.
+  """
+  if not hasattr(module, fn):
+    raise ValueError(f"config file {path!r} has no {fn}() function.")
+  args = [a for a in args if a != ""]
+  try:
+    result = getattr(module, fn)(*args)
+  except Exception as e:  # pylint: disable=broad-except  # any error in the user's file
+    where = _where(e, os.path.dirname(resolve_path(path)))
+    # A ValueError is a preset's own message (e.g. an unknown model name): it says enough.
+    what = (str(e) if isinstance(e, ValueError)
+            else f"{fn}({', '.join(map(repr, args))}) raised {type(e).__name__}: {e}.")
+    raise ValueError(f"config file {where}: {what}") from None
+  if fn not in ("get_config", "member_config"):
+    return result
+  if not isinstance(result, ml_collections.ConfigDict):
+    raise ValueError(f"{path}: {fn}() must return an ml_collections.ConfigDict.")
+  unknown = sorted(set(result.keys()) - set(default_config().keys()))
+  if unknown:
+    raise ValueError(f"config file {path} sets {unknown_key_error(unknown[0], default_config().keys())}")
+  return result
 
 
 def _parse_value(key: str, raw: str, current):
@@ -118,6 +152,14 @@ def _parse_value(key: str, raw: str, current):
   return value
 
 
+def unknown_key_error(key: str, known) -> ValueError:
+  """The error for a key that does not exist, suggesting the closest valid ones."""
+  close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+  hint = f"did you mean {' or '.join(repr(k) for k in close)}? " if close else ""
+  return ValueError(f"unknown config key {key!r}; {hint}every key is listed in "
+                    "resnet_jax/config/defaults.py.")
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
   """Sets each dotted `key` to its parsed `value` string; the config must already have the key."""
   for key, raw in overrides.items():
@@ -126,9 +168,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
     for part in parents:
       node = node[part] if part in node else None
       if not isinstance(node, ml_collections.ConfigDict):
-        raise ValueError(f"unknown config key {key!r}; see resnet_jax/config/defaults.py for every key.")
+        raise unknown_key_error(key, config.keys())
     if leaf not in node:
-      raise ValueError(f"unknown config key {key!r}; see resnet_jax/config/defaults.py for every key.")
+      raise unknown_key_error(key, [".".join(parents + [k]) for k in node.keys()])
     value = _parse_value(key, raw, node[leaf])
     try:
       node[leaf] = value
@@ -161,7 +203,7 @@ def from_json(path: str) -> ml_collections.ConfigDict:
   return from_dict(json.loads(epath.Path(path).read_text()))
 
 
-_CHOICES = {"dtype": ("float32", "bfloat16", "float16")}
+_CHOICES = {"dtype": ("float32", "bfloat16", "float16"), "eval_crops": ("center", "ten")}
 _POSITIVE = ("batch_size", "eval_batch_size", "total_steps", "log_every_steps")
 _NON_NEGATIVE = ("eval_every_steps", "checkpoint_every_steps", "bn_group_size", "num_devices",
                  "num_classes", "image_size", "label_smoothing")

@@ -8,6 +8,7 @@ TensorFlow is needed only to BUILD a dataset (download_and_prepare or `resnet-ja
 """
 
 import os
+import socket
 
 import numpy as np
 
@@ -78,9 +79,19 @@ def open_builder(name: str, data_dir: str = "", cache_dir: str = "", download: b
           f"`resnet-jax prepare {_base_name(name)} --source DIR --data-dir DATA_DIR` offline, or "
           f"python -c \"import tensorflow_datasets as tfds; tfds.data_source('{name}', "
           f"data_dir='DATA_DIR')\" with network.")
+    offline = _offline()
+    if offline:
+      # TFDS would retry its downloads for minutes before giving up.
+      raise DataUnavailableError(
+          f"{name} is not prepared in {where}, and it cannot be downloaded: {offline}. Prepare it "
+          f"offline from the original files: resnet-jax prepare {_base_name(name)} --source DIR "
+          "--data-dir DATA_DIR, then pass --config.data_dir=DATA_DIR (see README, Data).")
+    root = data_dir or str(builder.data_dir_root)
+    before = _existing_dirs(root)
     try:
       builder.download_and_prepare()
     except Exception as e:  # network, manual-download, TensorFlow-missing errors: all need a fix
+      _remove_new_empty_dirs(root, before)  # a failed download leaves no empty folders behind
       raise DataUnavailableError(
           f"could not download and prepare {name} in {where} ({type(e).__name__}: {e}). Offline, "
           f"prepare it from the original files: resnet-jax prepare {_base_name(name)} --source DIR "
@@ -93,15 +104,69 @@ def open_builder(name: str, data_dir: str = "", cache_dir: str = "", download: b
   return builder
 
 
+def _existing_dirs(root: str) -> set[str]:
+  """Every folder under `root`, and `root`'s existing ancestors (absolute paths)."""
+  if storage.is_remote(root):
+    return set()
+  root = os.path.abspath(root)
+  found = {os.path.abspath(d) for d, _, _ in os.walk(root)}
+  path = root
+  while True:
+    if os.path.isdir(path):
+      found.add(path)
+    parent = os.path.dirname(path)
+    if parent == path:
+      return found
+    path = parent
+
+
+def _remove_new_empty_dirs(root: str, before: set[str]) -> None:
+  """Removes the empty folders under (and up to) `root` that were not there `before`."""
+  if storage.is_remote(root) or not os.path.isdir(root):
+    return
+  for dirpath, _, _ in sorted(os.walk(os.path.abspath(root)), key=lambda w: -len(w[0])):  # deepest first
+    if dirpath not in before:
+      try:
+        os.rmdir(dirpath)  # only succeeds on an empty folder
+      except OSError:
+        pass
+  path = os.path.abspath(root)
+  while path not in before and os.path.isdir(path) and not os.listdir(path):
+    os.rmdir(path)
+    path = os.path.dirname(path)
+
+
+# Where TFDS downloads from first (its GCS mirror of prepared datasets), probed before a download.
+_PROBE = ("storage.googleapis.com", 443)
+_PROBE_TIMEOUT_S = 5.0
+
+
+def _offline() -> str:
+  """Why nothing can be downloaded here ("" if the network answers), decided in seconds.
+
+  Behind an HTTP(S) proxy a direct connection may fail while downloads work, so there we trust the
+  proxy and let TFDS try.
+  """
+  if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+    return ""
+  try:
+    socket.create_connection(_PROBE, timeout=_PROBE_TIMEOUT_S).close()
+  except OSError as e:
+    return f"no network ({_PROBE[0]} did not answer within {_PROBE_TIMEOUT_S:.0f} s: {e})"
+  return ""
+
+
 class TfdsDataset:
   """A TFDS dataset behind the interface of `in_memory.InMemoryDataset` (train_batch, eval_batches)."""
 
   def __init__(self, name: str, data_dir: str = "", augment: str = "none",
                normalization: str = "per_channel", validation_split: int = 0, image_size: int = 0,
                normalization_examples: int = 50000, data_threads: int = 0, prefetch_batches: int = 2,
-               cache_dir: str = "", default_image_size: int = 224):
+               cache_dir: str = "", default_image_size: int = 224, eval_crops: str = "center"):
     check_choice("augment", augment, aug.AUGMENTS)
     check_choice("normalization", normalization, aug.NORMALIZATIONS)
+    check_choice("eval_crops", eval_crops, aug.EVAL_CROPS)
+    self.eval_crops = eval_crops
     if normalization_examples < 1:
       raise ValueError(f"normalization_examples={normalization_examples} must be >= 1.")
     if data_threads < 0 or prefetch_batches < 0:
@@ -117,6 +182,10 @@ class TfdsDataset:
     native = tuple(info.features[self.image_key].shape)
     self.channels = native[-1]
     self.fixed = None not in native  # CIFAR: every image 32x32x3; ImageNet: any size
+    if self.fixed and eval_crops != "center":
+      raise ValueError(f"eval_crops={eval_crops!r} is ImageNet's 10-crop testing; {name} images are "
+                       f"{native[0]}x{native[1]} and are tested on their original view (CIFAR, "
+                       "sec. 4.2). Set eval_crops='center'.")
     if self.fixed:
       if image_size and image_size != native[0]:
         raise ValueError(f"image_size={image_size}, but {name} images are {native[0]}x{native[1]}; "
@@ -155,7 +224,8 @@ class TfdsDataset:
   def from_config(cls, config, default_image_size: int) -> "TfdsDataset":
     return cls(config.dataset, config.data_dir, config.augment, config.normalization,
                config.validation_split, config.image_size, config.normalization_examples,
-               config.data_threads, config.prefetch_batches, config.data_cache_dir, default_image_size)
+               config.data_threads, config.prefetch_batches, config.data_cache_dir, default_image_size,
+               config.eval_crops)
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -184,8 +254,19 @@ class TfdsDataset:
   def _load_eval(self, batch_size: int, j: int) -> dict[str, np.ndarray]:
     idx, mask = sampling.eval_batch_plan(batch_size, self.eval_size, j)
     records = self.records(idx, "eval")
-    return {"image": self._images(records, {}, train=False), "label": self._labels(records),
-            "mask": mask}
+    images = (self.normalizer(self.ten_crops(records)) if self.eval_crops == "ten"
+              else self._images(records, {}, train=False))
+    return {"image": images, "label": self._labels(records), "mask": mask}
+
+  def ten_crops(self, records) -> np.ndarray:
+    """uint8 (B, 10, size, size, C): the five `ten_crop_boxes` crops of each image, then their flips."""
+    images = [aug.open_image(r[self.image_key], self.channels) for r in records]
+    heights = np.array([im.height for im in images])
+    widths = np.array([im.width for im in images])
+    boxes = aug.ten_crop_boxes(heights, widths)
+    crops = np.stack([np.stack([aug.crop_resize(im, b, self.size, self.channels) for b in bs])
+                      for im, bs in zip(images, boxes)])
+    return np.concatenate([crops, crops[:, :, :, ::-1]], axis=1)
 
   def _labels(self, records) -> np.ndarray:
     return np.asarray([r[self.label_key] for r in records], np.int32)

@@ -8,10 +8,11 @@
                   nets, in network order and sorted by magnitude.
 """
 
+import io
 import json
-import os
 import re
 
+from etils import epath
 import numpy as np
 
 from resnet_jax.experiments import curves, responses as responses_lib
@@ -33,8 +34,7 @@ def _family_depth(model: str) -> tuple[str, int]:
 def _load(run_dirs):
   runs = []
   for d in run_dirs:
-    with open(os.path.join(d, "config.json")) as f:
-      config = json.load(f)
+    config = json.loads((epath.Path(d) / "config.json").read_text())
     family, depth = _family_depth(config["model"])
     runs.append({"dir": d, "config": config, "family": family, "depth": depth,
                  "rows": metrics_log.read_metrics(d)})
@@ -75,8 +75,7 @@ def plot_curves(runs, path):
   axes[0][0].set_ylabel("error (%)")
   fig.suptitle("Training (dashed) and test (bold) error, as He et al. 2015 Fig. 1/6")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def _smooth(x, w):
@@ -115,8 +114,7 @@ def plot_grad_norms(runs, path):
     row[0].set_ylabel("gradient norm")
   fig.suptitle("Per-block gradient norms (stem = dark, head = light)")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def _block_keys(row) -> list[str]:
@@ -151,27 +149,38 @@ def plot_responses(stds: dict, path):
     ax.legend(fontsize=7)
   fig.suptitle("Std of layer responses (after BN, before ReLU/addition), He et al. 2015 Fig. 7")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
-def write_all(root: str, run_dirs, responses: bool = True) -> list[str]:
+def _save(fig, path) -> None:
+  """Writes a figure as PNG to a local path or a bucket URL."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=120)
+  _plt().close(fig)
+  epath.Path(path).write_bytes(buffer.getvalue())
+
+
+def write_all(root, run_dirs, responses: bool = True, log=None) -> list[epath.Path]:
+  """The figures of the runs in `run_dirs`, written into `root`; returns the paths written."""
+  log = log or (lambda text: None)
   runs = _load(run_dirs)
+  out = epath.Path(root)
   written = []
   if runs:
-    plot_curves(runs, os.path.join(root, "curves.png"))
-    plot_grad_norms(runs, os.path.join(root, "grad_norms.png"))
-    written += ["curves.png", "grad_norms.png"]
+    log(f"plotting {out / 'curves.png'} (Fig. 1/6) and {out / 'grad_norms.png'}")
+    plot_curves(runs, out / "curves.png")
+    plot_grad_norms(runs, out / "grad_norms.png")
+    written += [out / "curves.png", out / "grad_norms.png"]
   if responses:
     stds = {}
     for r in runs:
       if r["family"] in ("plain", "resnet"):
+        log(f"Fig. 7: layer responses of {r['family']}{r['depth']} from its checkpoint ({r['dir']})")
         values = responses_lib.response_stds(r["dir"])
         if values:
           stds[f"{r['family']}{r['depth']}"] = values
     if stds:
-      plot_responses(stds, os.path.join(root, "responses.png"))
-      with open(os.path.join(root, "responses.json"), "w") as f:
-        json.dump(stds, f)
-      written.append("responses.png")
+      plot_responses(stds, out / "responses.png")
+      (out / "responses.json").write_text(json.dumps(stds))
+      written += [out / "responses.png", out / "responses.json"]
   return written

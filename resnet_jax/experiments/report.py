@@ -6,20 +6,23 @@ Definitions (errors in %):
     training mode, so it is averaged, like the paper's training curves;
   final train error: over the last W steps; best train error: the lowest over the run's consecutive
     windows of W steps;
-  final / best test error: at the last evaluation / the lowest over all evaluations (eval/accuracy).
+  final / best test error: at the last evaluation / the lowest over all evaluations (eval/accuracy);
+    the best is selected on the test set itself, so it is optimistic, and the tables say so.
 """
 
 import csv
+import io
 import json
 import math
-import os
 import re
 
+from etils import epath
 import numpy as np
 
-from resnet_jax.experiments.plots import write_all as write_plots
+from resnet_jax import storage
 from resnet_jax.experiments.curves import test_error_curve, train_error_curve
-from resnet_jax.training import metrics_log
+from resnet_jax.experiments.plots import write_all as write_plots
+from resnet_jax.training import console, metrics_log
 
 # He et al. 2015, Table 6: CIFAR-10 test error (%). ResNet-110: best of 5 runs (mean 6.61 +- 0.16).
 PAPER_TABLE6 = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
@@ -29,29 +32,47 @@ COLUMNS = ["run", "model", "dataset", "seed", "steps", "params", "macs", "final_
            "best_train_error", "final_test_error", "best_test_error", "paper_test_error", "wall_time_s"]
 
 
-def run_dirs(root: str) -> list[str]:
-  """Run directories under `root` (itself included): those holding config.json and metrics.jsonl."""
-  found = []
-  for dirpath, _, files in os.walk(root):
-    if "config.json" in files and metrics_log.METRICS_FILE in files:
-      found.append(dirpath)
+# Folders of a run that hold no runs: not worth listing (a bucket lists each object).
+IGNORED = {"checkpoints", "tensorboard", "damaged_checkpoints"}
+
+
+def run_dirs(root) -> list[str]:
+  """Run directories under `root` (itself included): those holding config.json and metrics.jsonl.
+
+  `root` is a local path or a bucket URL (gs://...).
+  """
+  found, todo = [], [epath.Path(root)]
+  while todo:  # iterdir keeps a bucket's gs:// prefix (epath's walk returns bare object names)
+    folder = todo.pop()
+    entries = list(folder.iterdir())
+    names = {p.name for p in entries}
+    if "config.json" in names and metrics_log.METRICS_FILE in names:
+      found.append(str(folder))
+    todo += [p for p in entries if p.name not in IGNORED and p.is_dir()]
   return sorted(found)
 
 
-def summarize_run(run_dir: str, root: str) -> dict:
-  with open(os.path.join(run_dir, "config.json")) as f:
-    config = json.load(f)
+def run_label(run_dir, root) -> str:
+  """A run's name in tables and plots: its path under `root`, or its folder's name if it is root."""
+  run_dir, root = str(run_dir).rstrip("/"), str(root).rstrip("/")
+  if run_dir == root:
+    return epath.Path(storage.absolute(root)).name
+  return run_dir[len(root) + 1:] if run_dir.startswith(root + "/") else run_dir
+
+
+def summarize_run(run_dir, root) -> dict:
+  run_path = epath.Path(run_dir)
+  config = json.loads((run_path / "config.json").read_text())
   rows = metrics_log.read_metrics(run_dir)
   info = {}
-  if os.path.exists(os.path.join(run_dir, "model.json")):
-    with open(os.path.join(run_dir, "model.json")) as f:
-      info = json.load(f)
+  if (run_path / "model.json").exists():
+    info = json.loads((run_path / "model.json").read_text())
   _, train_err = train_error_curve(rows) if rows else ([], [])
   _, test_err = test_error_curve(rows) if rows else ([], [])
   elapsed = [r["perf/elapsed_s"] for r in rows if "perf/elapsed_s" in r]
   paper = PAPER_TABLE6.get(config["model"]) if config.get("dataset") == "cifar10" else None
   return {
-      "run": os.path.relpath(run_dir, root), "model": config["model"], "dataset": config["dataset"],
+      "run": run_label(run_dir, root), "model": config["model"], "dataset": config["dataset"],
       "seed": config["seed"], "steps": rows[-1]["step"] if rows else 0,
       "params": info.get("params"), "macs": info.get("macs"),
       "final_train_error": float(train_err[-1]) if len(train_err) else None,
@@ -96,7 +117,7 @@ def _fmt(value, digits=2):
 
 def markdown(summaries: list[dict], groups: list[dict]) -> str:
   head = ("| run | model | steps | params | multiply-adds | train err % (final / best) | "
-          "test err % (final / best) | paper test err % | wall s |")
+          "test err % (final / best*) | paper test err % | wall s |")
   lines = ["## Runs", "", head, "|" + "---|" * 9]
   for s in summaries:
     lines.append(f"| {s['run']} | {s['model']} | {s['steps']} | {_fmt(s['params'])} | "
@@ -110,24 +131,36 @@ def markdown(summaries: list[dict], groups: list[dict]) -> str:
     lines.append(f"| {g['group']} | {g['runs']} | {_fmt(g['final_train_error_mean'])} +- "
                  f"{_fmt(g['final_train_error_std'])} | {_fmt(g['final_test_error_mean'])} +- "
                  f"{_fmt(g['final_test_error_std'])} | {_fmt(g['paper_test_error'])} |")
-  lines += ["", "Errors as defined in `resnet_jax/experiments/curves.py`: train error averages the per-step training "
-            "accuracy over windows of 5% of the steps; paper numbers: He et al. 2015, Table 6.", ""]
+  lines += ["", "Errors as defined in `resnet_jax/experiments/curves.py`: train error averages the "
+            "per-step training accuracy over windows of 5% of the steps. *Best test error is the "
+            "lowest over all evaluations, i.e. selected on the test set itself: an optimistic figure, "
+            "not a held-out one; the final test error is the honest one, and the one averaged over "
+            "seeds. Paper numbers: He et al. 2015, Table 6 (single runs; ResNet-110 best of 5).", ""]
   return "\n".join(lines)
 
 
-def write_report(root: str, plots: bool = True, responses: bool = True) -> list[dict]:
-  """Writes summary.csv, summary.md (and the plots) for every run under `root`; returns the rows."""
+def write_report(root, plots: bool = True, responses: bool = True, log=None) -> list[dict]:
+  """Writes summary.csv, summary.md (and the plots) for every run under `root`; returns the rows.
+
+  `root` is a local path or a bucket URL. `log(text)` hears one line per phase and the paths written.
+  """
+  log = log or console.Console().say
   dirs = run_dirs(root)
   if not dirs:
     raise ValueError(f"no runs under {root} (a run directory holds config.json and metrics.jsonl).")
+  log(f"report of {len(dirs)} run(s) under {root}: reading their metrics")
   summaries = [summarize_run(d, root) for d in dirs]
   groups = aggregate(summaries)
-  with open(os.path.join(root, "summary.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(summaries)
-  with open(os.path.join(root, "summary.md"), "w") as f:
-    f.write(f"# Results: {os.path.basename(os.path.abspath(root))}\n\n" + markdown(summaries, groups))
+  out = epath.Path(root)
+  table = io.StringIO()
+  writer = csv.DictWriter(table, fieldnames=COLUMNS)
+  writer.writeheader()
+  writer.writerows(summaries)
+  storage.write_atomic(out / "summary.csv", table.getvalue())
+  storage.write_atomic(out / "summary.md", f"# Results: {epath.Path(storage.absolute(root)).name}\n\n"
+                       + markdown(summaries, groups))
+  written = [out / "summary.csv", out / "summary.md"]
   if plots:
-    write_plots(root, dirs, responses=responses)
+    written += write_plots(root, dirs, responses=responses, log=log)
+  log("wrote " + ", ".join(str(p) for p in written))
   return summaries

@@ -9,15 +9,15 @@ checkpoints), so a preempted sweep is simply re-run. `shard="i/n"` runs members 
 import dataclasses
 import itertools
 import json
-import os
-import time
 import traceback
 
+from etils import epath
 import jax
 import ml_collections
 
 from resnet_jax import config as config_lib
-from resnet_jax.training import metrics_log
+from resnet_jax import storage
+from resnet_jax.training import console, metrics_log
 
 STATUS_FILE = "status.json"
 
@@ -39,22 +39,38 @@ def run_name(overrides: dict) -> str:
 
 
 def load_members(spec: str, overrides: dict[str, str] | None = None) -> list[Member]:
-  """Expands a sweep file into its members; `overrides` (--config.key=value) apply to all of them."""
-  module = config_lib.load_module(spec.partition(":")[0])
+  """Expands a sweep file into its members; `overrides` (--config.key=value) apply to all of them.
+
+  `spec` is `FILE` or `FILE:ARG`; ARG, if given, goes to both `get_config(ARG)` and `get_grid(ARG)`
+  (e.g. a `:smoke` variant of a sweep with tiny models and steps). A file whose members need more
+  than the grid's keys set on one base (e.g. each model's own preset, with ResNet-110's warm-up)
+  defines `member_config(values[, ARG])`, which returns a member's whole config instead.
+  """
+  path, _, arg = spec.partition(":")
+  module = config_lib.load_module(path)
   for fn in ("get_config", "get_grid"):
     if not hasattr(module, fn):
       raise ValueError(f"sweep file {spec!r} has no {fn}(); see configs/sweeps/ for examples.")
-  grid = module.get_grid()
+  grid = config_lib.call(module, "get_grid", path, arg)
   if not grid or any(not isinstance(v, (list, tuple)) or not v for v in grid.values()):
     raise ValueError(f"{spec}: get_grid() must map each key to a non-empty list of values.")
+  clash = sorted(set(overrides or {}) & set(grid))
+  if clash:
+    # Every member would train the overridden value while its name and report still said the grid's.
+    raise ValueError(f"--config.{clash[0]} overrides a key the sweep's grid sets ({clash[0]}: "
+                     f"{list(grid[clash[0]])}); every run would be mislabelled. Edit get_grid() in "
+                     f"{spec.partition(':')[0]}, or train one run with `resnet-jax train`.")
   members = []
   for values in itertools.product(*grid.values()):
     chosen = dict(zip(grid.keys(), values))
-    config = module.get_config()
+    if hasattr(module, "member_config"):
+      config = config_lib.call(module, "member_config", path, dict(chosen), arg)
+    else:
+      config = config_lib.call(module, "get_config", path, arg)
     config.lock()
     for key, value in chosen.items():
       if key not in config:
-        raise ValueError(f"{spec}: grid key {key!r} is not a config key (see resnet_jax/config/defaults.py).")
+        raise ValueError(f"{spec}: grid key {key!r}: {config_lib.unknown_key_error(key, config.keys())}")
       config[key] = value
     config_lib.apply_overrides(config, overrides or {})
     members.append(Member(run_name(chosen), chosen, config))
@@ -74,65 +90,79 @@ def parse_shard(shard: str) -> tuple[int, int]:
   return i, n
 
 
-def read_status(run_dir: str) -> dict:
-  path = os.path.join(run_dir, STATUS_FILE)
-  if not os.path.exists(path):
+def read_status(run_dir) -> dict:
+  path = epath.Path(run_dir) / STATUS_FILE
+  if not path.exists():
     return {}
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
-def _write_status(run_dir: str, status: dict) -> None:
-  os.makedirs(run_dir, exist_ok=True)
-  tmp = os.path.join(run_dir, STATUS_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(status, f, indent=2)
-  os.replace(tmp, os.path.join(run_dir, STATUS_FILE))
+def _write_status(run_dir, status: dict) -> None:
+  epath.Path(run_dir).mkdir(parents=True, exist_ok=True)
+  storage.write_atomic(epath.Path(run_dir) / STATUS_FILE, json.dumps(status, indent=2))
 
 
-def is_finished(run_dir: str, config) -> bool:
+def is_finished(run_dir, config) -> bool:
   rows = metrics_log.read_metrics(run_dir)
   return (read_status(run_dir).get("status") == "done" and bool(rows)
           and rows[-1]["step"] >= config.total_steps)
 
 
+def wall_time_s(run_dir) -> float | None:
+  """A run's wall time: seconds in its training loop (compilation and evaluations included),
+  summed over resumed segments; the definition reports use too (`perf/elapsed_s`)."""
+  elapsed = [r["perf/elapsed_s"] for r in metrics_log.read_metrics(run_dir) if "perf/elapsed_s" in r]
+  return elapsed[-1] if elapsed else None
+
+
 def run_sweep(spec: str, workdir: str, shard: str = "0/1", overrides=None, train_fn=None,
-              log=print) -> dict[str, str]:
+              log=None) -> dict[str, str]:
   """Runs this shard's members; returns {name: "done" | "skipped" | "failed"}.
 
-  A failing member is recorded in its `status.json` (with the error) and does not stop the others.
-  `train_fn(config, workdir)` defaults to `train.train_and_evaluate`.
+  A failing member is recorded in its `status.json` (with the error) and does not stop the others;
+  a stop (SIGTERM, Ctrl-C) or a full disk stops the sweep, which resumes when re-run. The workdir
+  is local or a bucket (gs://); locally each shard holds a lock on it for the sweep.
+  `train_fn(config, workdir)` defaults to `loop.train_and_evaluate`.
   """
+  from resnet_jax.training import errors, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
   if train_fn is None:
     from resnet_jax.training import loop  # pylint: disable=g-import-not-at-top  # compiles nothing until called
     train_fn = loop.train_and_evaluate
+  log = log or console.Console().say
   i, n = parse_shard(shard)
   members = load_members(spec, overrides)
   mine = members[i::n]
+  root = epath.Path(workdir)
+  root.mkdir(parents=True, exist_ok=True)
   log(f"sweep {spec}: {len(members)} runs, shard {i}/{n} runs {len(mine)}: "
       f"{', '.join(m.name for m in mine)}")
   results = {}
-  for member in mine:
-    run_dir = os.path.join(workdir, member.name)
-    if is_finished(run_dir, member.config):
-      log(f"[{member.name}] finished already; skipped")
-      results[member.name] = "skipped"
-      continue
-    log(f"[{member.name}] training ({member.config.total_steps} steps)")
-    t0 = time.time()
-    try:
-      train_fn(member.config, run_dir)
-    except Exception as e:  # pylint: disable=broad-except
-      if type(e).__name__ == "StoppedEarly":  # preemption: stop the sweep, resume on re-run
-        raise
-      log(f"[{member.name}] FAILED: {type(e).__name__}: {e}")
-      _write_status(run_dir, {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                              "traceback": traceback.format_exc(), "overrides": member.overrides})
-      results[member.name] = "failed"
-    else:
-      _write_status(run_dir, {"status": "done", "seconds": time.time() - t0,
-                              "overrides": member.overrides})
-      results[member.name] = "done"
-    finally:
-      jax.clear_caches()  # compiled steps of finished members would only hold memory
+  lock_name = workdir_lib.LOCK_FILE + (f"-shard{i}of{n}" if n > 1 else "")
+  with workdir_lib.Lock(workdir, what="sweep", name=lock_name):
+    for index, member in enumerate(mine, 1):
+      run_dir = str(root / member.name)
+      if is_finished(run_dir, member.config):
+        log(f"[{index}/{len(mine)} {member.name}] finished already; skipped")
+        results[member.name] = "skipped"
+        continue
+      log(f"[{index}/{len(mine)} {member.name}] training ({member.config.total_steps} steps) in "
+          f"{run_dir}")
+      try:
+        train_fn(member.config, run_dir)
+      except (errors.StoppedEarly, errors.DiskFullError, KeyboardInterrupt):
+        raise  # the whole sweep stops; a re-run resumes this member
+      except Exception as e:  # pylint: disable=broad-except
+        log(f"[{index}/{len(mine)} {member.name}] FAILED: {type(e).__name__}: {e}")
+        _write_status(run_dir, {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                                "traceback": traceback.format_exc(), "overrides": member.overrides})
+        results[member.name] = "failed"
+      else:
+        seconds = wall_time_s(run_dir)
+        _write_status(run_dir, {"status": "done", "wall_time_s": seconds,
+                                "seconds": seconds,  # the name before 0.2; same definition now
+                                "overrides": member.overrides})
+        results[member.name] = "done"
+      finally:
+        jax.clear_caches()  # compiled steps of finished members would only hold memory
   return results

@@ -2,16 +2,32 @@
 
 The state is saved as a plain nested dict (flax.serialization), so a checkpoint does not depend on how
 many devices wrote it: it restores onto any mesh, e.g. written on 8 devices, resumed on 4.
+
+Resuming takes the newest checkpoint that restores. One that cannot be read (files truncated or
+missing after a crash of the disk or the VM) is damaged: it is moved, never deleted, to
+`<workdir>/damaged_checkpoints/` with a warning, and the one before it is tried. One that reads but
+holds a different tree of arrays was written by another configuration: that is an error, and
+nothing is moved.
 """
 
+import datetime
+import errno
 import os
+import warnings
 from typing import Any, Optional
 
+from etils import epath
 import flax.serialization
 import jax
 import orbax.checkpoint as ocp
 
 from resnet_jax import storage
+
+DAMAGED_DIR = "damaged_checkpoints"
+
+
+class IncompatibleCheckpointError(ValueError):
+  """The checkpoint holds a different state tree (another model, dataset or optimizer)."""
 
 
 class Checkpointer:
@@ -21,13 +37,19 @@ class Checkpointer:
     if keep < 1:
       raise ValueError(f"keep_checkpoints={keep} must be >= 1 (the newest checkpoint is what resumes).")
     # Orbax reads and writes bucket URLs (gs://...) directly; local paths must be absolute.
-    self.directory = os.path.join(storage.absolute(workdir), "checkpoints")
+    self.workdir = storage.absolute(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
                                            create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    # Naming the item's handler lets `item_metadata` read a step's tree without restoring it.
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: Any, force: bool = False) -> bool:
     """Starts an asynchronous save of `state` (host arrays or any sharding) at `step`."""
@@ -35,19 +57,66 @@ class Checkpointer:
                              force=force)
 
   def restore(self, template: Any, sharding, step: Optional[int] = None) -> Any:
-    """Restores the newest (or given) checkpoint into the structure of `template` on `sharding`."""
+    """Restores the newest (or given) checkpoint into the structure of `template` on `sharding`.
+
+    Raises IncompatibleCheckpointError if the checkpoint holds another tree of arrays, and any other
+    exception if it cannot be read.
+    """
     step = self.latest_step() if step is None else step
     target = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
         flax.serialization.to_state_dict(template))
-    try:
-      restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
-    except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(
-          f"the checkpoint at step {step} in {self.directory} does not match this configuration "
-          f"(model, dataset or optimizer changed?). Use a new --workdir, or the original config. "
-          f"Orbax said: {e}") from e
+    self._check_compatible(step, target)
+    restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
     return flax.serialization.from_state_dict(template, restored)
+
+  def restore_newest_valid(self, template: Any, sharding) -> tuple[Any, Optional[int]]:
+    """(state, step) from the newest checkpoint that restores; (None, None) if there is none.
+
+    Damaged checkpoints met on the way are moved aside with a warning naming them.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        return self.restore(template, sharding, step), step
+      except IncompatibleCheckpointError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  # any read error means damage
+        moved = self._move_aside(step)
+        warnings.warn(f"the checkpoint at step {step} is damaged and cannot be restored "
+                      f"({type(e).__name__}: {_first_line(e)}); moved it to {moved} (not deleted) "
+                      "and resuming from the one before it.", stacklevel=2)
+    return None, None
+
+  def _check_compatible(self, step: int, target) -> None:
+    """Compares the checkpoint's stored tree (names and shapes) with `target`, if it can be read."""
+    try:
+      stored = self.manager.item_metadata(step)
+    except Exception:  # pylint: disable=broad-except  # unreadable metadata: damage, found on restore
+      return
+    stored = getattr(stored, "tree", stored)
+    if not stored:
+      return  # no metadata file; the restore itself will tell
+    have = _shapes(stored)
+    want = _shapes(target)
+    if have and have != want:
+      missing = sorted(set(want) - set(have))[:3]
+      extra = sorted(set(have) - set(want))[:3]
+      reshaped = sorted(k for k in set(have) & set(want) if have[k] != want[k])[:3]
+      detail = "; ".join(f"{what}: {', '.join(keys)}" for what, keys in (
+          ("missing", missing), ("unexpected", extra), ("other shapes", reshaped)) if keys)
+      raise IncompatibleCheckpointError(
+          f"the checkpoint at step {step} in {self.directory} was written by another configuration "
+          f"(its arrays differ: {detail}). Use a new --workdir, or the config that wrote it "
+          "(config.json and config_history.jsonl in the workdir); nothing was changed.")
+
+  def _move_aside(self, step: int) -> str:
+    src = epath.Path(self.directory) / str(step)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    dst = epath.Path(self.workdir) / DAMAGED_DIR / f"{step}-{stamp}"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    src.rename(dst)
+    self.manager.reload()  # forget the moved step
+    return str(dst)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -55,3 +124,26 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  leaves = jax.tree_util.tree_leaves_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict))
+  return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in leaves if hasattr(x, "shape")}
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return text[0][:200] if text else ""
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error`, or anything in its chain, is 'No space left on device' (ENOSPC)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+        "No space left on device" in str(error)):  # Orbax and TensorStore re-raise it as text
+      return True
+    error = error.__cause__ or error.__context__
+  return False

@@ -9,7 +9,11 @@ we are in is read from the environment:
   metadata, so `initialize()` takes no arguments;
 - SLURM (`srun`) or Open MPI (`mpirun`) with more than one task: JAX reads their variables.
 
-Anywhere else the run is a single process and nothing is initialised.
+Anywhere else the run is a single process and nothing is initialised. We call SLURM and Open MPI
+launches exactly what JAX's own cluster detection (`jax._src.clusters`) recognises, and where a
+launcher says "several tasks" in a form JAX cannot read (Open MPI 5 sets OMPI_COMM_WORLD_SIZE but
+not Open MPI 4's OMPI_MCA_orte_hnp_uri), we say how to pass the three JAX_* variables instead of
+letting `initialize()` fail with JAX's generic error.
 """
 
 import glob
@@ -43,6 +47,18 @@ def _task_count(env, *names: str) -> int:
   return 1
 
 
+# What JAX's cluster detection needs (jax/_src/clusters/slurm_cluster.py and ompi_cluster.py).
+SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+OMPI_URI = "OMPI_MCA_orte_hnp_uri"
+
+
+def jax_detects(kind: str, env) -> bool:
+  """Whether JAX's own detection of `kind` ("slurm" or "mpi") finds it in `env`."""
+  if kind == "slurm":
+    return all(var in env for var in SLURM_VARS)
+  return OMPI_URI in env
+
+
 def detect(env=None) -> Optional[str]:
   """The kind of multi-process launch this process belongs to, or None for a single process.
 
@@ -52,9 +68,17 @@ def detect(env=None) -> Optional[str]:
   if env.get("JAX_COORDINATOR_ADDRESS"):
     return "env"
   # SLURM_STEP_NUM_TASKS: the tasks of this `srun` step; a plain `sbatch` shell is one process.
-  if "SLURM_PROCID" in env and _task_count(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") > 1:
+  if (jax_detects("slurm", env)
+      and _task_count(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") > 1):
     return "slurm"
-  if _task_count(env, "OMPI_COMM_WORLD_SIZE") > 1:
+  mpi_size = _task_count(env, "OMPI_COMM_WORLD_SIZE")
+  if mpi_size > 1:
+    if not jax_detects("mpi", env):
+      raise ValueError(
+          f"an Open MPI launch of {mpi_size} processes (OMPI_COMM_WORLD_SIZE), but without "
+          f"{OMPI_URI}, which JAX needs to find the others (Open MPI 5 no longer sets it). Set "
+          "JAX_COORDINATOR_ADDRESS=<host of rank 0>:<free port>, JAX_NUM_PROCESSES="
+          "$OMPI_COMM_WORLD_SIZE and JAX_PROCESS_ID=$OMPI_COMM_WORLD_RANK for every process.")
     return "mpi"
   if _on_cloud_tpu_vm():
     return "tpu"

@@ -1,13 +1,12 @@
-"""Where metrics go: `<workdir>/metrics.jsonl` (one JSON object per step), TensorBoard, the console.
+"""Where metrics go: `<workdir>/metrics.jsonl` (one JSON object per step) and TensorBoard.
 
 The workdir may be a local path or a bucket URL (gs://...), read and written through etils.epath.
 """
 
 import json
-import math
 import os
-import sys
 import time
+import warnings
 from typing import Iterable
 
 from etils import epath
@@ -17,19 +16,47 @@ from resnet_jax import storage
 METRICS_FILE = "metrics.jsonl"
 
 
+TORN_FILE = METRICS_FILE + ".torn"  # lines that were not whole rows, kept aside
+
+
+def _parse(text: str) -> tuple[list[dict], list[str]]:
+  """(rows, torn lines) of a metrics.jsonl's text.
+
+  A line cut short (kill -9 or a full disk in the middle of a write) is not valid JSON, or is the last
+  line without its newline: it is not a row.
+  """
+  rows, torn = [], []
+  lines = text.split("\n")
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      if i == len(lines) - 1 or not isinstance(row, dict) or "step" not in row:
+        raise ValueError("not a whole row")
+      rows.append(row)
+    except ValueError:  # json.JSONDecodeError too
+      torn.append(line)
+  return rows, torn
+
+
 def read_metrics(workdir: str) -> list[dict]:
-  """Every row of `<workdir>/metrics.jsonl` (empty if the run has not logged yet)."""
+  """Every whole row of `<workdir>/metrics.jsonl` (empty if the run has not logged yet).
+
+  A torn line (cut short by a crash) is skipped here; the next run of the workdir sets it aside.
+  """
   path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return _parse(path.read_text())[0]
 
 
 class MetricsLog:
   """Appends rows to metrics.jsonl and TensorBoard; on resume, drops rows past the restored step.
 
   Rows after the newest checkpoint were written by a run that then died; the resumed run recomputes
-  exactly those steps (resume is exact), so keeping them would only duplicate steps.
+  exactly those steps (resume is exact), so keeping them would only duplicate steps. A torn line is
+  appended to metrics.jsonl.torn (never lost) and dropped, with a warning.
 
   A bucket object cannot be appended to, so on a remote workdir the file is uploaded whole: at most
   every `upload_every_s` seconds (TensorBoard's own cadence), at `flush()`, which the loop calls at
@@ -40,8 +67,14 @@ class MetricsLog:
                upload_every_s: float = 120.0):
     self.path = epath.Path(workdir) / METRICS_FILE
     self.remote = storage.is_remote(workdir)
-    rows = [r for r in read_metrics(workdir) if r["step"] <= start_step]
-    lines = [json.dumps(r) + "\n" for r in rows]
+    rows, torn = _parse(self.path.read_text()) if self.path.exists() else ([], [])
+    if torn:
+      aside = epath.Path(workdir) / TORN_FILE
+      previous = aside.read_text() if aside.exists() else ""
+      storage.write_atomic(aside, previous + "".join(line + "\n" for line in torn))
+      warnings.warn(f"{self.path} had {len(torn)} torn line(s) (a crash in the middle of a write); "
+                    f"kept them in {aside} and dropped them from the log.", stacklevel=2)
+    lines = [json.dumps(r) + "\n" for r in rows if r["step"] <= start_step]
     if self.remote:
       self.file, self.lines, self.upload_every_s = None, lines, upload_every_s
       self._upload()  # one object replaces another whole: the old file stays whole if we die here
@@ -86,48 +119,14 @@ class MetricsLog:
       self.tb.flush()
 
   def close(self) -> None:
-    if self.remote:
-      self._upload()
-    else:
-      self.file.close()
-    if self.tb is not None:
-      self.tb.close()
-
-
-class ProgressBar:
-  """A one-line console progress bar with rate and ETA; plain lines when stderr is not a terminal."""
-
-  def __init__(self, total: int, start: int, stream=None):
-    self.total, self.start = total, start
-    self.stream = stream or sys.stderr
-    self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-    self.t0 = time.perf_counter()
-    self.rate_from = None  # (step, time) after the first update: excludes compilation from the rate
-
-  def update(self, step: int, metrics: dict) -> None:
-    now = time.perf_counter()
-    if self.rate_from is None:
-      self.rate_from = (step, now)
-      rate = 0.0
-    else:
-      done, elapsed = step - self.rate_from[0], now - self.rate_from[1]
-      rate = done / elapsed if elapsed > 0 else 0.0
-    eta = (self.total - step) / rate if rate > 0 else math.nan
-    frac = step / self.total
-    bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
-    text = (f"step {step}/{self.total} [{bar}] {100 * frac:5.1f}% {rate:6.2f} step/s "
-            f"ETA {_fmt_time(eta)} loss {metrics.get('train/loss', math.nan):.4f} "
-            f"acc {metrics.get('train/accuracy', math.nan):.3f}")
-    if "eval/accuracy" in metrics:
-      text += f" eval_acc {metrics['eval/accuracy']:.3f}"
-    end = "\r" if self.tty and step < self.total else "\n"
-    self.stream.write(("\r" if self.tty else "") + text + end)
-    self.stream.flush()
-
-
-def _fmt_time(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "--:--"
-  m, s = divmod(int(seconds), 60)
-  h, m = divmod(m, 60)
-  return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+    """Closes both writers, even if the first fails (a full disk); then raises the first error."""
+    errors = []
+    for close in (self._upload if self.remote else self.file.close,
+                  self.tb.close if self.tb is not None else None):
+      try:
+        if close is not None:
+          close()
+      except OSError as e:
+        errors.append(e)
+    if errors:
+      raise errors[0]

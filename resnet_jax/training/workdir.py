@@ -1,0 +1,132 @@
+"""A run's workdir: one writer at a time, writable before anything starts, and a config history.
+
+- `Lock`: an exclusive `flock` on `<workdir>/.lock`, held for the whole run. The kernel releases it
+  when the process dies, even by kill -9, so a lock is never stale; the file names the holder (pid,
+  host, command, start time) for the error a second writer gets. Bucket workdirs (gs://) have no
+  locks: there the lock is skipped with a warning, and running one job per workdir is up to you.
+- `check_writable`: the workdir can be created and written, checked before any compilation.
+- `check_resumable` / `record_config`: a resumed run must keep every key that changes what it
+  computes (all but `CHANGEABLE_ON_RESUME`); each segment's resolved config is appended to
+  `config_history.jsonl`, and `config.json` holds the newest, so what produced a checkpoint is never
+  lost.
+"""
+
+import datetime
+import errno
+import json
+import os
+import socket
+import sys
+import warnings
+
+from etils import epath
+import ml_collections
+
+from resnet_jax import storage
+from resnet_jax.config import CHANGEABLE_ON_RESUME, from_dict
+from resnet_jax.training.errors import WorkdirInUseError
+
+LOCK_FILE = ".lock"
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "config_history.jsonl"
+
+
+class Lock:
+  """`with Lock(workdir):` holds `<workdir>/.lock` exclusively, or raises WorkdirInUseError."""
+
+  def __init__(self, workdir: str, what: str = "run", name: str = LOCK_FILE):
+    self.workdir, self.what, self.name, self._file = str(workdir), what, name, None
+
+  def __enter__(self):
+    if storage.is_remote(self.workdir):
+      warnings.warn(f"{self.workdir} is a bucket: it cannot be locked, so make sure no other job "
+                    "writes into it.", stacklevel=2)
+      return self
+    import fcntl  # pylint: disable=g-import-not-at-top  # POSIX only, like the rest of the trainer
+
+    path = os.path.join(self.workdir, self.name)
+    self._file = open(path, "a+")  # pylint: disable=consider-using-with  # held until __exit__
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES):
+        raise
+      self._file.seek(0)
+      holder = self._file.read().strip() or "another process"
+      self._file.close()
+      self._file = None
+      raise WorkdirInUseError(
+          f"{self.workdir} is in use by {holder}. Two {self.what}s in one workdir would overwrite "
+          "each other's checkpoints: wait for it to finish (or stop it), or use another --workdir."
+      ) from None
+    self._file.seek(0)
+    self._file.truncate()
+    self._file.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{datetime.datetime.now().isoformat(timespec='seconds')} "
+                     f"({' '.join(sys.argv[:3])} ...)\n")
+    self._file.flush()
+    return self
+
+  def __exit__(self, *exc):
+    if self._file is not None:
+      self._file.close()  # closing releases the flock
+      self._file = None
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir` and writes a probe file there, or raises a ValueError saying why not."""
+  path = epath.Path(workdir)
+  probe = path / f".write_test.{os.getpid()}"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    reason = e.strerror or str(e)
+    raise ValueError(f"cannot write to the workdir {workdir} ({reason}). Choose a --workdir you can "
+                     "write to (nothing was changed).") from None
+
+
+def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a run under values that would change what it computes (ValueError)."""
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    return
+  try:
+    old = from_dict(json.loads(path.read_text()))
+  except json.JSONDecodeError:
+    raise ValueError(f"{path} is not valid JSON (damaged?); the config that wrote this workdir's "
+                     f"checkpoints is also in {HISTORY_FILE} there. Restore config.json from it, or "
+                     "use a new --workdir.") from None
+  changed = [k for k in config.keys() if k not in CHANGEABLE_ON_RESUME and k in old
+             and _normal(old[k]) != _normal(config[k])]
+  if (config.lr_schedule in ("cosine", "linear") and "total_steps" not in changed
+      and old.total_steps != config.total_steps):
+    changed.append("total_steps")  # these decay to 0 at total_steps: it would change the lr
+  if changed:
+    diff = ", ".join(f"{k}: {old[k]!r} -> {config[k]!r}" for k in changed)
+    raise ValueError(
+        f"{workdir} holds a run with a different {diff}. Resuming under these values would change "
+        "what the run computes, so its checkpoints cannot continue it. Use a new --workdir, or "
+        f"resume with the original values ({CONFIG_FILE} there). Keys that may change on resume: "
+        f"{', '.join(CHANGEABLE_ON_RESUME)}.")
+
+
+def _normal(value):
+  return list(value) if isinstance(value, tuple) else value
+
+
+def record_config(workdir: str, config: ml_collections.ConfigDict, start_step: int) -> None:
+  """Writes config.json (this segment) and appends it, with its first step, to the history."""
+  root = epath.Path(workdir)
+  text = config.to_json_best_effort(sort_keys=True)
+  entry = json.dumps({"start_step": start_step,
+                      "time": datetime.datetime.now().isoformat(timespec="seconds"),
+                      "config": json.loads(text)}) + "\n"
+  history = root / HISTORY_FILE
+  if storage.is_remote(workdir):  # objects cannot be appended to: rewrite the whole (small) file
+    history.write_text((history.read_text() if history.exists() else "") + entry)
+  else:
+    with open(history, "a") as f:
+      f.write(entry)
+  storage.write_atomic(root / CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True))
