@@ -273,3 +273,46 @@ def test_training_reads_prepared_data_without_tensorflow(cifar10_data_dir):
           "normalization_examples=500, data_threads=2); ds.train_batch(0, 0, 16); "
           "next(iter(ds.eval_batches(16))); assert 'tensorflow' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_ten_crop_testing_views_and_scores(imagenet_data_dir, cifar10_data_dir):
+  """The paper's 10-crop test: 4 corners + centre of 0.875 x the shorter side, and their mirrors;
+  the evaluation averages the 10 softmax scores of each image."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from resnet_jax import models  # pylint: disable=g-import-not-at-top
+  from resnet_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+
+  _, data_dir = imagenet_data_dir
+  ds = tfds_source.TfdsDataset("imagenet2012", data_dir, image_size=32, eval_crops="ten")
+  (first, second) = list(ds.eval_batches(3))
+  assert first["image"].shape == (3, 10, 32, 32, 3) and second["mask"].tolist() == [1, 1, 0]
+  records = ds.records([0], "eval")
+  image = aug.open_image(records[0]["image"], 3)
+  h, w = image.height, image.width
+  side = 0.875 * min(h, w)
+  by_hand = [(0, 0), (0, w - side), (h - side, 0), (h - side, w - side),
+             ((h - side) / 2, (w - side) / 2)]
+  for k, (y, x) in enumerate(by_hand):
+    crop = np.asarray(image.resize((32, 32), Image.Resampling.BILINEAR, box=(x, y, x + side, y + side)))
+    np.testing.assert_allclose(first["image"][0, k], ds.normalizer(crop), atol=1e-6)
+    np.testing.assert_allclose(first["image"][0, k + 5], ds.normalizer(crop)[:, ::-1], atol=1e-6)
+  centre = ds.records([0], "eval")
+  center_view = tfds_source.TfdsDataset("imagenet2012", data_dir, image_size=32).decode(
+      centre, {}, train=False)
+  np.testing.assert_array_equal(ds.ten_crops(centre)[0, 4], center_view[0])  # crop 5 is the centre
+
+  model = models.get_model("resnet18", num_classes=1000)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  state = step_lib.TrainState(step=0, params=variables["params"],
+                              batch_stats=variables["batch_stats"], opt_state=None, rng=None)
+  sums = step_lib.eval_step(state, first, model=model)
+  logits = model.apply(variables, first["image"].reshape(30, 32, 32, 3), train=False)
+  probs = np.asarray(jax.nn.softmax(logits)).reshape(3, 10, 1000).mean(1)
+  np.testing.assert_allclose(float(sums["correct"]),
+                             np.sum(probs.argmax(-1) == first["label"]), atol=1e-6)
+  np.testing.assert_allclose(float(sums["loss"]), -np.sum(np.log(
+      probs[np.arange(3), first["label"]])), rtol=1e-5)
+  with pytest.raises(ValueError, match="tested on their original view"):
+    tfds_source.TfdsDataset("cifar10", cifar10_data_dir, eval_crops="ten")

@@ -130,6 +130,18 @@ def test_linear_warmup_then_cosine():
   assert _lr(config, 5000) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_linear_warmup_then_linear_decay_to_zero():
+  config = _config(learning_rate=0.2, lr_schedule="linear", warmup_steps=100,
+                   warmup_mode="linear", total_steps=1100, lr_decay_steps=())
+  assert _lr(config, 0) == pytest.approx(0.0, abs=1e-9)
+  assert _lr(config, 50) == pytest.approx(0.1)
+  assert _lr(config, 100) == pytest.approx(0.2)
+  assert _lr(config, 350) == pytest.approx(0.15)  # a quarter of the decay
+  assert _lr(config, 600) == pytest.approx(0.1)
+  assert _lr(config, 1099) == pytest.approx(0.2 / 1000, rel=1e-4)
+  assert _lr(config, 1100) == pytest.approx(0.0, abs=1e-9)
+
+
 def test_constant_schedule():
   config = _config(learning_rate=0.05, lr_schedule="constant")
   assert _lr(config, 0) == pytest.approx(0.05)

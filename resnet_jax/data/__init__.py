@@ -22,6 +22,9 @@ __all__ = ["get_dataset", "InMemoryDataset", "load_digits", "make_synthetic", "h
 
 def get_dataset(config, default_image_size: int):
   """The dataset named by `config.dataset`: digits, synthetic, or a TFDS dataset name."""
+  if config.dataset in ("digits", "synthetic") and config.eval_crops != "center":
+    raise ValueError(f"eval_crops={config.eval_crops!r} crops variable-size images (ImageNet); "
+                     f"{config.dataset} images are tested whole. Set eval_crops='center'.")
   if config.dataset == "digits":
     return load_digits(config.normalization, config.validation_split, config.augment)
   if config.dataset == "synthetic":

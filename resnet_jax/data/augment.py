@@ -14,6 +14,7 @@ from resnet_jax.checks import check_choice
 
 AUGMENTS = ("none", "cifar", "inception", "scale")
 NORMALIZATIONS = ("per_channel", "per_pixel_mean")
+EVAL_CROPS = ("center", "ten")  # the test view: one centre crop, or the paper's 10-crop testing
 CIFAR_PAD = 4              # He et al. 2015, sec. 4.2: "4 pixels are padded on each side"
 INCEPTION_SCALE = (0.08, 1.0)  # Szegedy et al. 2015 crop area range, as in torchvision
 INCEPTION_RATIO = (3 / 4, 4 / 3)
@@ -92,6 +93,20 @@ def scale_boxes(u: np.ndarray, heights: np.ndarray, widths: np.ndarray, size: in
   y0 = u[:, 1] * (heights - side)
   x0 = u[:, 2] * (widths - side)
   return np.stack([y0, x0, side, side], axis=1)
+
+
+def ten_crop_boxes(heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+  """The 10-crop test view's five boxes per image (B, 5, 4); their mirror images are the other five.
+
+  He et al. 2015 (sec. 3.4) compare models with "the standard 10-crop testing" (Krizhevsky et al.
+  2012): the four corner and the centre crops of the image resized so its shorter side is 256, each
+  224 wide (here: EVAL_CROP_FRACTION of the shorter side, resized to the model's size), and flips.
+  """
+  side = EVAL_CROP_FRACTION * np.minimum(heights, widths).astype(np.float64)
+  bottom, right = heights - side, widths - side
+  corners = [(0 * side, 0 * side), (0 * side, right), (bottom, 0 * side), (bottom, right),
+             (bottom / 2, right / 2)]
+  return np.stack([np.stack([y, x, side, side], axis=1) for y, x in corners], axis=1)
 
 
 def center_boxes(heights: np.ndarray, widths: np.ndarray) -> np.ndarray:

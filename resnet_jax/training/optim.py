@@ -16,7 +16,7 @@ import optax
 from resnet_jax.checks import check_choice
 
 _CHOICES = {
-    "lr_schedule": ("step", "cosine", "constant"),
+    "lr_schedule": ("step", "cosine", "linear", "constant"),
     "warmup_mode": ("linear", "constant"),
     "lr_scaling": ("none", "linear"),
     "momentum_style": ("optax", "caffe"),
@@ -43,10 +43,10 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"warmup_steps ({config.warmup_steps}) must not exceed total_steps "
         f"({config.total_steps}).")
-  cosine = config.lr_schedule == "cosine"
-  if cosine and config.warmup_steps == config.total_steps:
+  decays = config.lr_schedule in ("cosine", "linear")
+  if decays and config.warmup_steps == config.total_steps:
     raise ValueError(
-        "lr_schedule 'cosine' needs total_steps > warmup_steps, got "
+        f"lr_schedule {config.lr_schedule!r} needs total_steps > warmup_steps, got "
         f"warmup_steps = total_steps = {config.total_steps}.")
   if config.grad_clip_norm < 0:
     raise ValueError(
@@ -80,6 +80,11 @@ def create_learning_rate_fn(
       # Cosine decay to 0 after warm-up (Loshchilov & Hutter 2017, SGDR).
       t = jnp.clip(step - warmup, 0, decay_steps) / decay_steps
       lr = 0.5 * peak * (1.0 + jnp.cos(math.pi * t))
+    elif config.lr_schedule == "linear":
+      # Linear decay to 0 after warm-up: the best use of a short budget (Li et al. 2020, "Budgeted
+      # Training: Rethinking Deep Neural Network Training Under Resource Constraints").
+      t = jnp.clip(step - warmup, 0, decay_steps) / decay_steps
+      lr = peak * (1.0 - t)
     else:
       lr = peak * jnp.ones_like(step, dtype=jnp.float32)
     if warmup > 0:

@@ -131,13 +131,24 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modul
   """Sums of loss, correct predictions and examples over the real (mask=1) examples of `batch`.
 
   Sums, not means, so that padded batches and any number of devices count each example exactly once.
+  Images of shape (B, V, H, W, C) are V views of each example (10-crop testing): their softmax
+  scores are averaged, and the loss is that of the averaged scores.
   """
-  logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
-                       train=False)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  images, labels = batch["image"], batch["label"]
   mask = batch["mask"].astype(jnp.float32)
+  if images.ndim == 5:
+    b, v = images.shape[:2]
+    logits = model.apply(variables, images.reshape((b * v,) + images.shape[2:]), train=False)
+    probs = jnp.mean(jax.nn.softmax(logits.reshape(b, v, -1)), axis=1)
+    loss = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0])
+    scores = probs
+  else:
+    scores = model.apply(variables, images, train=False)
+    loss = cross_entropy(scores, labels, model.num_classes)
   sums = {
-      "loss": jnp.sum(cross_entropy(logits, batch["label"], model.num_classes) * mask),
-      "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+      "loss": jnp.sum(loss * mask),
+      "correct": jnp.sum((jnp.argmax(scores, -1) == labels) * mask),
       "count": jnp.sum(mask),
   }
   if axis_name is not None:
