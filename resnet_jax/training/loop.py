@@ -119,8 +119,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
 
-  # State: the newest checkpoint in the workdir, else a fresh initialisation.
-  state = trainer.init_state()
+  # State: the newest checkpoint in the workdir, else a fresh initialisation (seeded by init_from).
+  state = trainer.init_state(pretrained=ckpt.latest_step() is None)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state, strategy.state_sharding)
   start = _host_int(state.step)
