@@ -191,7 +191,7 @@ def server(tmp_path):
   httpd.server_close()
 
 
-def _publish(root: pathlib.Path, arch: str = "resnet18") -> tuple[str, dict]:
+def publish(root: pathlib.Path, arch: str = "resnet18") -> tuple[str, dict]:
   """Saves a torchvision state dict as torchvision names its files: <arch>-<sha256 prefix>.pth."""
   sd = torchvision_model(arch).state_dict()
   tmp = root / "upload.pth"
@@ -205,7 +205,7 @@ def _publish(root: pathlib.Path, arch: str = "resnet18") -> tuple[str, dict]:
 def test_download_checks_the_checksum_and_caches(server, tmp_path, monkeypatch):
   root, base, hits = server
   monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # not the machine's torch cache
-  name, sd = _publish(root)
+  name, sd = publish(root)
   cache = tmp_path / "cache"
   path = dl.download(f"{base}/{name}", str(cache))
   assert path == str(cache / name) and hits == [f"/{name}"]
@@ -228,7 +228,7 @@ def test_download_checks_the_checksum_and_caches(server, tmp_path, monkeypatch):
 
 def test_corrupt_download_is_refused_and_not_cached(server, tmp_path):
   root, base, _ = server
-  name, _ = _publish(root)
+  name, _ = publish(root)
   corrupt = name.replace(name.split("-")[1][:8], "deadbeef")
   (root / corrupt).write_bytes((root / name).read_bytes()[:-100])  # truncated, and not that hash
   cache = tmp_path / "cache"
@@ -255,7 +255,7 @@ def test_our_urls_are_torchvisions():
 def test_load_torchvision_by_weights_name_downloads_converts_and_caches(server, tmp_path,
                                                                        monkeypatch):
   root, base, hits = server
-  name, sd = _publish(root)
+  name, sd = publish(root)
   monkeypatch.setitem(dl.TORCHVISION_WEIGHTS, "resnet18", {"IMAGENET1K_V1": f"{base}/{name}"})
   monkeypatch.setenv("RESNET_JAX_CACHE", str(tmp_path / "cache"))
   monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
