@@ -159,7 +159,8 @@ class Trainer:
 
 
 def _shape(x) -> Optional[tuple]:
-  return None if x is None else tuple(x.shape)
+  shape = getattr(x, "shape", None)
+  return None if shape is None else tuple(shape)
 
 
 def _merge(ours: Any, theirs: Any, source: str, path: tuple, keep: set) -> Any:
