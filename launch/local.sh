@@ -73,7 +73,7 @@ if [[ -z $port ]]; then
 fi
 [[ $port =~ ^[0-9]+$ ]] || die "--port '$port' must be a port number"
 if ((!dry_run)) && ! command -v resnet-jax >/dev/null; then
-  die "resnet-jax is not on PATH; install the package first: pip install -e ."
+  die "resnet-jax is not on PATH; install the package first: pip install -e '.[train]'"
 fi
 
 # Our device count replaces any the caller's XLA_FLAGS set (the test suite simulates 8 devices).

@@ -34,9 +34,10 @@ case "$command" in
     # TPU and Deep Learning VM images ship Python 3.10; the package needs >= 3.11. uv brings its own.
     python3 -m pip install --quiet --user --upgrade uv
     "$HOME/.local/bin/uv" venv --quiet --allow-existing --python 3.12 "$venv"
-    # gcsfs: gs:// workdirs and data through etils.epath (Orbax, metrics, TFDS).
+    # gcsfs: gs:// workdirs and data through etils.epath (Orbax, metrics, TFDS). The report extra:
+    # training (train) and the sweep's figures; the core install alone only runs models.
     "$HOME/.local/bin/uv" pip install --quiet --python "$venv/bin/python" "jax[$1]" gcsfs \
-      -e "$HOME/resnet-jax"
+      -e "$HOME/resnet-jax[report]"
     ;;
   start)
     shutdown=0

@@ -7,6 +7,7 @@ it (each `__init__` says what it holds and may import):
   data/         the sampling plan, datasets (digits, synthetic, TFDS), augmentation, preparation
   models/       layers, blocks, ResNet, pre-activation, VGG, scanned stages, FLOPs, the registry
   training/     the pure step, optimizer, jit/pmap strategies, trainer, loop, checkpoints, metrics log
+  pretrained/   torchvision's ResNet weights to our variables and back, downloads, converted workdirs
   experiments/  sweeps, reports, plots, analyses of trained checkpoints
   bench/        `resnet-jax bench` and `data-bench`
   cli.py        the `resnet-jax` command: parses arguments, calls the rooms above
@@ -14,7 +15,8 @@ it (each `__init__` says what it holds and may import):
                 bucket paths, the command's process set-up)
 
 Importing the package is light: it pulls in neither TensorFlow nor TFDS, and not even JAX until a
-submodule is used. `from resnet_jax import models` is the entry point for embedding our networks.
+submodule is used. `from resnet_jax import models` is the entry point for embedding our networks,
+`from resnet_jax import pretrained` for torchvision's weights; both need only jax, flax and numpy.
 """
 
 import importlib
@@ -25,7 +27,7 @@ import warnings
 
 __version__ = "0.2.0"
 
-_LAZY = ("models",)
+_LAZY = ("models", "pretrained")
 
 # Version 0.1 kept every module side by side in resnet_jax/. Their old names still import (with a
 # DeprecationWarning) as the modules that now hold their code, until 0.3.

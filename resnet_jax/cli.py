@@ -8,6 +8,16 @@ import sys
 from resnet_jax import runtime
 from resnet_jax.training import errors
 
+# The extra (pyproject.toml) that installs each optional top-level module: `pip install resnet-jax`
+# alone has jax, flax and numpy, enough for `resnet-jax models` and for using the models in code.
+EXTRAS = {
+    "optax": "train", "orbax": "train", "ml_collections": "train", "etils": "train", "chex": "train",
+    "tensorboardX": "train", "sklearn": "train", "grain": "train", "array_record": "train",
+    "tensorflow_datasets": "train", "PIL": "train", "importlib_resources": "train",
+    "matplotlib": "report", "tensorflow": "data", "torch": "torch", "safetensors": "torch",
+}
+
+
 def _models(args) -> int:
   from resnet_jax import models  # pylint: disable=g-import-not-at-top
   from resnet_jax.models import flops  # pylint: disable=g-import-not-at-top
@@ -115,6 +125,23 @@ def _bench(args) -> int:
   return 0
 
 
+def _convert(args) -> int:
+  from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from resnet_jax.pretrained import workdir  # pylint: disable=g-import-not-at-top
+
+  if args.name not in pretrained.NAMES:
+    raise ValueError(f"torchvision weights convert to {', '.join(pretrained.NAMES)}; got {args.name!r}.")
+  config = config_lib.load_config_file(args.config or f"configs/imagenet.py:{args.name}")
+  config.model = args.name
+  config.normalization = "torchvision"  # the inputs its weights were trained on; overridable below
+  config.lock()
+  config_lib.apply_overrides(config, split_overrides(args.overrides))
+  variables = pretrained.load_torchvision(args.name, args.source, cache=args.cache_dir or None)
+  print(json.dumps(workdir.write(args.workdir, config, variables)))
+  return 0
+
+
 def _prepare(args) -> int:
   from resnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
   from resnet_jax.training import console  # pylint: disable=g-import-not-at-top
@@ -175,6 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True)
   p.set_defaults(func=_eval)
 
+  p = sub.add_parser(
+      "convert", help="torchvision ResNet weights -> a workdir (checkpoint + config.json)",
+      epilog="SOURCE: a .pth/.safetensors/.npz file, a URL, or torchvision's weights name (DEFAULT, "
+             "IMAGENET1K_V1, IMAGENET1K_V2: downloaded once, checksum checked, cached in "
+             "~/.cache/resnet_jax/weights). The workdir's config is --config (default "
+             "configs/imagenet.py:NAME) with model=NAME, normalization=torchvision and the "
+             "--config.KEY=VALUE overrides. Then: resnet-jax eval --workdir DIR, or fine-tune with "
+             "--config configs/finetune.py --config.init_from=DIR.")
+  p.add_argument("--from", dest="source_format", required=True, choices=["torchvision"],
+                 help="where the weights come from")
+  p.add_argument("name", help="resnet18, resnet34, resnet50, resnet101 or resnet152")
+  p.add_argument("source", nargs="?", default="DEFAULT", help="file, URL or weights name (DEFAULT)")
+  p.add_argument("--workdir", required=True, help="a new directory: checkpoints/ and config.json")
+  p.add_argument("--config", default="", help="config file[:ARG] (default configs/imagenet.py:NAME)")
+  p.add_argument("--cache-dir", default="", help="download cache (default ~/.cache/resnet_jax/weights)")
+  p.set_defaults(func=_convert, overrides=[])
+
   p = sub.add_parser("bench", help="time the compiled train step on synthetic data")
   p.add_argument("--model", default="resnet20")
   p.add_argument("--batch-size", type=int, default=128, help="global batch")
@@ -218,11 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
-  if extra and args.command not in ("train", "sweep"):
+  if extra and args.command not in ("train", "sweep", "convert"):
     parser.error(f"unrecognised arguments: {' '.join(extra)}")
   args.overrides = extra
   try:
     return args.func(args)
+  except ModuleNotFoundError as e:  # a light install running a command that needs an extra
+    module = (e.name or "").split(".")[0]
+    if module not in EXTRAS:
+      raise
+    print(f"resnet-jax {args.command}: error: this command needs the {module!r} package, which the "
+          f"light install leaves out: pip install 'resnet-jax[{EXTRAS[module]}]'", file=sys.stderr)
+    return errors.EXIT_BAD_INPUT
   except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
     code = errors.exit_code(e)
     if code is None:

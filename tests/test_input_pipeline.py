@@ -64,6 +64,11 @@ def test_normalizers_standardise_training_statistics():
   np.testing.assert_allclose(x.std(axis=(0, 1, 2)), 1, atol=1e-4)
   with pytest.raises(ValueError, match="normalization='nope'"):
     aug.Normalizer.fit("nope", images)
+  # torchvision's fixed ImageNet statistics, whatever the images: what its converted weights expect.
+  x = aug.Normalizer.fit("torchvision", images)(images)
+  np.testing.assert_allclose(x[..., 1], (images[..., 1] / 255 - 0.456) / 0.224, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="RGB mean and std; these images have 1 channel"):
+    aug.Normalizer.fit("torchvision", images[..., :1])
 
 
 def test_digits_validation_split_normalization_and_augment():

@@ -108,6 +108,8 @@ ALLOWED = {
     "training": {"models", "data", "config"},
     "experiments": {"models", "data", "config", "training"},
     "bench": {"models", "data", "config", "training"},
+    # The torchvision conversion and downloads use models only; `pretrained.workdir` writes a run.
+    "pretrained": {"models", "config", "training"},
 }
 FLOORS = {"resnet_jax.checks", "resnet_jax.storage"}
 
@@ -136,27 +138,69 @@ def test_every_room_says_what_it_holds_and_may_import():
     assert "What lives here" in doc and "may import" in doc, room
 
 
-def test_models_import_with_only_jax_flax_and_numpy():
-  """The data and training stacks are made unimportable; a model still builds and runs."""
-  code = """
+_BLOCK_EXTRAS = """
 import importlib.abc, sys
 BLOCKED = ("tensorflow", "tensorflow_datasets", "grain", "optax", "orbax", "ml_collections",
-           "etils", "sklearn", "matplotlib", "tensorboardX", "PIL", "chex", "torch")
+           "etils", "sklearn", "matplotlib", "tensorboardX", "PIL", "chex", "torch", "torchvision",
+           "safetensors")
 class Block(importlib.abc.MetaPathFinder):
   def find_spec(self, name, path=None, target=None):
     if name.split(".")[0] in BLOCKED:
-      raise ImportError(f"{name} is blocked in this test")
+      raise ModuleNotFoundError(f"No module named {name!r} (blocked in this test)", name=name)
 sys.meta_path.insert(0, Block())
+"""
+
+
+def _light(code: str) -> subprocess.CompletedProcess:
+  """Runs `code` where only jax, flax, numpy and the standard library import: the light install."""
+  return subprocess.run([sys.executable, "-c", _BLOCK_EXTRAS + code], capture_output=True, text=True,
+                        cwd=REPO_ROOT, env={**os.environ, "RESNET_JAX_HUGEPAGES": "0"})
+
+
+def test_models_import_with_only_jax_flax_and_numpy():
+  """The data and training stacks are made unimportable; a model still builds and runs."""
+  out = _light("""
 import jax, jax.numpy as jnp
 from resnet_jax import models
 model = models.get_model("resnet8")
 x = jnp.ones((2, 32, 32, 3))
 logits = model.apply(model.init(jax.random.key(0), x, train=False), x, train=False)
 print(logits.shape)
-"""
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+""")
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == "(2, 10)"
+
+
+def test_torchvision_conversion_of_numpy_state_dicts_needs_no_extra(tmp_path):
+  """A torchvision-layout state dict of NumPy arrays (.npz) converts and runs without torch."""
+  out = _light(f"""
+import jax, jax.numpy as jnp, numpy as np
+from resnet_jax import models, pretrained
+model = models.get_model("resnet18", num_classes=7)
+x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+variables = model.init(jax.random.key(0), x, train=False)
+path = pretrained.save_state_dict(pretrained.to_torchvision(variables), {str(tmp_path / "r18.npz")!r})
+back = pretrained.from_torchvision(pretrained.load_state_dict(path), "resnet18")
+same = jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool((np.asarray(a) == b).all()),
+                                                     variables, back))
+print(same, bool((model.apply(back, x) == model.apply(variables, x)).all()))
+""")
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split() == ["True", "True"]
+
+
+def test_commands_say_which_extra_they_need():
+  out = _light("""
+from resnet_jax import cli
+assert cli.main(["models", "resnet8"]) == 0
+print("train", cli.main(["train", "--config", "configs/quickstart.py", "--workdir", "unused"]))
+print("report", cli.main(["report", "unused"]))
+""")
+  assert out.returncode == 0, out.stderr
+  assert "resnet8" in out.stdout and "train 2" in out.stdout and "report 2" in out.stdout
+  assert "needs the 'etils' package" in out.stderr or "needs the 'ml_collections' package" in out.stderr
+  assert "pip install 'resnet-jax[train]'" in out.stderr
+  assert not os.path.exists(os.path.join(REPO_ROOT, "unused"))
 
 
 def test_old_module_paths_still_import_with_a_warning():

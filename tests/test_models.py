@@ -325,3 +325,80 @@ def test_vgg_dense_layers_are_initialised_as_torchvision():
     kernel, bias = np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"])
     np.testing.assert_allclose(kernel.std(), 0.01, rtol=0.1)
     assert not bias.any()
+
+
+# --- The models as backbones: inference by default, pooled features, stage outputs. ---
+
+
+@pytest.fixture(scope="module")
+def resnet8_variables():
+  model = models.get_model("resnet8", num_classes=5)
+  x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+  variables = model.init(jax.random.key(1), x)
+  # Running statistics that differ from the batch's, so inference and training modes differ.
+  variables["batch_stats"] = jax.tree_util.tree_map(lambda s: s + 0.3, variables["batch_stats"])
+  return model, variables, x
+
+
+def _same(a, b):
+  return jax.tree_util.tree_all(jax.tree_util.tree_map(lambda u, v: bool((u == v).all()), a, b))
+
+
+def test_train_defaults_to_inference_unless_batch_stats_are_mutable(resnet8_variables):
+  model, variables, x = resnet8_variables
+  inference = model.apply(variables, x, train=False)
+  training, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert not np.allclose(inference, training, atol=1e-3)
+  assert _same(model.apply(variables, x), inference)  # plain apply: inference, no Flax error
+  default, default_updates = model.apply(variables, x, mutable=["batch_stats"])
+  assert _same(default, training) and _same(default_updates, updates)
+  # Only "intermediates" mutable (the Fig. 7 responses): still inference.
+  sown, _ = model.apply(variables, x, mutable=["intermediates"])
+  assert _same(sown, inference)
+  # init runs the training-mode forward, as before train=None existed.
+  out_default, _ = model.init_with_output(jax.random.key(1), x)
+  out_train, _ = model.init_with_output(jax.random.key(1), x, train=True)
+  assert _same(out_default, out_train)
+
+
+def test_training_mode_without_mutable_batch_stats_says_what_to_pass(resnet8_variables):
+  model, variables, x = resnet8_variables
+  with pytest.raises(ValueError, match=r"stem_bn: .*mutable=\['batch_stats'\].*train=False"):
+    model.apply(variables, x, train=True)
+
+
+def test_backbone_returns_pooled_features_and_stage_outputs(resnet8_variables):
+  model, variables, x = resnet8_variables
+  backbone = models.get_model("resnet8", num_classes=0)
+  body = {"params": {k: v for k, v in variables["params"].items() if k != "head"},
+          "batch_stats": variables["batch_stats"]}
+  # The same parameter names without the head: a classifier checkpoint's backbone loads as is.
+  assert jax.tree_util.tree_structure(jax.eval_shape(lambda: backbone.init(jax.random.key(1), x))) == \
+      jax.tree_util.tree_structure(body)
+  pooled = backbone.apply(body, x)
+  feats = model.apply(variables, x, return_features=True)
+  assert sorted(feats) == ["logits", "pooled", "stage1", "stage2", "stage3"]
+  assert [feats[f"stage{i}"].shape for i in (1, 2, 3)] == [(4, 16, 16, 16), (4, 8, 8, 32), (4, 4, 4, 64)]
+  # Written out by hand: pooled = spatial mean of the last stage; logits = pooled @ kernel + bias.
+  np.testing.assert_allclose(pooled, feats["stage3"].mean(axis=(1, 2)), rtol=1e-6, atol=1e-6)
+  head = variables["params"]["head"]
+  np.testing.assert_allclose(model.apply(variables, x), pooled @ head["kernel"] + head["bias"],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(feats["logits"], model.apply(variables, x))
+  assert set(backbone.apply(body, x, return_features=True)) == {"pooled", "stage1", "stage2", "stage3"}
+  with pytest.raises(ValueError, match="num_classes=-1"):
+    models.get_model("resnet8", num_classes=-1).init(jax.random.key(0), x)
+
+
+def test_imagenet_backbone_stage_outputs_are_c2_to_c5():
+  model = models.get_model("resnet50", num_classes=0)
+  x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+  variables = jax.eval_shape(lambda r, x: model.init(r, x), jax.random.key(0), x)
+  feats = jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True), variables, x)
+  # Strides 4, 8, 16, 32; bottleneck widths 256 ... 2048.
+  assert {k: v.shape for k, v in feats.items()} == {
+      "stage1": (2, 16, 16, 256), "stage2": (2, 8, 8, 512), "stage3": (2, 4, 4, 1024),
+      "stage4": (2, 2, 2, 2048), "pooled": (2, 2048)}
+  vgg = models.get_model("vgg19", num_classes=0, width_multiplier=1 / 16, classifier_width=64)
+  out = jax.eval_shape(lambda r, x: vgg.init_with_output(r, x)[0], jax.random.key(0), x)
+  assert out.shape == (2, 64) and out.dtype == jnp.float32

@@ -32,7 +32,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.augment = "none"                 # "none"; "cifar" (4-px zero pad, random 32x32 crop, flip: sec. 4.2);
                                      # "inception" (random-resized crop + flip); "scale" (shorter side
                                      # in [256, 480], 224 crop + flip: sec. 3.4)
-  c.normalization = "per_channel"    # "per_channel" standardisation, or "per_pixel_mean" (the paper's)
+  c.normalization = "per_channel"    # "per_channel" standardisation, "per_pixel_mean" (the paper's), or
+                                     # "torchvision" (its fixed ImageNet mean/std: for its converted weights)
   c.normalization_examples = 50000   # TFDS: training images the statistics come from (all of CIFAR's
                                      # 50k; lower it for ImageNet, where each one is a JPEG decode)
   c.validation_split = 0             # examples held out of training for validation (paper: 5000 of 50k);
@@ -42,6 +43,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data_cache_dir = ""              # local copy of a gs:// data_dir (array_record reads local files
                                      # only); "" = ~/.cache/resnet_jax/tfds
   c.num_classes = 0                  # 0 = the dataset's own number of classes
+  c.synthetic_channels = 3           # synthetic data: channels per image (1 to match the digits)
   c.image_size = 0                   # synthetic data and variable-size TFDS images (ImageNet): side
                                      # in pixels; 0 = the model's default (224 for ImageNet nets)
   c.batch_size = 128                 # GLOBAL batch, split across all devices and processes
@@ -68,6 +70,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.weight_decay_mask = "kernels"    # "kernels" (conv and dense kernels) or "all" (also BN and biases)
   c.grad_clip_norm = 0.0             # clip the global gradient norm to this; 0 = no clipping
   c.label_smoothing = 0.0            # 0 = the paper's plain softmax cross-entropy
+
+  # --- Fine-tuning (configs/finetune.py) ---
+  c.init_from = ""                   # a workdir (a run's, or `resnet-jax convert`'s) whose newest checkpoint's
+                                     # params and batch_stats seed step 0 of a NEW run; "" = random init.
+                                     # Resuming this run reads its own checkpoints, never init_from
+  c.init_new_head = False            # init_from: a fresh head even when the class count matches (other
+                                     # classes); a different class count always gets a fresh head
+  c.freeze_bn_stats = False          # BN normalises with its running statistics and never updates them
+                                     # (inference-mode BN); BN scale and bias still train
+  c.freeze_backbone = False          # train only the head: every other parameter gets a zero update and
+                                     # no weight decay
 
   # --- Schedule of the run ---
   c.total_steps = 64000              # paper: stop at 64k iterations on CIFAR-10

@@ -29,7 +29,8 @@ def get_dataset(config, default_image_size: int):
     return load_digits(config.normalization, config.validation_split, config.augment)
   if config.dataset == "synthetic":
     ds = make_synthetic(config.image_size or default_image_size, config.num_classes or 10,
-                        seed=config.seed, validation_split=config.validation_split)
+                        channels=config.synthetic_channels, seed=config.seed,
+                        validation_split=config.validation_split)
     return dataclasses.replace(ds, augment=config.augment)
   from resnet_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  # TFDS is heavy
 

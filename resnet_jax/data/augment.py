@@ -13,7 +13,11 @@ import numpy as np
 from resnet_jax.checks import check_choice
 
 AUGMENTS = ("none", "cifar", "inception", "scale")
-NORMALIZATIONS = ("per_channel", "per_pixel_mean")
+NORMALIZATIONS = ("per_channel", "per_pixel_mean", "torchvision")
+# torchvision's ImageNet standardisation (transforms.Normalize in its weights' preprocessing), in
+# [0, 1] pixels: what its pretrained ResNets expect, so converted weights see the inputs they learnt on.
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
 EVAL_CROPS = ("center", "ten")  # the test view: one centre crop, or the paper's 10-crop testing
 CIFAR_PAD = 4              # He et al. 2015, sec. 4.2: "4 pixels are padded on each side"
 INCEPTION_SCALE = (0.08, 1.0)  # Szegedy et al. 2015 crop area range, as in torchvision
@@ -154,9 +158,22 @@ class Normalizer:
 
   @classmethod
   def fit(cls, kind: str, images: np.ndarray) -> "Normalizer":
-    """Statistics of uint8 `images` (N, H, W, C) in float64, so 50k images sum exactly enough."""
+    """Statistics of uint8 `images` (N, H, W, C) in float64, so 50k images sum exactly enough.
+
+    "torchvision" takes no statistics: it is torchvision's fixed RGB mean and std.
+    """
     check_choice("normalization", kind, NORMALIZATIONS)
+    if kind == "torchvision":
+      return cls.torchvision(images.shape[-1])
     return cls.from_sums(kind, *moments(images))
+
+  @classmethod
+  def torchvision(cls, channels: int = 3) -> "Normalizer":
+    """torchvision's ImageNet mean and std (RGB images only)."""
+    if channels != 3:
+      raise ValueError(f"normalization='torchvision' is torchvision's RGB mean and std; these images "
+                       f"have {channels} channel(s). Use per_channel.")
+    return cls(np.asarray(TORCHVISION_MEAN), np.asarray(TORCHVISION_STD))
 
   @classmethod
   def from_sums(cls, kind: str, count: int, total: np.ndarray, total_sq: np.ndarray) -> "Normalizer":

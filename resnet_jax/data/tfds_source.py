@@ -216,6 +216,8 @@ class TfdsDataset:
     self._eval_ahead = ReadAhead(self._load_eval, data_threads, prefetch_batches)
     key = (name, str(builder.data_dir), self.train_size, min(normalization_examples, self.train_size),
            normalization, self.size)
+    if normalization == "torchvision":  # fixed constants: no pass over the images
+      _STATS_CACHE[key] = aug.Normalizer.torchvision(self.channels)
     if key not in _STATS_CACHE:
       _STATS_CACHE[key] = self._fit_normalizer(normalization, key[3])
     self.normalizer = _STATS_CACHE[key]

@@ -106,6 +106,14 @@ class BatchNorm(nn.Module):
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
     x32 = x.astype(jnp.float32)
+    if not (self.use_running_average or self.is_initializing()
+            or self.is_mutable_collection("batch_stats")):
+      # Flax's own message ("collection batch_stats is immutable") does not say what to change.
+      raise ValueError(
+          f"{'/'.join(self.path)}: BatchNorm in training mode (train=True) updates its running "
+          "statistics, but the 'batch_stats' collection is immutable. Call "
+          "model.apply(variables, x, train=True, mutable=['batch_stats']) and keep the returned "
+          "batch_stats, or pass train=False for inference (running statistics).")
     if self.use_running_average:
       y = (x32 - ra_mean.value) * (scale * jax.lax.rsqrt(ra_var.value + self.epsilon)) + bias
       return y.astype(self.dtype)
@@ -122,6 +130,16 @@ class BatchNorm(nn.Module):
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * batch_var
     y = (xg - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
     return y.reshape(x.shape).astype(self.dtype)
+
+
+def resolve_train(module: nn.Module, train: Optional[bool]) -> bool:
+  """`train`, or for None: training exactly when the `batch_stats` collection is mutable.
+
+  So `model.apply(variables, x)` is inference, `model.apply(variables, x, mutable=["batch_stats"])`
+  and `model.init(...)` are training, and an explicit True/False always wins (our train step
+  passes it explicitly).
+  """
+  return module.is_mutable_collection("batch_stats") if train is None else bool(train)
 
 
 def batch_norm(network: nn.Module, train: bool) -> Callable:

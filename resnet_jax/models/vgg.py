@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnet_jax.models.layers import adaptive_avg_pool, batch_norm, conv
+from resnet_jax.models.layers import adaptive_avg_pool, batch_norm, conv, resolve_train
 
 
 class VGG(nn.Module):
@@ -14,6 +14,8 @@ class VGG(nn.Module):
 
   BN is our addition (the paper's VGG-19 has none); it changes neither the FLOPs nor the shape. The
   classifier is VGG's (two 4096-wide dense layers, no dropout) after a 7x7 adaptive pool, as torchvision.
+  `train` as in `ResNet` (None: training exactly when `batch_stats` is mutable); num_classes=0 drops
+  the last dense layer and returns fc2's 4096 ReLU features (float32).
   """
   stage_convs: Sequence[int] = (2, 2, 4, 4, 4)
   stage_widths: Sequence[int] = (64, 128, 256, 512, 512)
@@ -26,8 +28,10 @@ class VGG(nn.Module):
   axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x, train: bool = True):
-    norm = batch_norm(self, train)
+  def __call__(self, x, train: Optional[bool] = None):
+    if self.num_classes < 0:
+      raise ValueError(f"num_classes={self.num_classes} must be >= 0 (0 = no head: fc2 features).")
+    norm = batch_norm(self, resolve_train(self, train))
     x = jnp.asarray(x, self.dtype)
     for i, (n, w) in enumerate(zip(self.stage_convs, self.stage_widths)):
       for j in range(n):
@@ -41,4 +45,5 @@ class VGG(nn.Module):
                               kernel_init=nn.initializers.normal(0.01))
     for k in (1, 2):
       x = nn.relu(dense(self.classifier_width, dtype=self.dtype, name=f"fc{k}")(x))
-    return dense(self.num_classes, name="head")(x.astype(jnp.float32))
+    x = x.astype(jnp.float32)
+    return dense(self.num_classes, name="head")(x) if self.num_classes else x

@@ -30,6 +30,10 @@ class IncompatibleCheckpointError(ValueError):
   """The checkpoint holds a different state tree (another model, dataset or optimizer)."""
 
 
+def _key(entry) -> str:
+  return str(getattr(entry, "key", getattr(entry, "name", entry)))
+
+
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` in `<workdir>/checkpoints`; saves are asynchronous."""
 
@@ -117,6 +121,30 @@ class Checkpointer:
     src.rename(dst)
     self.manager.reload()  # forget the moved step
     return str(dst)
+
+  def restore_parts(self, parts: tuple[str, ...], sharding, step: Optional[int] = None) -> dict:
+    """Only the top-level `parts` (e.g. params, batch_stats) of a checkpoint, whatever its model.
+
+    The structure comes from the checkpoint's own metadata, so no template is needed: this reads a
+    run written under another config (init_from). The other parts are not read.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise ValueError(f"{self.directory} holds no checkpoint.")
+    # PyTree handler: its partial_restore reads just the named parts; their structure comes from the
+    # checkpoint's metadata, so no template of the other run's state is needed.
+    reader = ocp.CheckpointManager(self.directory, item_handlers=ocp.PyTreeCheckpointHandler())
+    try:
+      tree = reader.item_metadata(step)
+      tree = dict(getattr(tree, "tree", tree))  # TreeMetadata wraps the nested dict
+      item = jax.tree_util.tree_map(
+          lambda meta: jax.ShapeDtypeStruct(meta.shape, meta.dtype, sharding=sharding),
+          {k: tree[k] for k in parts if k in tree})
+      restored = reader.restore(step, args=ocp.args.PyTreeRestore(
+          item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+    finally:
+      reader.close()
+    return dict(restored)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -141,11 +141,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir_lib.check_resumable(workdir, config)
     ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
 
-    # State: the newest checkpoint that restores, else a fresh initialisation.
+    # State: the newest checkpoint that restores, else a fresh initialisation (seeded by init_from).
     fresh = trainer.init_state()
     state, restored = ckpt.restore_newest_valid(fresh, strategy.state_sharding)
     if state is None:
-      state = fresh
+      state = trainer.init_state(pretrained=True) if config.init_from else fresh
     start = _host_int(state.step)
     if restored is not None:
       say(f"resumed from step {start} (checkpoint {ckpt.directory}/{restored})")

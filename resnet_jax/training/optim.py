@@ -123,21 +123,37 @@ def weight_decay_mask(params: Any, mode: str) -> Any:
       lambda path, _: bool(path) and _key_name(path[-1]) == "kernel", params)
 
 
+def backbone_mask(params: Any) -> Any:
+  """True for every parameter outside the classifier `head` (the last dense layer): the backbone."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: not (path and _key_name(path[0]) == "head"), params)
+
+
 def create_optimizer(
     config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Returns the chain clip -> masked weight decay -> momentum with lr."""
+  """Returns the chain [freeze] -> clip -> masked weight decay -> momentum with lr."""
   _validate(config)
   schedule = create_learning_rate_fn(config)
   transforms = []
+  freeze = bool(config.freeze_backbone)
+  if freeze:
+    # Zero the backbone's gradients before anything else reads them: clipping then sees only the
+    # head's, the momentum buffers stay 0, and every backbone update is exactly 0.
+    transforms.append(optax.masked(optax.set_to_zero(), backbone_mask))
   if config.grad_clip_norm > 0:
     # Clip the raw loss gradient first, so the decay term is never clipped.
     transforms.append(optax.clip_by_global_norm(config.grad_clip_norm))
   mode = config.weight_decay_mask
+
+  def decay_mask(params):
+    mask = weight_decay_mask(params, mode)
+    if freeze:  # frozen parameters must not shrink either
+      mask = jax.tree_util.tree_map(lambda m, b: m and not b, mask, backbone_mask(params))
+    return mask
+
   # L2 decay added to the gradient (not the loss), so it shares the momentum
   # buffer exactly as in Caffe's SGD solver (He et al. 2015, sec. 3.4).
-  transforms.append(
-      optax.add_decayed_weights(
-          config.weight_decay, mask=lambda p: weight_decay_mask(p, mode)))
+  transforms.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
   trace = optax.trace(decay=config.momentum, nesterov=config.nesterov)
   if config.momentum_style == "optax":
     # Exactly `optax.sgd`: v = m v + g; w -= lr v.

@@ -75,14 +75,15 @@ class MeshJit:
   """
   axis_name = None
 
-  def __init__(self, devices, model, tx, learning_rate_fn, label_smoothing=0.0, compiler_options=None):
+  def __init__(self, devices, model, tx, learning_rate_fn, label_smoothing=0.0, compiler_options=None,
+               freeze_bn_stats=False):
     self.devices = devices
     self.compiler_options = compiler_options or None
     self.mesh = Mesh(np.asarray(devices), (AXIS,))
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXIS))
     step = functools.partial(train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-                             label_smoothing=label_smoothing)
+                             label_smoothing=label_smoothing, freeze_bn_stats=freeze_bn_stats)
     self.train_step = self._jit(step, in_shardings=(self.replicated, self.sharded),
                                 out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     self.eval_step = self._jit(functools.partial(eval_step, model=model),
@@ -157,13 +158,15 @@ class Pmap:
   """`jax.pmap` over the local devices with axis name "data": gradients and metrics are averaged."""
   axis_name = AXIS
 
-  def __init__(self, devices, model, tx, learning_rate_fn, label_smoothing=0.0, compiler_options=None):
+  def __init__(self, devices, model, tx, learning_rate_fn, label_smoothing=0.0, compiler_options=None,
+               freeze_bn_stats=False):
     # jax.pmap takes no compiler options: `cpu_fusion` applies to the jit strategy only.
     self.devices = [d for d in devices if d.process_index == jax.process_index()]
     # pmap's inputs carry a leading axis of one entry per local device.
     self.stacked = NamedSharding(Mesh(np.asarray(self.devices), (AXIS,)), P(AXIS))
     step = functools.partial(train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-                             label_smoothing=label_smoothing, axis_name=AXIS)
+                             label_smoothing=label_smoothing, freeze_bn_stats=freeze_bn_stats,
+                             axis_name=AXIS)
     # Every process names all devices, so the axis (and its gradient mean) spans every process;
     # each process feeds its local ones (jax.pmap's `devices` contract in multi-process runs).
     self.train_step = jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=0)
@@ -238,11 +241,11 @@ def _scan(strategy, body, state, xs, k: int):
 
 
 def create(strategy: str, devices, model, tx, learning_rate_fn: Callable, label_smoothing: float = 0.0,
-           compiler_options: dict | None = None) -> Any:
+           compiler_options: dict | None = None, freeze_bn_stats: bool = False) -> Any:
   """The data-parallel strategy named by `config.parallelism`."""
   check_choice("parallelism", strategy, STRATEGIES)
   cls = MeshJit if strategy == "jit" else Pmap
-  return cls(devices, model, tx, learning_rate_fn, label_smoothing, compiler_options)
+  return cls(devices, model, tx, learning_rate_fn, label_smoothing, compiler_options, freeze_bn_stats)
 
 
 def check_batch_size(batch_size: int, num_devices: int, what: str = "batch_size") -> None:

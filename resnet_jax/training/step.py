@@ -87,19 +87,20 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, learning_rate_fn: Callable,
-               label_smoothing: float = 0.0,
+               label_smoothing: float = 0.0, freeze_bn_stats: bool = False,
                axis_name: Optional[str] = None) -> tuple[TrainState, Metrics]:
   """One SGD step on `batch` ({"image", "label"}); returns the new state and scalar metrics.
 
   Every metric is computed here for every step, so the host can record all of them while fetching
   only every few steps: loss, accuracy, learning rate, global and per-block gradient norms (before any
-  clipping), parameter and update norms.
+  clipping), parameter and update norms. `freeze_bn_stats` runs BN in inference mode (its running
+  statistics normalise and stay as they are), as when fine-tuning a pretrained net on small batches.
   """
   num_classes = model.num_classes
 
   def loss_fn(params):
     logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                  train=True, mutable=["batch_stats"])
+                                  train=not freeze_bn_stats, mutable=["batch_stats"])
     loss = jnp.mean(cross_entropy(logits, batch["label"], num_classes, label_smoothing))
     return loss, (logits, updates["batch_stats"])
 

@@ -2,11 +2,13 @@
 
 `Trainer(config)` builds them in data-flow order (config -> data -> model -> optimizer -> step ->
 strategy); `restore(workdir)` rebuilds a run's trainer and newest state from its workdir, for
-evaluation, analyses and fine-tuning.
+evaluation, analyses and fine-tuning. With `init_from`, `init_state(pretrained=True)` seeds a new
+run's parameters and BN statistics from another run's newest checkpoint (fine-tuning).
 """
 
 import functools
-from typing import Optional
+import sys
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ import ml_collections
 from resnet_jax import config as config_lib
 from resnet_jax import data, models
 from resnet_jax.data import on_device
+from resnet_jax.models import stages
 from resnet_jax.training import checkpoints, optim, parallel
 from resnet_jax.training.step import TrainState, create_train_state
 
@@ -54,9 +57,13 @@ class Trainer:
     self.model = build_model(config, self.dataset.num_classes, axis_name)
     self.learning_rate_fn = optim.create_learning_rate_fn(config)
     self.tx = optim.create_optimizer(config)
+    if (config.freeze_bn_stats or config.freeze_backbone) and not config.init_from:
+      raise ValueError("freeze_bn_stats and freeze_backbone keep what a pretrained network learnt; "
+                       "set init_from=WORKDIR (a run's, or `resnet-jax convert`'s) to start from one.")
     self.strategy = parallel.create(config.parallelism, self.devices, self.model, self.tx,
                               self.learning_rate_fn, config.label_smoothing,
-                              parallel.cpu_compiler_options(config.cpu_fusion, self.devices))
+                              parallel.cpu_compiler_options(config.cpu_fusion, self.devices),
+                              freeze_bn_stats=config.freeze_bn_stats)
     self._device_data = None  # the training set on the devices, with data_on_device
     if config.data_on_device and config.parallelism != "jit":
       raise ValueError("data_on_device=True needs parallelism='jit' (the batch is drawn inside the "
@@ -87,10 +94,58 @@ class Trainer:
     batches = [self.dataset.train_batch(c.seed, s, c.batch_size) for s in range(step, step + k)]
     return (*strategy.multi_step(k)(state, strategy.put_batches(batches)), k)
 
-  def init_state(self) -> TrainState:
+  def init_state(self, pretrained: bool = False) -> TrainState:
+    """A new train state: random, or with `pretrained` (and `config.init_from`) seeded from there.
+
+    The random state is also the template every checkpoint restores into. The loop asks for
+    `pretrained` only when the workdir holds no checkpoint yet, so init_from seeds step 0 of a new
+    run and a resumed run reads its own checkpoints.
+    """
     init = jax.jit(functools.partial(create_train_state, self.model, self.tx,
                                      image_shape=self.dataset.image_shape))
-    return init(jax.random.PRNGKey(self.config.seed))
+    state = init(jax.random.PRNGKey(self.config.seed))
+    if pretrained and self.config.init_from:
+      state = self._seed_from(self.config.init_from, state)
+    return state
+
+  def _seed_from(self, source: str, state: TrainState) -> TrainState:
+    """`state` with params and batch_stats from `source`'s newest checkpoint, a fresh optimizer state,
+    and its own (random) head where the class count differs or `init_new_head` asks for one."""
+    from etils import epath  # pylint: disable=g-import-not-at-top
+
+    config_path = epath.Path(source) / "config.json"
+    if not (config_path.exists() and (epath.Path(source) / "checkpoints").exists()):
+      raise ValueError(f"init_from={source!r} is not the workdir of a run or of `resnet-jax convert` "
+                       "(it needs config.json and checkpoints/).")
+    theirs = config_lib.from_json(str(config_path))
+    for key in ("model", "width_multiplier"):
+      if theirs[key] != self.config[key]:
+        raise ValueError(f"init_from={source!r} holds a {key}={theirs[key]!r} network; this run has "
+                         f"{key}={self.config[key]!r}. Set --config.{key}={theirs[key]} (only the "
+                         "head may differ).")
+    ckpt = checkpoints.Checkpointer(source)
+    try:
+      step = ckpt.latest_step()
+      if step is None:
+        raise ValueError(f"init_from={source!r} has no checkpoint yet.")
+      parts = ckpt.restore_parts(("params", "batch_stats"), self.strategy.state_sharding)
+    finally:
+      ckpt.close()
+    fresh = {"params": state.params, "batch_stats": state.batch_stats}
+    new_head = self.config.init_new_head or (
+        _shape(parts["params"].get("head", {}).get("bias")) != _shape(state.params["head"]["bias"]))
+    seeded = {}
+    for part, tree in fresh.items():
+      ours = stages.unstack_scanned(dict(tree))
+      merged = _merge(ours, stages.unstack_scanned(dict(parts.get(part, {}))), source, (part,),
+                      keep={"head"} if new_head else set())
+      seeded[part] = stages.to_scanned(merged) if self.config.scan_blocks else merged
+    if jax.process_index() == 0:
+      head = (f"a new head for {self.dataset.num_classes} classes" if new_head
+              else "its head")
+      print(f"init_from {source} (step {step}): backbone and BN statistics, {head}.", file=sys.stderr)
+    return state.replace(params=seeded["params"], batch_stats=seeded["batch_stats"],
+                         opt_state=self.tx.init(seeded["params"]))
 
   def evaluate(self, state) -> dict[str, float]:
     """Loss and accuracy over the whole test split, each example counted once."""
@@ -101,6 +156,31 @@ class Trainer:
     totals = self.strategy.fetch(totals)
     count = float(totals["count"])
     return {"eval/loss": float(totals["loss"]) / count, "eval/accuracy": float(totals["correct"]) / count}
+
+
+def _shape(x) -> Optional[tuple]:
+  shape = getattr(x, "shape", None)
+  return None if shape is None else tuple(shape)
+
+
+def _merge(ours: Any, theirs: Any, source: str, path: tuple, keep: set) -> Any:
+  """`ours` with every leaf replaced by `theirs`' at the same path; top-level names in `keep` stay
+  ours. The trees must match exactly otherwise: a missing, extra or differently shaped array means a
+  different architecture, which is an error naming it."""
+  if not isinstance(ours, dict):
+    if not hasattr(theirs, "shape") or theirs.shape != ours.shape:
+      raise ValueError(f"init_from={source!r}: {'/'.join(path)} has shape {_shape(theirs)} there and "
+                       f"{ours.shape} here; the architectures differ (only the head may).")
+    return theirs
+  names = set(ours) - (keep if len(path) == 1 else set())
+  theirs = theirs if isinstance(theirs, dict) else {}
+  missing = sorted(names - set(theirs))
+  extra = sorted(set(theirs) - set(ours) - {"head"})
+  if missing or extra:
+    raise ValueError(f"init_from={source!r}: {'/'.join(path)} differs: missing there {missing[:4]}, "
+                     f"extra there {extra[:4]}; the architectures differ (only the head may).")
+  return {k: ours[k] if k not in names else _merge(ours[k], theirs[k], source, path + (k,), keep)
+          for k in ours}
 
 
 class NoCheckpointError(ValueError):

@@ -1,0 +1,66 @@
+"""A converted network as a run's workdir: config.json and a step-0 Orbax checkpoint.
+
+`resnet-jax eval --workdir DIR` evaluates it like any run, `resnet-jax train` with the same workdir
+continues training it (same classes), and `--config.init_from=DIR` seeds a new run from it
+(fine-tuning, any classes).
+"""
+
+import jax
+import ml_collections
+
+from resnet_jax import config as config_lib
+from resnet_jax import storage
+from resnet_jax.models import stages
+from resnet_jax.training import checkpoints, optim
+from resnet_jax.training.step import create_train_state
+from resnet_jax.training.trainer import build_model
+
+
+def write(workdir: str, config: ml_collections.ConfigDict, variables: dict) -> dict:
+  """Writes `variables` ({"params", "batch_stats"}, unrolled layout) as step 0 of a run of `config`.
+
+  The optimizer state is the optimizer's initial one and the RNG that of `config.seed`, exactly what
+  a new run of `config` starts with. Refuses a workdir that already holds a checkpoint. Returns a
+  summary (workdir, model, classes, arrays).
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  config_lib.validate(config)
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  if "head" not in params:
+    raise ValueError("the variables have no head; a run's checkpoint needs one (convert with head).")
+  num_classes = int(params["head"]["bias"].shape[0])
+  if config.num_classes not in (0, num_classes):
+    raise ValueError(f"the converted head has {num_classes} classes but num_classes="
+                     f"{config.num_classes}; convert as is and fine-tune with "
+                     "--config.init_from=WORKDIR for other classes.")
+  root = epath.Path(workdir)
+  ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  try:
+    if ckpt.latest_step() is not None:
+      raise ValueError(f"{workdir} already holds checkpoints; use a new --workdir.")
+    config.unlock()
+    config.num_classes = num_classes  # written out, so eval checks the dataset against the head
+    config.lock()
+    if config.scan_blocks:
+      params, batch_stats = stages.to_scanned(params), stages.to_scanned(batch_stats)
+    model = build_model(config, num_classes)
+    tx = optim.create_optimizer(config)
+    channels = int(jax.tree_util.tree_leaves(params["stem_conv"])[0].shape[-2])
+    size = config.image_size or 32  # parameters do not depend on the image size
+    state = jax.jit(lambda rng: create_train_state(model, tx, rng, (size, size, channels)))(
+        jax.random.PRNGKey(config.seed))
+    want = jax.tree_util.tree_map(lambda x: x.shape, {"params": state.params,
+                                                      "batch_stats": state.batch_stats})
+    got = jax.tree_util.tree_map(lambda x: x.shape, {"params": params, "batch_stats": batch_stats})
+    if want != got:
+      raise ValueError(f"the converted variables do not fit model={config.model!r} with this config "
+                       "(shortcut, stride_placement, width_multiplier?).")
+    state = state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    ckpt.save(0, state, force=True)
+  finally:
+    ckpt.close()
+  return {"workdir": storage.absolute(workdir), "model": config.model, "num_classes": num_classes,
+          "arrays": len(jax.tree_util.tree_leaves(variables)), "step": 0}
