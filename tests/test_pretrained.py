@@ -315,3 +315,20 @@ def test_cli_convert_then_eval_matches_torchvision(tmp_path, capsys):
                                 converted["params"]["stage4_block2"]["conv2"]["kernel"])
   np.testing.assert_array_equal(np.asarray(seeded.batch_stats["stem_bn"]["var"]),
                                 converted["batch_stats"]["stem_bn"]["var"])
+
+
+def test_convert_writes_torchvisions_network_not_the_paper_presets(tmp_path, capsys):
+  """configs/imagenet.py:resnet50 is the paper's v1 network (stride on the first 1x1); torchvision's
+  is v1.5. Both have the same shapes, so only the config can say which one the weights belong to."""
+  tv = torchvision_model("resnet50", seed=1)
+  source = str(tmp_path / "resnet50.pth")
+  torch.save(tv.state_dict(), source)
+  workdir = str(tmp_path / "converted")
+  assert cli.main(["convert", "--from", "torchvision", "resnet50", source, "--workdir", workdir]) == 0
+  config = json.loads((tmp_path / "converted" / "config.json").read_text())
+  assert (config["stride_placement"], config["eval_crops"]) == ("v1.5", "center")
+  capsys.readouterr()
+  assert cli.main(["convert", "--from", "torchvision", "resnet50", source, "--workdir",
+                   str(tmp_path / "v1"), "--config.stride_placement=v1"]) == 2
+  assert "stride_placement='v1.5'" in capsys.readouterr().err
+  assert not (tmp_path / "v1" / "checkpoints").exists()

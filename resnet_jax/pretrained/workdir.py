@@ -12,6 +12,7 @@ from resnet_jax import config as config_lib
 from resnet_jax import storage
 from resnet_jax.models import stages
 from resnet_jax.training import checkpoints, optim
+from resnet_jax.training import workdir as workdir_lib
 from resnet_jax.training.step import create_train_state
 from resnet_jax.training.trainer import build_model
 
@@ -26,6 +27,12 @@ def write(workdir: str, config: ml_collections.ConfigDict, variables: dict) -> d
   from etils import epath  # pylint: disable=g-import-not-at-top
 
   config_lib.validate(config)
+  # torchvision's ResNets: option-B shortcuts and the stride on the bottleneck's 3x3. v1 has the same
+  # shapes, so the shape check below would not catch it, and every strided block would compute wrong.
+  if config.stride_placement not in ("", "v1.5") or config.shortcut not in ("", "B"):
+    raise ValueError(f"torchvision's {config.model} is stride_placement='v1.5' with option-B "
+                     f"shortcuts; this config has stride_placement={config.stride_placement!r}, "
+                     f"shortcut={config.shortcut!r}. Set --config.stride_placement=v1.5.")
   params, batch_stats = variables["params"], variables["batch_stats"]
   if "head" not in params:
     raise ValueError("the variables have no head; a run's checkpoint needs one (convert with head).")
@@ -58,7 +65,7 @@ def write(workdir: str, config: ml_collections.ConfigDict, variables: dict) -> d
                        "(shortcut, stride_placement, width_multiplier?).")
     state = state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
     root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    workdir_lib.record_config(workdir, config, 0)  # config.json and the config history, as a run
     ckpt.save(0, state, force=True)
   finally:
     ckpt.close()
