@@ -9,23 +9,29 @@ _READ_AHEAD_HORIZON = 2 ** 62  # "no end": read-ahead simply stops being consume
 class ReadAhead:
   """Serves `fn(key, k)` for consecutive k, computed ahead in background threads by Grain.
 
-  A request that does not continue the previous one (a resume, another seed) restarts the read-ahead
-  at that step, so results never depend on the order of requests: each is `fn(key, k)`.
-  `num_threads=0` computes every request synchronously.
+  Each key (a seed and batch size) has its own stream, so the vectorised members of a sweep, which
+  ask for the same step under several seeds in turn, each keep reading ahead. A request that does not
+  continue its key's previous one (a resume) restarts that stream at that step, so results never
+  depend on the order of requests: each is `fn(key, k)`. `num_threads=0` computes every request
+  synchronously.
   """
+
+  MAX_STREAMS = 64  # more keys than this in turn: the oldest stream is dropped (and restarted if asked)
 
   def __init__(self, fn: Callable, num_threads: int, buffer: int):
     self.fn, self.num_threads, self.buffer = fn, num_threads, max(buffer, num_threads)
-    self._key, self._next, self._iter = None, None, None
+    self._streams = {}  # key -> (next step, iterator), oldest first
 
   def get(self, key, k: int):
     if not self.num_threads:
       return self.fn(key, k)
-    if self._iter is None or (key, k) != (self._key, self._next):
-      self._iter = self._start(key, k, _READ_AHEAD_HORIZON)
-      self._key = key
-    self._next = k + 1
-    return next(self._iter)
+    expected, it = self._streams.pop(key, (None, None))
+    if it is None or k != expected:
+      it = self._start(key, k, _READ_AHEAD_HORIZON)
+    self._streams[key] = (k + 1, it)
+    if len(self._streams) > self.MAX_STREAMS:
+      del self._streams[next(iter(self._streams))]
+    return next(it)
 
   def run(self, key, start: int, stop: int) -> Iterator:
     """fn(key, start), ..., fn(key, stop - 1) in order, read ahead (finite; for evaluation)."""

@@ -30,7 +30,7 @@ from resnet_jax.training import workdir as workdir_lib
 from resnet_jax.training.errors import DiskFullError, NonFiniteError, StoppedEarly
 from resnet_jax.training.trainer import Trainer, restore
 
-class _StopFlag:
+class StopFlag:
   """Turns SIGTERM, or a first Ctrl-C, into a step at which every process stops (finish, save, exit).
 
   A single process sets a flag from a Python signal handler; a second Ctrl-C raises
@@ -90,9 +90,14 @@ def _host_int(x) -> int:
 
 def _host_rows(strategy, pending: list, first_step: int) -> list[dict]:
   """Fetches the buffered per-step metrics in one transfer; raises on the first non-finite value."""
+  return metric_rows(strategy.fetch(pending), first_step)
+
+
+def metric_rows(fetched: list[dict], first_step: int) -> list[dict]:
+  """One row per step from host metrics of consecutive dispatches; raises on a non-finite value."""
   rows = []
   per_step = []
-  for metrics in strategy.fetch(pending):  # scalars, or stacked [K] from K steps in one dispatch
+  for metrics in fetched:  # scalars, or stacked [K] from K steps in one dispatch
     k = np.size(next(iter(metrics.values())))
     per_step += [{key: np.ravel(v)[i] for key, v in metrics.items()} for i in range(k)]
   for i, metrics in enumerate(per_step):
@@ -107,7 +112,7 @@ def _host_rows(strategy, pending: list, first_step: int) -> list[dict]:
   return rows
 
 
-def _disk_full(error: BaseException, workdir: str, ckpt: checkpoints.Checkpointer) -> DiskFullError:
+def disk_full_error(error: BaseException, workdir: str, ckpt: checkpoints.Checkpointer) -> DiskFullError:
   free = ""
   if not storage.is_remote(workdir):
     free = f" ({shutil.disk_usage(workdir).free / 2**20:.1f} MiB free there)"
@@ -150,11 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if restored is not None:
       say(f"resumed from step {start} (checkpoint {ckpt.directory}/{restored})")
     if lead:
-      workdir_lib.record_config(workdir, config, start)
-      storage.write_atomic(epath.Path(workdir) / "model.json", json.dumps(  # for reports
-          {"model": config.model, "image_shape": list(trainer.dataset.image_shape),
-           **flops.profile(trainer.model, trainer.dataset.image_shape[0],
-                           trainer.dataset.image_shape[-1])}))
+      write_run_files(workdir, config, trainer, start)
     state = strategy.put_state(state)
     log = metrics_log.MetricsLog(workdir, start) if lead else None
     last = (metrics_log.read_metrics(workdir) or [{"step": start}])[-1] if lead else {}
@@ -170,21 +171,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   except Exception as e:  # pylint: disable=broad-except
     failed = True
     if ckpt is not None and checkpoints.is_disk_full(e):
-      raise _disk_full(e, workdir, ckpt) from e
+      raise disk_full_error(e, workdir, ckpt) from e
     raise
   finally:
     try:
-      _close(ckpt if not aborted else None, log, quiet=failed)
+      close_quietly(ckpt if not aborted else None, log, quiet=failed)
     except Exception as e:  # pylint: disable=broad-except  # only raised when nothing failed before
       if ckpt is not None and checkpoints.is_disk_full(e):
-        raise _disk_full(e, workdir, ckpt) from e
+        raise disk_full_error(e, workdir, ckpt) from e
       raise
     finally:
       if lock is not None:
         lock.__exit__(None, None, None)
 
 
-def _close(ckpt, log, quiet: bool) -> None:
+def write_run_files(workdir: str, config: ml_collections.ConfigDict, trainer: Trainer,
+                    start: int) -> None:
+  """config.json, config_history.jsonl and model.json (the network's size, for reports)."""
+  workdir_lib.record_config(workdir, config, start)
+  storage.write_atomic(epath.Path(workdir) / "model.json", json.dumps(
+      {"model": config.model, "image_shape": list(trainer.dataset.image_shape),
+       **flops.profile(trainer.model, trainer.dataset.image_shape[0],
+                       trainer.dataset.image_shape[-1])}))
+
+
+def close_quietly(ckpt, log, quiet: bool) -> None:
   """Waits for the last checkpoint to commit and closes the logs; with `quiet`, an error here (the
   same full disk, say) must not hide the one already on its way up, so it is dropped."""
   for close in (ckpt.close if ckpt else None, log.close if log else None):
@@ -205,7 +216,7 @@ def _loop(config, workdir, trainer, state, start, ckpt, log, last, say) -> dict[
   pending, t_log, n_log = [], time.perf_counter(), start
   elapsed = last.get("perf/elapsed_s", 0.0) if lead else 0.0  # wall time carries across resumes
   say(f"compiling the train step (first call); training from step {start + 1}")
-  with _StopFlag(say) as stop:
+  with StopFlag(say) as stop:
     n, n_pending = start, 0
     while n < config.total_steps:
       state, metrics, k = trainer.dispatch(state, n)

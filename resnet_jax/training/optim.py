@@ -54,11 +54,27 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         f"{config.grad_clip_norm!r}.")
 
 
-def create_learning_rate_fn(
-    config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Returns the schedule step -> lr; step 0 is the first update."""
+# Optimisation keys whose values may be traced arrays (`hparams`): the vectorised members of a sweep
+# (resnet_jax.training.vectorized) pass one value per member through `jax.vmap`, so the optimizer's
+# state has the same tree as a solo run's and a member's checkpoint restores as an ordinary run.
+TRACEABLE = ("learning_rate", "weight_decay", "momentum")
+
+
+def _value(config: ml_collections.ConfigDict, hparams: dict | None, key: str):
+  """`hparams[key]` (a traced array, in a vectorised group) if given, else the config's float."""
+  if hparams is not None and key in hparams:
+    return hparams[key]
+  return float(config[key])
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            hparams: dict | None = None) -> optax.Schedule:
+  """Returns the schedule step -> lr; step 0 is the first update.
+
+  `hparams` may hold a (traced) `learning_rate` that replaces the config's peak.
+  """
   _validate(config)
-  peak = float(config.learning_rate)
+  peak = _value(config, hparams, "learning_rate")
   if config.lr_scaling == "linear":
     # Linear scaling rule (Goyal et al. 2017, sec. 2.1): lr grows with the
     # batch, relative to the reference batch of 256. Only the peak scales.
@@ -129,11 +145,15 @@ def backbone_mask(params: Any) -> Any:
       lambda path, _: not (path and _key_name(path[0]) == "head"), params)
 
 
-def create_optimizer(
-    config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Returns the chain [freeze] -> clip -> masked weight decay -> momentum with lr."""
+def create_optimizer(config: ml_collections.ConfigDict,
+                     hparams: dict | None = None) -> optax.GradientTransformation:
+  """Returns the chain [freeze] -> clip -> masked weight decay -> momentum with lr.
+
+  `hparams` may hold (traced) values of the TRACEABLE keys that replace the config's; the chain and
+  its state's tree are the same either way.
+  """
   _validate(config)
-  schedule = create_learning_rate_fn(config)
+  schedule = create_learning_rate_fn(config, hparams)
   transforms = []
   freeze = bool(config.freeze_backbone)
   if freeze:
@@ -153,8 +173,8 @@ def create_optimizer(
 
   # L2 decay added to the gradient (not the loss), so it shares the momentum
   # buffer exactly as in Caffe's SGD solver (He et al. 2015, sec. 3.4).
-  transforms.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
-  trace = optax.trace(decay=config.momentum, nesterov=config.nesterov)
+  transforms.append(optax.add_decayed_weights(_value(config, hparams, "weight_decay"), mask=decay_mask))
+  trace = optax.trace(decay=_value(config, hparams, "momentum"), nesterov=config.nesterov)
   if config.momentum_style == "optax":
     # Exactly `optax.sgd`: v = m v + g; w -= lr v.
     transforms += [trace, optax.scale_by_learning_rate(schedule)]

@@ -78,9 +78,13 @@ def block_grad_norms(grads: dict) -> dict[str, jax.Array]:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
                   label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example softmax cross-entropy, with optional label smoothing (Szegedy et al. 2016)."""
+  """Per-example softmax cross-entropy, with optional label smoothing (Szegedy et al. 2016).
+
+  `label_smoothing` may be a traced value (vectorised sweep members): it is then always applied, and
+  a value of 0 leaves the targets exactly as they are ((1 - 0) * t + 0 / n = t).
+  """
   targets = jax.nn.one_hot(labels, num_classes)
-  if label_smoothing:
+  if not isinstance(label_smoothing, (int, float)) or label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits, targets)
 

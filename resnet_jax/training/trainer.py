@@ -49,14 +49,15 @@ class Trainer:
     self.devices = parallel.select_devices(config.num_devices)
     parallel.check_batch_size(config.batch_size, len(self.devices))
     parallel.check_batch_size(config.eval_batch_size, len(self.devices), "eval_batch_size")
+    # The optimisation keys are checked first: a bad schedule must not wait for the data to load.
+    self.learning_rate_fn = optim.create_learning_rate_fn(config)
+    self.tx = optim.create_optimizer(config)
     self.dataset = data.get_dataset(config, models.default_image_size(config.model))
     if config.num_classes and config.num_classes != self.dataset.num_classes:
       raise ValueError(f"num_classes={config.num_classes} but dataset {config.dataset!r} has "
                        f"{self.dataset.num_classes}; set 0 to use the dataset's.")
     axis_name = parallel.AXIS if config.parallelism == "pmap" else None
     self.model = build_model(config, self.dataset.num_classes, axis_name)
-    self.learning_rate_fn = optim.create_learning_rate_fn(config)
-    self.tx = optim.create_optimizer(config)
     if (config.freeze_bn_stats or config.freeze_backbone) and not config.init_from:
       raise ValueError("freeze_bn_stats and freeze_backbone keep what a pretrained network learnt; "
                        "set init_from=WORKDIR (a run's, or `resnet-jax convert`'s) to start from one.")
