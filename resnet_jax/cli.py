@@ -79,7 +79,8 @@ def _eval(args) -> int:
 def _sweep(args) -> int:
   from resnet_jax.experiments import report, sweep  # pylint: disable=g-import-not-at-top
 
-  results = sweep.run_sweep(args.config, args.workdir, args.shard, split_overrides(args.overrides))
+  results = sweep.run_sweep(args.config, args.workdir, args.shard, split_overrides(args.overrides),
+                            vectorize=args.vectorize)
   failed = sorted(name for name, status in results.items() if status == "failed")
   if failed and len(failed) == len(results):
     print(f"resnet-jax sweep: every run failed: {', '.join(failed)} (see <run>/status.json); no "
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True, help="one sub-directory per run, plus summary.* and plots")
   p.add_argument("--shard", default="0/1", help="i/n: run members i, i+n, ... (split across machines)")
   p.add_argument("--no-plots", action="store_true", help="write only summary.csv and summary.md")
+  p.add_argument("--vectorize", action="store_true",
+                 help="train members that differ only in seed, learning_rate, weight_decay, momentum "
+                      "or label_smoothing together, one vmapped step per group (config key: vectorize)")
   p.set_defaults(func=_sweep, overrides=[])
 
   p = sub.add_parser("report", help="summary.csv, summary.md and plots for the runs under a directory")

@@ -97,6 +97,10 @@ def default_config() -> ml_collections.ConfigDict:
                                      # batch inside the compiled step (small datasets; jit only)
   c.parallelism = "jit"              # "jit" (jax.jit over a device mesh, axis "data") or "pmap"
   c.num_devices = 0                  # 0 = all local devices; else use the first N (tests, debugging)
+  c.vectorize = False                # sweeps only: train compatible members together, one vmapped
+                                     # step over a member axis (resnet_jax/training/vectorized.py)
+  c.vectorize_max_members = 0        # cap on members per vectorised group; 0 = as many as fit in
+                                     # device memory by XLA's estimate of one member's step
   c.cpu_fusion = "eltwise,reduce"    # XLA:CPU only: YNNPACK library fusions for the compiled steps
                                      # (comma-separated from dot,eltwise,reduce): ~2x faster ResNet-56
                                      # steps, ~1.6x the memory; "" = XLA's default (docs/PERFORMANCE.md)
@@ -112,5 +116,5 @@ CHANGEABLE_ON_RESUME = (
     "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
     "keep_checkpoints", "eval_batch_size", "eval_crops", "data_dir", "data_cache_dir",
     "data_threads", "prefetch_batches", "num_devices", "parallelism", "steps_per_dispatch",
-    "cpu_fusion", "remat_blocks",
+    "cpu_fusion", "remat_blocks", "vectorize", "vectorize_max_members",
 )

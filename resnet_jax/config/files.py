@@ -206,7 +206,7 @@ def from_json(path: str) -> ml_collections.ConfigDict:
 _CHOICES = {"dtype": ("float32", "bfloat16", "float16"), "eval_crops": ("center", "ten")}
 _POSITIVE = ("batch_size", "eval_batch_size", "total_steps", "log_every_steps")
 _NON_NEGATIVE = ("eval_every_steps", "checkpoint_every_steps", "bn_group_size", "num_devices",
-                 "num_classes", "image_size", "label_smoothing")
+                 "num_classes", "image_size", "label_smoothing", "vectorize_max_members")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

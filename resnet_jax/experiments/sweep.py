@@ -116,13 +116,18 @@ def wall_time_s(run_dir) -> float | None:
 
 
 def run_sweep(spec: str, workdir: str, shard: str = "0/1", overrides=None, train_fn=None,
-              log=None) -> dict[str, str]:
+              log=None, vectorize: bool = False, group_fn=None) -> dict[str, str]:
   """Runs this shard's members; returns {name: "done" | "skipped" | "failed"}.
 
   A failing member is recorded in its `status.json` (with the error) and does not stop the others;
   a stop (SIGTERM, Ctrl-C) or a full disk stops the sweep, which resumes when re-run. The workdir
   is local or a bucket (gs://); locally each shard holds a lock on it for the sweep.
   `train_fn(config, workdir)` defaults to `loop.train_and_evaluate`.
+
+  With `vectorize` (or a member's `vectorize` key), this shard's unfinished members that can train
+  together (`resnet_jax.training.vectorized`: same config but for seed and the optimizer's values)
+  do, as one vmapped program per group, by `group_fn(configs, workdirs, say, on_done)` (default
+  `vectorized.train_group`); the others run one by one as before. Shards split members, not groups.
   """
   from resnet_jax.training import errors, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
@@ -138,31 +143,86 @@ def run_sweep(spec: str, workdir: str, shard: str = "0/1", overrides=None, train
   log(f"sweep {spec}: {len(members)} runs, shard {i}/{n} runs {len(mine)}: "
       f"{', '.join(m.name for m in mine)}")
   results = {}
+  stops = (errors.StoppedEarly, errors.DiskFullError, KeyboardInterrupt)
+
+  def record(member: Member, run_dir: str, error: BaseException | None, tb: str = "") -> None:
+    if error is not None:
+      _write_status(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                              "traceback": tb, "overrides": member.overrides})
+      results[member.name] = "failed"
+    else:
+      seconds = wall_time_s(run_dir)
+      _write_status(run_dir, {"status": "done", "wall_time_s": seconds,
+                              "seconds": seconds,  # the name before 0.2; same definition now
+                              "overrides": member.overrides})
+      results[member.name] = "done"
+
   lock_name = workdir_lib.LOCK_FILE + (f"-shard{i}of{n}" if n > 1 else "")
   with workdir_lib.Lock(workdir, what="sweep", name=lock_name):
+    todo = []
     for index, member in enumerate(mine, 1):
-      run_dir = str(root / member.name)
-      if is_finished(run_dir, member.config):
+      if is_finished(str(root / member.name), member.config):
         log(f"[{index}/{len(mine)} {member.name}] finished already; skipped")
         results[member.name] = "skipped"
+      else:
+        todo.append((index, member))
+    wanted = [vectorize or bool(m.config.get("vectorize", False)) for _, m in todo]
+    if any(wanted):
+      from resnet_jax.training import vectorized  # pylint: disable=g-import-not-at-top
+      groups = vectorized.plan_groups([m.config for _, m in todo], wanted)
+      for (_, member), want in zip(todo, wanted):
+        why = vectorized.unsupported(member.config) if want else None
+        if why:
+          log(f"{member.name} runs alone: {why}")
+    else:
+      groups = [[j] for j in range(len(todo))]
+    for group in groups:
+      if len(group) > 1:
+        _run_group([todo[j][1] for j in group], root, log, record, stops, group_fn)
         continue
+      index, member = todo[group[0]]
+      run_dir = str(root / member.name)
       log(f"[{index}/{len(mine)} {member.name}] training ({member.config.total_steps} steps) in "
           f"{run_dir}")
       try:
         train_fn(member.config, run_dir)
-      except (errors.StoppedEarly, errors.DiskFullError, KeyboardInterrupt):
+      except stops:
         raise  # the whole sweep stops; a re-run resumes this member
       except Exception as e:  # pylint: disable=broad-except
         log(f"[{index}/{len(mine)} {member.name}] FAILED: {type(e).__name__}: {e}")
-        _write_status(run_dir, {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                                "traceback": traceback.format_exc(), "overrides": member.overrides})
-        results[member.name] = "failed"
+        record(member, run_dir, e, traceback.format_exc())
       else:
-        seconds = wall_time_s(run_dir)
-        _write_status(run_dir, {"status": "done", "wall_time_s": seconds,
-                                "seconds": seconds,  # the name before 0.2; same definition now
-                                "overrides": member.overrides})
-        results[member.name] = "done"
+        record(member, run_dir, None)
       finally:
         jax.clear_caches()  # compiled steps of finished members would only hold memory
   return results
+
+
+def _run_group(group: list[Member], root, log, record, stops, group_fn) -> None:
+  """Trains one vectorised group; each member's status is written as its chunk ends."""
+  if group_fn is None:
+    from resnet_jax.training import vectorized  # pylint: disable=g-import-not-at-top
+    group_fn = vectorized.train_group
+  run_dirs = [str(root / m.name) for m in group]
+  log(f"[group of {len(group)}: {', '.join(m.name for m in group)}] training together "
+      f"({group[0].config.total_steps} steps), one vmapped step")
+  seen = set()
+
+  def on_done(j: int, error) -> None:
+    seen.add(j)
+    if error is not None:
+      log(f"[{group[j].name}] FAILED: {type(error).__name__}: {error}")
+    record(group[j], run_dirs[j], error)
+
+  try:
+    group_fn([m.config for m in group], run_dirs, log, on_done)
+  except stops:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # the group's setup failed: all its members
+    tb = traceback.format_exc()
+    for j, member in enumerate(group):
+      if j not in seen:
+        log(f"[{member.name}] FAILED: {type(e).__name__}: {e}")
+        record(member, run_dirs[j], e, tb)
+  finally:
+    jax.clear_caches()

@@ -1,0 +1,441 @@
+"""Vectorised sweep members: several runs of one network trained together by one compiled step.
+
+Members of a sweep that share everything that shapes the computation (network, batch, dtype, data,
+schedule shape, cadences: every key but those in VARYING) train as one group. Their train states are
+stacked on a leading member axis and `jax.vmap` runs one member's pure step over it, so one program
+is compiled and one dispatch per step serves them all. A CIFAR ResNet-20 step is ~31 GFLOP, a
+fraction of a millisecond of a modern accelerator: one run at a time leaves it mostly idle, bound by
+dispatch and input, and M members fill it (docs/PERFORMANCE.md has the measured ratio).
+
+Each member stays an ordinary run: its own workdir, lock, config.json, metrics.jsonl and
+checkpoints, holding the tree a solo run holds (per-member hyper-parameters are traced arguments of
+the step, not optimizer state), so `resnet-jax report`, `resnet-jax train` (to resume it alone) and
+every analysis see nothing different. Its metrics and parameters equal the solo run's up to the
+order of float reductions (tests/test_vectorized.py states the tolerance). A member whose loss turns
+non-finite fails alone: its earlier checkpoints stay, and the others go on.
+
+Members move in lockstep. If a crash left them at different checkpoints (a kill -9 between two
+members' saves), the ones behind first train, as a smaller group, up to the others.
+"""
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from resnet_jax import config as config_lib
+from resnet_jax.data import on_device
+from resnet_jax.training import checkpoints, console, loop, metrics_log, optim, parallel
+from resnet_jax.training import step as step_lib
+from resnet_jax.training import workdir as workdir_lib
+from resnet_jax.training.errors import NonFiniteError, StoppedEarly
+from resnet_jax.training.trainer import Trainer
+
+# Keys whose values may differ within a group: each becomes a traced, per-member argument of the
+# step. seed: initialisation, data order and augmentation; the others: the optimizer and the loss.
+HPARAMS = optim.TRACEABLE + ("label_smoothing",)
+VARYING = ("seed",) + HPARAMS
+# Keys that change nothing the step computes: how groups are formed.
+_GROUPING = ("vectorize", "vectorize_max_members")
+# Share of a device's memory a group may plan to use (the rest: data, fragmentation, the runtime).
+_MEMORY_FRACTION = 0.8
+
+
+def group_key(config: ml_collections.ConfigDict) -> str:
+  """Equal for exactly the configs that can train in one group: all keys but VARYING agree."""
+  values = config.to_dict()
+  for key in VARYING + _GROUPING:
+    values.pop(key, None)
+  return json.dumps(values, sort_keys=True, default=str)
+
+
+def unsupported(config: ml_collections.ConfigDict) -> Optional[str]:
+  """Why `config` cannot join a vectorised group (it then runs alone), or None."""
+  if config.parallelism != "jit":
+    return (f"parallelism={config.parallelism!r}: a group is one jax.jit-compiled step over the "
+            "device mesh (set parallelism='jit')")
+  if config.init_from:
+    return "init_from: a group starts every member from its own random initialisation"
+  if jax.process_count() > 1:
+    return "a multi-process run: groups train in one process"
+  return None
+
+
+def check_group(configs: list) -> None:
+  """Raises ValueError naming the first key that keeps `configs` from training as one group."""
+  if not configs:
+    raise ValueError("a vectorised group needs at least one member.")
+  for config in configs:
+    why = unsupported(config)
+    if why:
+      raise ValueError(f"cannot vectorise this member: {why}.")
+  base = configs[0].to_dict()
+  for config in configs[1:]:
+    for key, value in config.to_dict().items():
+      if key not in VARYING + _GROUPING and value != base.get(key):
+        raise ValueError(
+            f"members of a vectorised group may differ only in {', '.join(VARYING)}; these differ "
+            f"in {key} ({base.get(key)!r} vs {value!r}). Run them in separate groups "
+            "(`resnet-jax sweep --vectorize` groups compatible members itself).")
+
+
+def plan_groups(configs: list, wanted: Optional[list] = None) -> list[list[int]]:
+  """Member indices of each group, deterministic: compatible members in order of first appearance.
+
+  A member that is not `wanted` or is `unsupported` is a group of its own. The memory cap is
+  applied later, by `train_group`, which splits a group into chunks that fit.
+  """
+  groups: dict[str, list[int]] = {}
+  singles = []
+  for i, config in enumerate(configs):
+    if (wanted is not None and not wanted[i]) or unsupported(config):
+      singles.append([i])
+      groups[f"single-{i}"] = singles[-1]
+    else:
+      groups.setdefault(group_key(config), []).append(i)
+  return sorted(groups.values(), key=lambda g: g[0])
+
+
+class GroupJit(parallel.MeshJit):
+  """MeshJit over stacked members: the state's leading (member) axis is replicated like a solo state,
+  a batch [M, B, ...] is sharded on B, and the step is one member's `train_step` under `jax.vmap`."""
+
+  def __init__(self, devices, model, config, compiler_options=None):
+    if len(devices) > 1:
+      # XLA:CPU's experimental YNNPACK fusions (`cpu_fusion`) reject the layout of the vmapped,
+      # batch-sharded activations ("unsupported layout in YNN fusion", jaxlib 0.10.2, 8 devices).
+      compiler_options = None
+    super().__init__(devices, model, optim.create_optimizer(config),
+                     optim.create_learning_rate_fn(config), config.label_smoothing, compiler_options)
+    self.member_sharded = NamedSharding(self.mesh, P(None, parallel.AXIS))
+
+    def member_step(state, batch, hparams):
+      # The optimizer is built from this member's traced values: the same chain, so the same
+      # opt_state tree, as a solo run's (its checkpoints restore as one).
+      return step_lib.train_step(
+          state, batch, model=model, tx=optim.create_optimizer(config, hparams),
+          learning_rate_fn=optim.create_learning_rate_fn(config, hparams),
+          label_smoothing=hparams["label_smoothing"])
+
+    self._group_step = jax.vmap(member_step)
+    self.train_step = self._jit(self._group_step,
+                                in_shardings=(self.replicated, self.member_sharded, self.replicated),
+                                out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    # The test batches are the same for every member: only the state is mapped.
+    self.eval_step = self._jit(jax.vmap(functools.partial(step_lib.eval_step, model=model),
+                                        in_axes=(0, None)),
+                               in_shardings=(self.replicated, self.sharded),
+                               out_shardings=self.replicated)
+
+  def multi_step(self, k: int):
+    """K steps of the group per dispatch; batches [K, M, B, ...], metrics [K, M]."""
+    if ("group", k) not in self._compiled:
+      def run(states, batches, hparams):
+        return parallel._scan(self, lambda s, b: self._group_step(s, b, hparams), states, batches, k)  # pylint: disable=protected-access
+      self._compiled["group", k] = self._jit(
+          run, in_shardings=(self.replicated, NamedSharding(self.mesh, P(None, None, parallel.AXIS)),
+                             self.replicated),
+          out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    return self._compiled["group", k]
+
+  def device_steps(self, k: int, batch_size: int, augment: str):  # pylint: disable=arguments-differ
+    """K steps whose batches each member draws on device with its own seed."""
+    key = ("group-device", k, batch_size, augment)
+    if key not in self._compiled:
+      def run(states, data, hparams, seeds):
+        def body(states, _):
+          batch = jax.vmap(lambda seed, step: on_device.sample_batch(data, seed, step, batch_size,
+                                                                     augment))(seeds, states.step)
+          batch = jax.lax.with_sharding_constraint(batch, self.member_sharded)
+          return self._group_step(states, batch, hparams)
+        return parallel._scan(self, body, states, None, k)  # pylint: disable=protected-access
+      self._compiled[key] = self._jit(run, in_shardings=(self.replicated,) * 4,
+                                      out_shardings=(self.replicated, self.replicated),
+                                      donate_argnums=0)
+    return self._compiled[key]
+
+  def put_member_batches(self, batches: list[dict]):
+    """One batch per member (this process's share) -> arrays [M, B, ...] sharded on B."""
+    return {k: jax.make_array_from_process_local_data(self.member_sharded,
+                                                      np.stack([b[k] for b in batches]))
+            for k in batches[0]}
+
+  def put_member_batch_steps(self, steps: list[list[dict]]):
+    """K steps of one batch per member -> arrays [K, M, B, ...] sharded on B."""
+    sharding = NamedSharding(self.mesh, P(None, None, parallel.AXIS))
+    return {k: jax.make_array_from_process_local_data(
+        sharding, np.stack([np.stack([b[k] for b in batches]) for batches in steps]))
+            for k in steps[0][0]}
+
+
+def _memory_bytes(compiled) -> Optional[int]:
+  """Bytes one compiled step needs per device (arguments, outputs, temporaries), if XLA says."""
+  try:
+    m = compiled.memory_analysis()
+  except (NotImplementedError, AttributeError, RuntimeError):
+    return None
+  if m is None:
+    return None
+  return (getattr(m, "temp_size_in_bytes", 0) + getattr(m, "argument_size_in_bytes", 0)
+          + getattr(m, "output_size_in_bytes", 0) - getattr(m, "alias_size_in_bytes", 0))
+
+
+def device_memory_bytes(device) -> int:
+  """A device's memory: the accelerator's limit, or the host's RAM shared by its CPU devices."""
+  stats = None
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except  # backends without stats raise various errors
+    pass
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return total // max(1, len(jax.local_devices()))
+
+
+def members_that_fit(trainer: Trainer) -> int:
+  """How many members fit on a device, from XLA's memory analysis of one member's compiled step.
+
+  A group's step needs about M times one member's arguments, outputs and temporaries (vmap stacks
+  them); one compilation of the solo step buys the estimate. At least 1.
+  """
+  c = trainer.config
+  state = jax.eval_shape(trainer.init_state)
+  shape = trainer.dataset.image_shape
+  batch = {"image": jax.ShapeDtypeStruct((c.batch_size, *shape), jnp.float32),
+           "label": jax.ShapeDtypeStruct((c.batch_size,), jnp.int32)}
+  per_member = _memory_bytes(trainer.strategy.train_step.lower(state, batch).compile())
+  if not per_member:
+    return 8  # no estimate from this backend: a modest default, documented in README
+  return max(1, int(_MEMORY_FRACTION * device_memory_bytes(trainer.devices[0]) // per_member))
+
+
+@dataclasses.dataclass
+class _Member:
+  """One member's run: its config, workdir, checkpoints, log and where it stands."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  ckpt: Any = None
+  log: Any = None
+  state: Any = None
+  step: int = 0
+  elapsed: float = 0.0
+  error: Optional[BaseException] = None
+
+  @property
+  def name(self) -> str:
+    return os.path.basename(os.path.normpath(self.workdir))
+
+
+def train_group(configs: list, workdirs: list, say: Optional[Callable] = None,
+                on_done: Optional[Callable] = None) -> list[Optional[BaseException]]:
+  """Trains compatible `configs` together, each into its own workdir (resuming each from there).
+
+  Splits them into chunks of `vectorize_max_members` (0: as many as fit in device memory) and runs
+  the chunks in turn. Returns, per member, None (finished) or the NonFiniteError that failed it;
+  `on_done(index, error)` is also called as each chunk ends. Errors of the whole group (a bad
+  config, a workdir in use, a stop by SIGTERM, a full disk) raise, as `train_and_evaluate`'s do.
+  """
+  if len(configs) != len(workdirs):
+    raise ValueError(f"{len(configs)} configs but {len(workdirs)} workdirs.")
+  check_group(configs)
+  say = say or console.Console(enabled=jax.process_index() == 0).say
+  for config in configs:
+    config_lib.validate(config)
+    optim.create_learning_rate_fn(config)  # checks each member's optimisation keys before any work
+  base = configs[0]
+  say(f"vectorised group of {len(configs)}: {base.model} on {base.dataset}, {base.total_steps} "
+      f"steps; loading the data")
+  trainer = Trainer(base)
+  strategy = GroupJit(trainer.devices, trainer.model, base, trainer.strategy.compiler_options)
+  cap = base.vectorize_max_members or members_that_fit(trainer)
+  if cap < len(configs):
+    say(f"at most {cap} members fit in one group here (vectorize_max_members="
+        f"{base.vectorize_max_members}); training {len(configs)} in chunks of {cap}")
+  errors: list[Optional[BaseException]] = []
+  for start in range(0, len(configs), cap):
+    chunk = _train_chunk(trainer, strategy, configs[start:start + cap], workdirs[start:start + cap],
+                         say)
+    for i, error in enumerate(chunk, start):
+      if on_done is not None:
+        on_done(i, error)
+    errors += chunk
+  return errors
+
+
+def _train_chunk(trainer, strategy, configs, workdirs, say) -> list[Optional[BaseException]]:
+  """Locks, restores and trains one chunk of members; closes everything however it ends."""
+  members = [_Member(c, str(w)) for c, w in zip(configs, workdirs)]
+  for m in members:
+    workdir_lib.check_writable(m.workdir)
+  failed = aborted = False
+  with contextlib.ExitStack() as locks:
+    for m in members:
+      locks.enter_context(workdir_lib.Lock(m.workdir))
+    try:
+      init = jax.jit(functools.partial(step_lib.create_train_state, trainer.model, trainer.tx,
+                                       image_shape=trainer.dataset.image_shape))
+      for m in members:
+        workdir_lib.check_resumable(m.workdir, m.config)
+        m.ckpt = checkpoints.Checkpointer(m.workdir, keep=m.config.keep_checkpoints)
+        # The solo run's initialisation, from the member's seed (Trainer.init_state).
+        fresh = init(jax.random.PRNGKey(m.config.seed))
+        state, restored = m.ckpt.restore_newest_valid(fresh, strategy.state_sharding)
+        m.state = fresh if state is None else state
+        m.step = int(np.asarray(m.state.step.addressable_data(0)))
+        if restored is not None:
+          say(f"[{m.name}] resumed from step {m.step} (checkpoint {m.ckpt.directory}/{restored})")
+        loop.write_run_files(m.workdir, m.config, trainer, m.step)
+        m.log = metrics_log.MetricsLog(m.workdir, m.step)
+        rows = metrics_log.read_metrics(m.workdir)
+        m.elapsed = rows[-1].get("perf/elapsed_s", 0.0) if rows else 0.0
+      _run(trainer, strategy, members, say)
+      for m in members:
+        m.ckpt.wait()
+    except KeyboardInterrupt:
+      aborted = failed = True
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      failed = True
+      for m in members:
+        if m.ckpt is not None and checkpoints.is_disk_full(e):
+          raise loop.disk_full_error(e, m.workdir, m.ckpt) from e
+      raise
+    finally:
+      for m in members:
+        loop.close_quietly(m.ckpt if not aborted else None, m.log, quiet=failed)
+  return [m.error for m in members]
+
+
+def _run(trainer, strategy, members, say) -> None:
+  """Trains the members to total_steps in lockstep; those behind catch up first, as a smaller group."""
+  total = members[0].config.total_steps
+  with loop.StopFlag(say) as stop:
+    while True:
+      live = [m for m in members if m.error is None and m.step < total]
+      if not live:
+        break
+      low = min(m.step for m in live)
+      ahead = sorted({m.step for m in live if m.step > low})
+      until = ahead[0] if ahead else total
+      segment = [m for m in live if m.step == low]
+      if ahead:
+        say(f"{', '.join(m.name for m in segment)} at step {low}, others at {ahead[0]}: catching up "
+            "first (a crash came between the members' checkpoints)")
+      _segment(trainer, strategy, segment, low, until, stop, say)
+  for m in members:
+    if m.error is None:
+      say(f"[{m.name}] finished {total} steps; metrics in {m.workdir}/{metrics_log.METRICS_FILE}")
+
+
+def _stack(states: list):
+  """Members' states (global or host arrays) -> one host tree with a leading member axis."""
+  def host(x):
+    return np.asarray(jax.device_get(x.addressable_data(0) if isinstance(x, jax.Array) else x))
+  return jax.tree_util.tree_map(lambda *xs: np.stack([host(x) for x in xs]), *states)
+
+
+def _segment(trainer, strategy, segment, start: int, until: int, stop, say) -> None:
+  """Steps `start` -> `until` of the `segment` members as one vmapped program (the loop's cadence)."""
+  c = segment[0].config
+  states = strategy.put_state(_stack([m.state for m in segment]))
+  hparams = strategy.put_state({k: np.asarray([m.config[k] for m in segment], np.float32)
+                                for k in HPARAMS})
+  seeds = [int(m.config.seed) for m in segment]
+  data = seed_array = None
+  if c.data_on_device:
+    data = strategy.put_data(*on_device.train_arrays(trainer.dataset))
+    seed_array = strategy.put_state(np.asarray(seeds, np.int32))
+  progress = console.ProgressBar(c.total_steps, start) if jax.process_index() == 0 else None
+  pending, t_log, n_log = [], time.perf_counter(), start
+  say(f"compiling the group's train step (first call); training {len(segment)} members from step "
+      f"{start + 1}")
+  n, n_pending = start, 0
+  while n < until:
+    k = min(c.steps_per_dispatch - n % c.steps_per_dispatch, until - n)
+    if c.data_on_device:
+      states, metrics = strategy.device_steps(k, c.batch_size, c.augment)(states, data, hparams,
+                                                                           seed_array)
+    elif c.steps_per_dispatch == 1:
+      batch = strategy.put_member_batches([trainer.dataset.train_batch(s, n, c.batch_size)
+                                           for s in seeds])
+      states, metrics = strategy.train_step(states, batch, hparams)
+    else:
+      batches = strategy.put_member_batch_steps(
+          [[trainer.dataset.train_batch(s, i, c.batch_size) for s in seeds] for i in range(n, n + k)])
+      states, metrics = strategy.multi_step(k)(states, batches, hparams)
+    pending.append(metrics)
+    n, n_pending = n + k, n_pending + k
+    final = n == c.total_steps
+    stopping = stop.reached(n, k)
+    do_eval = final or (c.eval_every_steps and n % c.eval_every_steps == 0)
+    do_ckpt = final or stopping or n == until or (
+        c.checkpoint_every_steps and n % c.checkpoint_every_steps == 0)
+    if not (do_eval or do_ckpt or n % c.log_every_steps == 0):
+      if progress is not None and next(iter(metrics.values())).is_ready():
+        progress.update(n)
+      continue
+    fetched = strategy.fetch(pending)  # per metric [M], or [K, M] from K steps in one dispatch
+    first = n - n_pending + 1
+    pending, n_pending = [], 0
+    now = time.perf_counter()
+    seconds, images = now - t_log, (n - n_log) * c.batch_size
+    t_log, n_log = now, n
+    if do_eval and progress is not None:
+      progress.update(n)
+      progress.note(f"evaluating {len(segment)} members at step {n}")
+    evals = _evaluate(trainer, strategy, states, len(segment)) if do_eval else None
+    shown = None
+    for i, m in enumerate(segment):
+      if m.error is not None:
+        continue
+      try:
+        rows = loop.metric_rows([{key: v[..., i] for key, v in f.items()} for f in fetched], first)
+      except NonFiniteError as e:
+        m.error = e
+        say(f"[{m.name}] FAILED: {e} The other members go on.")
+        continue
+      m.elapsed += seconds
+      rows[-1]["perf/images_per_sec"] = images / seconds  # each member's own throughput
+      rows[-1]["perf/elapsed_s"] = m.elapsed
+      if evals is not None:
+        rows[-1].update(evals[i])
+      m.log.write(rows)
+      shown = shown or rows[-1]
+    if progress is not None:
+      progress.update(n, shown, force=True)
+    if do_ckpt:
+      for i, m in enumerate(segment):
+        if m.error is None:
+          m.ckpt.save(n, jax.tree_util.tree_map(lambda x, i=i: x[i], states), force=True)
+          m.log.flush()
+    if stopping:
+      for m in segment:
+        m.ckpt.wait()
+      raise StoppedEarly(f"stopped early by {stop.reason} at step {n}; checkpoints saved in each "
+                         "member's workdir. Re-run the same command to resume.")
+  for i, m in enumerate(segment):
+    if m.error is None:
+      m.state = jax.tree_util.tree_map(lambda x, i=i: x[i], states)
+      m.step = until
+
+
+def _evaluate(trainer, strategy, states, count: int) -> list[dict]:
+  """Each member's loss and accuracy over the whole test split (Trainer.evaluate, per member)."""
+  totals = None
+  for batch in trainer.dataset.eval_batches(trainer.config.eval_batch_size):
+    sums = strategy.eval_step(states, strategy.put_batch(batch))
+    totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+  totals = strategy.fetch(totals)
+  return [{"eval/loss": float(totals["loss"][i]) / float(totals["count"][i]),
+           "eval/accuracy": float(totals["correct"][i]) / float(totals["count"][i])}
+          for i in range(count)]
