@@ -6,11 +6,14 @@
 Each case runs `resnet-jax bench` in its own process (fresh device memory), then this prints a
 markdown table and one JSON line: images/s, achieved TFLOP/s and the fraction of the card's dense
 bf16 peak for ResNet-50 bf16 at batch 256; steps/s and the implied time of the paper's 64k-step
-CIFAR schedule for ResNet-56 at batch 128, with and without on-device data and K steps per dispatch.
+CIFAR schedule for ResNet-56 at batch 128, with and without on-device data and K steps per dispatch;
+then `benchmarks/vectorized.py`: 8 sweep members of ResNet-20 and ResNet-56 in one vmapped step vs
+one after another (member-steps/s, memory).
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -97,8 +100,26 @@ def main(argv=None) -> int:
           f"{r['achieved_tflops']:.1f} | {pct} | {r['steps_per_sec']:.1f} | "
           f"{r['paper_schedule_min']:.1f} | {r['compile_s']:.1f} |", flush=True)
     results.append(r)
-  print(json.dumps({"device": name, "peak_bf16_tflops": peak, "results": results}))
-  return 1 if any("error" in r for r in results) else 0
+  vectorized = run_vectorized(args.smoke)
+  print(json.dumps({"device": name, "peak_bf16_tflops": peak, "results": results,
+                    "vectorized": vectorized}))
+  return 1 if any("error" in r for r in results) or "error" in vectorized else 0
+
+
+def run_vectorized(smoke: bool) -> dict:
+  """benchmarks/vectorized.py in its own process: prints its table, returns its JSON (or an error)."""
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectorized.py")
+  args = ["--smoke"] if smoke else ["--models", "resnet20", "resnet56", "--members", "8",
+                                     "--steps", "20"]
+  print("\nvectorised sweep members (benchmarks/vectorized.py):", flush=True)
+  proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=False)
+  lines = proc.stdout.strip().splitlines()
+  if proc.returncode or not lines:
+    error = (proc.stderr or proc.stdout).strip().splitlines()[-1][:300] if (proc.stderr or proc.stdout) else "no output"
+    print(f"failed: {error}", flush=True)
+    return {"error": error}
+  print("\n".join(lines[:-1]), flush=True)
+  return json.loads(lines[-1])
 
 
 if __name__ == "__main__":

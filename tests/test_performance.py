@@ -118,11 +118,16 @@ def test_gpu_script_smoke_runs_end_to_end():
   assert proc.stdout.strip().splitlines()[-1].startswith('{"device"')
   # Every row is labelled by what ran (the smoke run's resnet8 at batch 8), not by the full run's plan.
   result = json.loads(proc.stdout.strip().splitlines()[-1])
-  table = [line for line in proc.stdout.splitlines() if line.startswith("| resnet")]
+  bench_part, _, vectorized_part = proc.stdout.partition("vectorised sweep members")
+  table = [line for line in bench_part.splitlines() if line.startswith("| resnet")]
   assert len(table) == len(result["results"]) == 4
   for row, r in zip(table, result["results"]):
     assert row.startswith(f"| {r['model']} {r['dtype']} b{r['batch_size']}") and r["model"] == "resnet8"
   assert "resnet50" not in proc.stdout and "resnet56" not in proc.stdout
+  # Then the vectorised members against the same members in sequence (benchmarks/vectorized.py).
+  (row,) = [line for line in vectorized_part.splitlines() if line.startswith("| resnet8")]
+  (v,) = result["vectorized"]["results"]
+  assert v["members"] == 2 and v["speedup"] > 0 and row.startswith("| resnet8 | 2 | 8 |")
 
 
 def test_hugepage_environment_for_the_reexec():
