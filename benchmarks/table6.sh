@@ -9,9 +9,9 @@
 #                   downloads it when online)
 #   --smoke         the same script end to end in minutes on a CPU: resnet8/plain8, 2 seeds, 20 steps
 #
-# Before the long run it times each net's compiled step (`resnet-jax bench`, with the options the
-# sweep uses) and prints the estimated total. Then it runs the sweep (resumable: re-run the same
-# command after a preemption) and writes WORKDIR/summary.md (mean +- std over seeds beside the paper's
+# Before the long run it times each net's compiled step for all its seeds at once (the sweep trains
+# a net's five seeds as one vectorised group) and prints the estimated total. Then it runs the sweep
+# (resumable: re-run the same command after a preemption) and writes WORKDIR/summary.md (mean +- std over seeds beside the paper's
 # column), summary.csv, curves.png (Fig. 6), grad_norms.png and responses.png (Fig. 7).
 set -euo pipefail
 
@@ -45,7 +45,8 @@ fi
 
 sweep=configs/sweeps/table6.py
 # The fastest options the project has that keep section 4.2's arithmetic: the training set on the
-# device with batches drawn inside the compiled step, and several steps per dispatch.
+# device with batches drawn inside the compiled step, several steps per dispatch, and each net's
+# seeds trained together by one vmapped step (--vectorize; each seed is still its own run).
 options=(--config.data_dir="$data_dir" --config.data_on_device=True)
 if ((smoke)); then
   sweep=$sweep:smoke
@@ -56,26 +57,25 @@ else
   bench_steps=20
 fi
 
-# The estimate: each distinct net's step, timed on synthetic data with the same options.
-say "timing one step of each net before the long run ..."
-estimate=$("$python" - "$sweep" "$bench_steps" "${options[@]}" <<'EOF'
-import json, subprocess, sys
+# The estimate: each net's vectorised step over its seeds, timed on synthetic data
+# (benchmarks/vectorized.py; one step per dispatch, so a little pessimistic).
+say "timing one step of each net's seeds before the long run ..."
+estimate=$("$python" - "$sweep" "$bench_steps" <<'EOF'
+import sys
+sys.path.insert(0, "benchmarks")
+import vectorized
 from resnet_jax.experiments import sweep
-spec, steps, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+spec, steps = sys.argv[1], int(sys.argv[2])
 members = sweep.load_members(spec, {})
-k = next((o.split("=", 1)[1] for o in overrides if o.startswith("--config.steps_per_dispatch=")), "1")
 total, lines = 0.0, []
 for model in dict.fromkeys(m.config.model for m in members):
   mine = [m for m in members if m.config.model == model]
-  out = subprocess.run([sys.executable, "-m", "resnet_jax.cli", "bench", "--model", model,
-                        "--batch-size", str(mine[0].config.batch_size), "--steps", str(steps),
-                        "--data-on-device", "--steps-per-dispatch", k],
-                       capture_output=True, text=True, check=True).stdout
-  ms = json.loads(out.strip().splitlines()[-1])["step_ms_median"]
-  seconds = ms / 1e3 * sum(m.config.total_steps for m in mine)
+  r = vectorized.measure(model, len(mine), mine[0].config.batch_size, steps, rounds=1)
+  ms = r["group_step_ms"]
+  seconds = ms / 1e3 * mine[0].config.total_steps
   total += seconds
-  lines.append(f"  {model}: {ms:.2f} ms/step x {len(mine)} run(s) x {mine[0].config.total_steps} steps"
-               f" = {seconds / 3600:.2f} h")
+  lines.append(f"  {model}: {ms:.2f} ms per step of {len(mine)} seeds together x "
+               f"{mine[0].config.total_steps} steps = {seconds / 3600:.2f} h")
 print("\n".join(lines + [f"estimated total: {total / 3600:.2f} h of training (plus compilation, "
                          "evaluations and checkpoints)"]))
 EOF
@@ -85,7 +85,7 @@ echo "$estimate" >"$workdir/estimate.txt"
 
 say "running the sweep (resumable) into $workdir"
 status=0
-resnet_jax sweep --config "$sweep" --workdir "$workdir" "${options[@]}" || status=$?
+resnet_jax sweep --config "$sweep" --workdir "$workdir" --vectorize "${options[@]}" || status=$?
 if ((status == 0 || status == 1)); then  # 1: a member failed; the report still covers the others
   say "report: $workdir/summary.md, curves.png (Fig. 6), responses.png (Fig. 7)"
 fi

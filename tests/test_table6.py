@@ -20,6 +20,10 @@ def test_table6_smoke_runs_the_whole_path(cifar10_data_dir, tmp_path):
   estimate = (workdir / "estimate.txt").read_text()
   assert "resnet8:" in estimate and "plain8:" in estimate and "estimated total:" in estimate
   assert proc.stderr.index("estimated total") < proc.stderr.index("running the sweep")
+  assert "seeds together" in estimate
+  # Each net's seeds train as one vectorised group, each still its own run.
+  assert "[group of 2: resnet8-seed0, resnet8-seed1] training together" in proc.stderr
+  assert "[group of 2: plain8-seed0, plain8-seed1] training together" in proc.stderr
   with open(workdir / "summary.csv") as f:
     rows = list(csv.DictReader(f))
   assert sorted(r["run"] for r in rows) == ["plain8-seed0", "plain8-seed1", "resnet8-seed0",
