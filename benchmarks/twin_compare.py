@@ -85,20 +85,33 @@ def plot(results, path):
   plt.close(fig)
 
 
+PLATEAU = 2.0  # a 10-step mean loss below this has left the start (ln 10 = 2.30 is chance)
+
+
+def _leaves_plateau(loss) -> float:
+  """The first step whose 10-step mean loss is below PLATEAU (nan if never)."""
+  steps, means = windowed(loss)
+  below = np.nonzero(means < PLATEAU)[0]
+  return float(steps[below[0]]) if len(below) else float("nan")
+
+
 def table(results) -> str:
-  lines = ["| model | steps | seeds | side | loss, first 10 steps | loss, last 100 steps | "
-           "test accuracy % |", "|---|---|---|---|---|---|---|"]
+  lines = ["| model | steps | seeds | side | loss, first 10 steps | peak 10-step loss | "
+           f"first step below {PLATEAU} | loss, last 100 steps | test accuracy % |",
+           "|---|---|---|---|---|---|---|---|---|"]
   models = list(dict.fromkeys((r["model"], r["steps"]) for r in results))
   for model, steps in models:
     runs = [r for r in results if r["model"] == model]
     for side in ("ours", "twin"):
       first = [np.mean(r[side]["loss"][:10]) for r in runs]
+      peak = [np.max(windowed(r[side]["loss"])[1]) for r in runs]
+      leave = [_leaves_plateau(r[side]["loss"]) for r in runs]
       last = [np.mean(r[side]["loss"][-100:]) for r in runs]
       acc = [100 * r[side]["eval_accuracy"] for r in runs]
       fmt = lambda v, d=3: (f"{np.mean(v):.{d}f} +- {np.std(v, ddof=1):.{d}f}" if len(v) > 1
                             else f"{v[0]:.{d}f}")
       lines.append(f"| {model} | {steps} | {len(runs)} | {'ours' if side == 'ours' else 'twin'} | "
-                   f"{fmt(first)} | {fmt(last)} | {fmt(acc, 2)} |")
+                   f"{fmt(first)} | {fmt(peak)} | {fmt(leave, 0)} | {fmt(last)} | {fmt(acc, 2)} |")
   return "\n".join(lines)
 
 
