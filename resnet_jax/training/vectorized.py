@@ -1,27 +1,19 @@
 """Vectorised sweep members: several runs of one network trained together by one compiled step.
 
-Members of a sweep that share everything that shapes the computation (network, batch, dtype, data,
-schedule shape, cadences: every key but those in VARYING) train as one group. Their train states are
-stacked on a leading member axis and `jax.vmap` runs one member's pure step over it, so one program
-is compiled and one dispatch per step serves them all. A CIFAR ResNet-20 step is ~31 GFLOP, a
-fraction of a millisecond of a modern accelerator: one run at a time leaves it mostly idle, bound by
-dispatch and input, and M members fill it (docs/PERFORMANCE.md has the measured ratio).
+Members that agree on every key but VARYING (resnet_jax.training.grouping) train as one group: their
+states are stacked on a member axis and one vmapped step (resnet_jax.training.group_step) serves
+them all, one program and one dispatch per step. A CIFAR ResNet-20 step is ~31 GFLOP, a fraction of
+a millisecond of an accelerator, so one run at a time leaves it idle (docs/PERFORMANCE.md).
 
-Each member stays an ordinary run: its own workdir, lock, config.json, metrics.jsonl and
-checkpoints, holding the tree a solo run holds (per-member hyper-parameters are traced arguments of
-the step, not optimizer state), so `resnet-jax report`, `resnet-jax train` (to resume it alone) and
-every analysis see nothing different. Its metrics and parameters equal the solo run's up to the
-order of float reductions (tests/test_vectorized.py states the tolerance). A member whose loss turns
-non-finite fails alone: its earlier checkpoints stay, and the others go on.
-
-Members move in lockstep. If a crash left them at different checkpoints (a kill -9 between two
-members' saves), the ones behind first train, as a smaller group, up to the others.
+Each member stays an ordinary run (own workdir, lock, config, metrics, checkpoints with a solo
+run's tree), equal to its solo run up to float summation order (tests/test_vectorized.py). A member
+whose loss turns non-finite fails alone. Members move in lockstep; those left behind by a crash
+between two members' saves first catch up, as a smaller group.
 """
 
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any, Callable, Optional
@@ -30,151 +22,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import config as config_lib
 from resnet_jax.data import on_device
-from resnet_jax.training import checkpoints, console, loop, metrics_log, optim, parallel
+from resnet_jax.training import checkpoints, console, loop, metrics_log, optim
 from resnet_jax.training import step as step_lib
 from resnet_jax.training import workdir as workdir_lib
+# Re-exported: the grouping rules and the group's compiled step are part of this module's API.
+from resnet_jax.training.group_step import GroupJit  # pylint: disable=unused-import
+from resnet_jax.training.grouping import (HPARAMS, VARYING, check_group, group_key,  # pylint: disable=unused-import
+                                          plan_groups, unsupported)
 from resnet_jax.training.errors import NonFiniteError, StoppedEarly
 from resnet_jax.training.trainer import Trainer
 
-# Keys whose values may differ within a group: each becomes a traced, per-member argument of the
-# step. seed: initialisation, data order and augmentation; the others: the optimizer and the loss.
-HPARAMS = optim.TRACEABLE + ("label_smoothing",)
-VARYING = ("seed",) + HPARAMS
-# Keys that change nothing the step computes: how groups are formed.
-_GROUPING = ("vectorize", "vectorize_max_members")
 # Share of a device's memory a group may plan to use (the rest: data, fragmentation, the runtime).
 _MEMORY_FRACTION = 0.8
-
-
-def group_key(config: ml_collections.ConfigDict) -> str:
-  """Equal for exactly the configs that can train in one group: all keys but VARYING agree."""
-  values = config.to_dict()
-  for key in VARYING + _GROUPING:
-    values.pop(key, None)
-  return json.dumps(values, sort_keys=True, default=str)
-
-
-def unsupported(config: ml_collections.ConfigDict) -> Optional[str]:
-  """Why `config` cannot join a vectorised group (it then runs alone), or None."""
-  if config.parallelism != "jit":
-    return (f"parallelism={config.parallelism!r}: a group is one jax.jit-compiled step over the "
-            "device mesh (set parallelism='jit')")
-  if config.init_from:
-    return "init_from: a group starts every member from its own random initialisation"
-  if jax.process_count() > 1:
-    return "a multi-process run: groups train in one process"
-  return None
-
-
-def check_group(configs: list) -> None:
-  """Raises ValueError naming the first key that keeps `configs` from training as one group."""
-  if not configs:
-    raise ValueError("a vectorised group needs at least one member.")
-  for config in configs:
-    why = unsupported(config)
-    if why:
-      raise ValueError(f"cannot vectorise this member: {why}.")
-  base = configs[0].to_dict()
-  for config in configs[1:]:
-    for key, value in config.to_dict().items():
-      if key not in VARYING + _GROUPING and value != base.get(key):
-        raise ValueError(
-            f"members of a vectorised group may differ only in {', '.join(VARYING)}; these differ "
-            f"in {key} ({base.get(key)!r} vs {value!r}). Run them in separate groups "
-            "(`resnet-jax sweep --vectorize` groups compatible members itself).")
-
-
-def plan_groups(configs: list, wanted: Optional[list] = None) -> list[list[int]]:
-  """Member indices of each group, deterministic: compatible members in order of first appearance.
-
-  A member that is not `wanted` or is `unsupported` is a group of its own. The memory cap is
-  applied later, by `train_group`, which splits a group into chunks that fit.
-  """
-  groups: dict[str, list[int]] = {}
-  singles = []
-  for i, config in enumerate(configs):
-    if (wanted is not None and not wanted[i]) or unsupported(config):
-      singles.append([i])
-      groups[f"single-{i}"] = singles[-1]
-    else:
-      groups.setdefault(group_key(config), []).append(i)
-  return sorted(groups.values(), key=lambda g: g[0])
-
-
-class GroupJit(parallel.MeshJit):
-  """MeshJit over stacked members: the state's leading (member) axis is replicated like a solo state,
-  a batch [M, B, ...] is sharded on B, and the step is one member's `train_step` under `jax.vmap`."""
-
-  def __init__(self, devices, model, config, compiler_options=None):
-    if len(devices) > 1:
-      # XLA:CPU's experimental YNNPACK fusions (`cpu_fusion`) reject the layout of the vmapped,
-      # batch-sharded activations ("unsupported layout in YNN fusion", jaxlib 0.10.2, 8 devices).
-      compiler_options = None
-    super().__init__(devices, model, optim.create_optimizer(config),
-                     optim.create_learning_rate_fn(config), config.label_smoothing, compiler_options)
-    self.member_sharded = NamedSharding(self.mesh, P(None, parallel.AXIS))
-
-    def member_step(state, batch, hparams):
-      # The optimizer is built from this member's traced values: the same chain, so the same
-      # opt_state tree, as a solo run's (its checkpoints restore as one).
-      return step_lib.train_step(
-          state, batch, model=model, tx=optim.create_optimizer(config, hparams),
-          learning_rate_fn=optim.create_learning_rate_fn(config, hparams),
-          label_smoothing=hparams["label_smoothing"])
-
-    self._group_step = jax.vmap(member_step)
-    self.train_step = self._jit(self._group_step,
-                                in_shardings=(self.replicated, self.member_sharded, self.replicated),
-                                out_shardings=(self.replicated, self.replicated), donate_argnums=0)
-    # The test batches are the same for every member: only the state is mapped.
-    self.eval_step = self._jit(jax.vmap(functools.partial(step_lib.eval_step, model=model),
-                                        in_axes=(0, None)),
-                               in_shardings=(self.replicated, self.sharded),
-                               out_shardings=self.replicated)
-
-  def multi_step(self, k: int):
-    """K steps of the group per dispatch; batches [K, M, B, ...], metrics [K, M]."""
-    if ("group", k) not in self._compiled:
-      def run(states, batches, hparams):
-        return parallel._scan(self, lambda s, b: self._group_step(s, b, hparams), states, batches, k)  # pylint: disable=protected-access
-      self._compiled["group", k] = self._jit(
-          run, in_shardings=(self.replicated, NamedSharding(self.mesh, P(None, None, parallel.AXIS)),
-                             self.replicated),
-          out_shardings=(self.replicated, self.replicated), donate_argnums=0)
-    return self._compiled["group", k]
-
-  def device_steps(self, k: int, batch_size: int, augment: str):  # pylint: disable=arguments-differ
-    """K steps whose batches each member draws on device with its own seed."""
-    key = ("group-device", k, batch_size, augment)
-    if key not in self._compiled:
-      def run(states, data, hparams, seeds):
-        def body(states, _):
-          batch = jax.vmap(lambda seed, step: on_device.sample_batch(data, seed, step, batch_size,
-                                                                     augment))(seeds, states.step)
-          batch = jax.lax.with_sharding_constraint(batch, self.member_sharded)
-          return self._group_step(states, batch, hparams)
-        return parallel._scan(self, body, states, None, k)  # pylint: disable=protected-access
-      self._compiled[key] = self._jit(run, in_shardings=(self.replicated,) * 4,
-                                      out_shardings=(self.replicated, self.replicated),
-                                      donate_argnums=0)
-    return self._compiled[key]
-
-  def put_member_batches(self, batches: list[dict]):
-    """One batch per member (this process's share) -> arrays [M, B, ...] sharded on B."""
-    return {k: jax.make_array_from_process_local_data(self.member_sharded,
-                                                      np.stack([b[k] for b in batches]))
-            for k in batches[0]}
-
-  def put_member_batch_steps(self, steps: list[list[dict]]):
-    """K steps of one batch per member -> arrays [K, M, B, ...] sharded on B."""
-    sharding = NamedSharding(self.mesh, P(None, None, parallel.AXIS))
-    return {k: jax.make_array_from_process_local_data(
-        sharding, np.stack([np.stack([b[k] for b in batches]) for batches in steps]))
-            for k in steps[0][0]}
 
 
 def _memory_bytes(compiled) -> Optional[int]:
