@@ -127,21 +127,10 @@ def _bench(args) -> int:
 
 
 def _convert(args) -> int:
-  from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax import pretrained  # pylint: disable=g-import-not-at-top
   from resnet_jax.pretrained import workdir  # pylint: disable=g-import-not-at-top
 
-  if args.name not in pretrained.NAMES:
-    raise ValueError(f"torchvision weights convert to {', '.join(pretrained.NAMES)}; got {args.name!r}.")
-  config = config_lib.load_config_file(args.config or f"configs/imagenet.py:{args.name}")
-  config.model = args.name
-  config.normalization = "torchvision"  # the inputs its weights were trained on; overridable below
-  # torchvision's network, whatever the preset says: the bottleneck strides its 3x3 (v1.5), where the
-  # paper preset strides the 1x1 (v1). The shapes are the same, so only this keeps the conversion true.
-  config.stride_placement = "v1.5"
-  config.eval_crops = "center"  # torchvision's own test view (resize 256, centre 224); overridable
-  config.lock()
-  config_lib.apply_overrides(config, split_overrides(args.overrides))
+  config = workdir.conversion_config(args.name, args.config, split_overrides(args.overrides))
   variables = pretrained.load_torchvision(args.name, args.source, cache=args.cache_dir or None)
   print(json.dumps(workdir.write(args.workdir, config, variables)))
   return 0

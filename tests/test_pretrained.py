@@ -332,3 +332,12 @@ def test_convert_writes_torchvisions_network_not_the_paper_presets(tmp_path, cap
                    str(tmp_path / "v1"), "--config.stride_placement=v1"]) == 2
   assert "stride_placement='v1.5'" in capsys.readouterr().err
   assert not (tmp_path / "v1" / "checkpoints").exists()
+
+
+def test_conversion_config_forces_torchvisions_network_and_applies_overrides_last():
+  from resnet_jax.pretrained import workdir as workdir_lib
+  config = workdir_lib.conversion_config("resnet18", overrides={"eval_crops": "ten"})
+  assert (config.model, config.normalization, config.stride_placement, config.eval_crops) == (
+      "resnet18", "torchvision", "v1.5", "ten")
+  with pytest.raises(ValueError, match="resnet18, resnet34"):
+    workdir_lib.conversion_config("resnet20")

@@ -17,6 +17,29 @@ from resnet_jax.training.step import create_train_state
 from resnet_jax.training.trainer import build_model
 
 
+def conversion_config(name: str, config_file: str = "",
+                      overrides: dict[str, str] | None = None) -> ml_collections.ConfigDict:
+  """The config a converted torchvision `name` is written with (what `resnet-jax convert` uses).
+
+  `config_file` (FILE[:ARG]; default `configs/imagenet.py:NAME`) with model=NAME and torchvision's
+  own network and test view forced, then `overrides` ({key: value} strings, as on the command line).
+  """
+  from resnet_jax.pretrained.torchvision import NAMES  # pylint: disable=g-import-not-at-top
+
+  if name not in NAMES:
+    raise ValueError(f"torchvision weights convert to {', '.join(NAMES)}; got {name!r}.")
+  config = config_lib.load_config_file(config_file or f"configs/imagenet.py:{name}")
+  config.model = name
+  config.normalization = "torchvision"  # the inputs its weights were trained on; overridable below
+  # torchvision's network, whatever the preset says: the bottleneck strides its 3x3 (v1.5), where the
+  # paper preset strides the 1x1 (v1). The shapes are the same, so only this keeps the conversion true.
+  config.stride_placement = "v1.5"
+  config.eval_crops = "center"  # torchvision's own test view (resize 256, centre 224); overridable
+  config.lock()
+  config_lib.apply_overrides(config, overrides or {})
+  return config
+
+
 def write(workdir: str, config: ml_collections.ConfigDict, variables: dict) -> dict:
   """Writes `variables` ({"params", "batch_stats"}, unrolled layout) as step 0 of a run of `config`.
 
