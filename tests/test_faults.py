@@ -17,7 +17,7 @@ import jax
 import pytest
 
 from resnet_jax import cli
-from resnet_jax.data import tfds_source
+from resnet_jax.data import tfds_builder
 from resnet_jax.experiments import report, sweep
 from resnet_jax.training import checkpoints, errors, loop, metrics_log, trainer as trainer_lib
 from resnet_jax.training import workdir as workdir_lib
@@ -212,7 +212,7 @@ def test_missing_dataset_offline_fails_in_seconds_and_leaves_nothing(tmp_path, m
   def no_network(*args, **kwargs):
     raise OSError(errno.ENETUNREACH, "Network is unreachable")
 
-  monkeypatch.setattr(tfds_source.socket, "create_connection", no_network)
+  monkeypatch.setattr(tfds_builder.socket, "create_connection", no_network)
   for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
     monkeypatch.delenv(proxy, raising=False)
   data_dir = tmp_path / "nonexistent" / "tfds"

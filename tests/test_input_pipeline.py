@@ -15,7 +15,7 @@ from resnet_jax import cli, storage
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax.data import augment as aug
-from resnet_jax.data import tfds_source
+from resnet_jax.data import tfds_builder, tfds_source
 
 # Fast statistics for tests that do not check them (all 50k are the default).
 FEW = 2000
@@ -243,9 +243,12 @@ def test_bad_data_config_is_named(imagenet_data_dir, cifar10_data_dir, tmp_path)
   with pytest.raises(ValueError, match="augment='cifar' pads and crops fixed-size images"):
     tfds_source.TfdsDataset("imagenet2012", data_dir, augment="cifar")
   with pytest.raises(ValueError, match="not 'digits', 'synthetic' or a TFDS dataset name"):
-    tfds_source.open_builder("cifar11", str(tmp_path))
-  with pytest.raises(tfds_source.DataUnavailableError, match="resnet-jax prepare cifar100"):
-    tfds_source.open_builder("cifar100", str(tmp_path), download=False)
+    tfds_builder.open_builder("cifar11", str(tmp_path))
+  with pytest.raises(tfds_builder.DataUnavailableError, match="resnet-jax prepare cifar100"):
+    tfds_builder.open_builder("cifar100", str(tmp_path), download=False)
+  # The builder half moved out of tfds_source; its names still import from there.
+  assert tfds_source.open_builder is tfds_builder.open_builder
+  assert tfds_source.DataUnavailableError is tfds_builder.DataUnavailableError
   with pytest.raises(ValueError, match="augment='flip' is not one of"):
     tfds_source.TfdsDataset("cifar10", cifar10_data_dir, augment="flip")
 
@@ -254,7 +257,7 @@ def test_remote_data_dir_is_read_through_a_local_copy(cifar10_data_dir, tmp_path
   # array_record cannot open gs:// files; a remote data_dir is mirrored once into data_cache_dir.
   monkeypatch.setattr(storage, "is_remote", lambda path: str(path).startswith(cifar10_data_dir))
   cache = str(tmp_path / "cache")
-  builder = tfds_source.open_builder("cifar10", cifar10_data_dir, cache_dir=cache)
+  builder = tfds_builder.open_builder("cifar10", cifar10_data_dir, cache_dir=cache)
   assert str(builder.data_dir).startswith(cache)
   assert sorted(os.listdir(os.path.join(cache, "cifar10", "3.0.2"))) == sorted(
       os.listdir(os.path.join(cifar10_data_dir, "cifar10", "3.0.2")))

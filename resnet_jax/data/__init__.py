@@ -2,10 +2,11 @@
 
 What lives here: `sampling` (the plan: example indices, augmentation draws, each process's slice,
 evaluation batches), `augment` (pad-crop-flip, inception and scale crops, normalisation: one
-implementation each), `in_memory` (digits, synthetic), `tfds_source` (any TFDS image-classification
-dataset, read with random access from array_record), `readahead` (Grain threads building batches
-ahead), `on_device` (the training set on the devices, batches drawn inside the compiled step), and
-`prepare` (TFDS datasets built offline from the original files).
+implementation each), `in_memory` (digits, synthetic), `tfds_builder` (a TFDS dataset found,
+downloaded or mirrored to local disk), `tfds_source` (any TFDS image-classification dataset, read
+with random access from array_record), `readahead` (Grain threads building batches ahead),
+`on_device` (the training set on the devices, batches drawn inside the compiled step), and `prepare`
+(TFDS datasets built offline from the original files).
 
 What it may import: numpy, jax, Pillow, Grain, TFDS, `resnet_jax.checks` and `resnet_jax.storage`;
 nothing from `models`, `training` or `experiments`. TensorFlow is needed only by `prepare`.
