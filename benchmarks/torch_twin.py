@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def check_config(config) -> int:
   return 6 * model.stage_sizes[0] + 2
 
 
-def run(config, steps: int) -> dict:
+def run(config, steps: int, progress_every: int = 0) -> dict:
   """Trains the twin for `steps` steps on the config's batches.
 
   Returns {"loss": [...], "accuracy": [...]} (steps 1..`steps`, training mode, as our metrics.jsonl
@@ -75,6 +76,7 @@ def run(config, steps: int) -> dict:
   opt = torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum)
   lr_fn = optim.create_learning_rate_fn(config)
   losses, accuracies = [], []
+  start = time.perf_counter()
   for step in range(steps):
     batch = dataset.train_batch(config.seed, step, config.batch_size)
     images = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2)))
@@ -88,6 +90,10 @@ def run(config, steps: int) -> dict:
     opt.step()
     losses.append(loss.item())
     accuracies.append((logits.argmax(-1) == labels).float().mean().item())
+    if progress_every and (step + 1) % progress_every == 0:  # long CPU runs: show they move
+      rate = (step + 1) / (time.perf_counter() - start)
+      print(f"twin step {step + 1}/{steps}: loss {losses[-1]:.3f}, {rate:.2f} steps/s",
+            file=sys.stderr, flush=True)
   model.eval()
   correct = total_loss = count = 0.0
   with torch.no_grad():
@@ -110,6 +116,8 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--report-steps", default="1,2,3,5,10,20,40,80,120,160,200,250,300",
                       help="1-based steps whose loss is printed (those <= --steps)")
+  parser.add_argument("--progress-every", type=int, default=100,
+                      help="print step, loss and rate every N steps while training (0: never)")
   args, extra = parser.parse_known_args(argv)
   if args.steps < 1:
     parser.error("--steps must be >= 1")
@@ -117,7 +125,7 @@ def main(argv=None):
     config = config_lib.load(args.config, cli.split_overrides(extra))
   except ValueError as e:
     parser.error(str(e))
-  result = run(config, args.steps)
+  result = run(config, args.steps, args.progress_every)
   losses = result["loss"]
   for s in (int(s) for s in args.report_steps.split(",") if s.strip()):
     if 1 <= s <= len(losses):

@@ -75,13 +75,14 @@ def test_torch_twin_refuses_what_it_does_not_build():
       twin.check_config(bad)
 
 
-def test_torch_twin_trains_on_our_batches():
+def test_torch_twin_trains_on_our_batches(capsys):
   pytest.importorskip("torch")
   from resnet_jax.config import default_config  # pylint: disable=g-import-not-at-top
   config = default_config()
   config.update(model="resnet8", dataset="synthetic", batch_size=8, learning_rate=0.01)
-  result = _load("torch_twin").run(config, steps=3)
+  result = _load("torch_twin").run(config, steps=3, progress_every=2)
   assert len(result["loss"]) == len(result["accuracy"]) == 3
+  assert "twin step 2/3: loss " in capsys.readouterr().err  # progress of a long run
   assert all(math.isfinite(l) for l in result["loss"])
   assert 0.0 <= result["eval_accuracy"] <= 1.0 and math.isfinite(result["eval_loss"])
   with pytest.raises(ValueError, match="32x32x3 and 10"):
