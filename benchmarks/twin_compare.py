@@ -96,22 +96,23 @@ def _leaves_plateau(loss) -> float:
 
 
 def table(results) -> str:
-  lines = ["| model | steps | seeds | side | loss, first 10 steps | peak 10-step loss | "
-           f"first step below {PLATEAU} | loss, last 100 steps | test accuracy % |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| model | steps | seeds | side | loss, first 10 steps | peak 10-step loss | peak step loss "
+           f"| first step below {PLATEAU} | loss, last 100 steps | test accuracy % |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   models = list(dict.fromkeys((r["model"], r["steps"]) for r in results))
   for model, steps in models:
     runs = [r for r in results if r["model"] == model]
     for side in ("ours", "twin"):
       first = [np.mean(r[side]["loss"][:10]) for r in runs]
       peak = [np.max(windowed(r[side]["loss"])[1]) for r in runs]
+      spike = [np.max(r[side]["loss"]) for r in runs]  # one step's loss: the spike itself
       leave = [_leaves_plateau(r[side]["loss"]) for r in runs]
       last = [np.mean(r[side]["loss"][-100:]) for r in runs]
       acc = [100 * r[side]["eval_accuracy"] for r in runs]
       fmt = lambda v, d=3: (f"{np.mean(v):.{d}f} +- {np.std(v, ddof=1):.{d}f}" if len(v) > 1
                             else f"{v[0]:.{d}f}")
       lines.append(f"| {model} | {steps} | {len(runs)} | {'ours' if side == 'ours' else 'twin'} | "
-                   f"{fmt(first)} | {fmt(peak)} | {fmt(leave, 0)} | {fmt(last)} | {fmt(acc, 2)} |")
+                   f"{fmt(first)} | {fmt(peak)} | {fmt(spike)} | {fmt(leave, 0)} | {fmt(last)} | {fmt(acc, 2)} |")
   return "\n".join(lines)
 
 

@@ -114,8 +114,9 @@ def test_twin_group_batch_norm_matches_ours():
 
 def test_twin_compare_table_reads_the_spike_and_the_plateau_exit(tmp_path):
   twin_compare = _load("twin_compare")
-  # Seed 0 spikes to 10 and leaves the plateau (10-step mean < 2.0) at step 30; seed 1 at step 20.
-  ours0 = [2.3] * 10 + [10.0] * 10 + [1.5] * 80
+  # Seed 0 spikes to 20 (one step; 10-step mean 11) and leaves the plateau (10-step mean < 2.0) at
+  # step 30; seed 1 at step 20.
+  ours0 = [2.3] * 10 + [20.0] + [10.0] * 9 + [1.5] * 80
   ours1 = [2.3] * 10 + [1.9] * 90
   twin = [2.3] * 100
   results = [{"model": "resnet56", "steps": 100, "seed": s,
@@ -124,9 +125,10 @@ def test_twin_compare_table_reads_the_spike_and_the_plateau_exit(tmp_path):
   table = twin_compare.table(results).splitlines()
   assert "peak 10-step loss" in table[0] and "first step below 2.0" in table[0]
   ours_row = table[2].split(" | ")
-  assert ours_row[5].startswith("6.150 +- ")       # peaks 10.0 and 2.3
-  assert ours_row[6].startswith("25 +- 7")          # steps 30 and 20
-  assert ours_row[8].startswith("55.00 +- 7.07")   # test accuracy, mean +- std over the seeds
-  assert table[3].split(" | ")[6].startswith("nan")  # the twin never left it
+  assert ours_row[5].startswith("6.650 +- ")       # 10-step peaks 11.0 and 2.3
+  assert ours_row[6].startswith("11.150 +- ")      # one-step peaks 20.0 and 2.3
+  assert ours_row[7].startswith("25 +- 7")          # steps 30 and 20
+  assert ours_row[9].startswith("55.00 +- 7.07")   # test accuracy, mean +- std over the seeds
+  assert table[3].split(" | ")[7].startswith("nan")  # the twin never left it
   twin_compare.plot(results, str(tmp_path / "twin.png"))
   assert (tmp_path / "twin.png").stat().st_size > 10_000
