@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from resnet_jax.config import default_config
-from resnet_jax.training import vectorized
+from resnet_jax.training import memory, vectorized
 from resnet_jax.training.trainer import Trainer
 
 
@@ -51,8 +51,8 @@ def _time(fn, args, steps: int) -> float:
 
 
 def _memory_mb(compiled) -> float | None:
-  b = vectorized._memory_bytes(compiled)  # pylint: disable=protected-access
-  return None if b is None else b / 2**20
+  m = memory.step_memory(compiled)
+  return None if m is None else m["peak"] / 2**20
 
 
 def measure(model: str, members: int, batch_size: int, steps: int, rounds: int) -> dict:

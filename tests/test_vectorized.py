@@ -24,7 +24,7 @@ from tests.helpers import max_abs_diff, small_config
 from resnet_jax import cli
 from resnet_jax.data import readahead
 from resnet_jax.experiments import sweep
-from resnet_jax.training import loop, metrics_log, vectorized
+from resnet_jax.training import loop, memory, metrics_log, vectorized
 from resnet_jax.training.errors import NonFiniteError
 from resnet_jax.training.trainer import restore
 
@@ -157,11 +157,11 @@ def test_memory_estimate_caps_members_per_group(monkeypatch):
   # XLA's estimate of one member's compiled step, against the host memory a CPU device shares.
   assert 1 <= vectorized.members_that_fit(trainer) < 10**6
   seen = []
-  monkeypatch.setattr(vectorized, "_memory_bytes", lambda compiled: seen.append(compiled) or 1000)
-  monkeypatch.setattr(vectorized, "device_memory_bytes", lambda device: 5000)
+  monkeypatch.setattr(memory, "step_memory", lambda compiled: seen.append(compiled) or {"peak": 1000})
+  monkeypatch.setattr(memory, "device_memory_bytes", lambda device: 5000)
   assert vectorized.members_that_fit(trainer) == 4  # 80% of 5000 bytes, 1000 per member
   assert hasattr(seen[0], "memory_analysis")  # it measured a compiled step
-  monkeypatch.setattr(vectorized, "device_memory_bytes", lambda device: 900)
+  monkeypatch.setattr(memory, "device_memory_bytes", lambda device: 900)
   assert vectorized.members_that_fit(trainer) == 1  # never fewer than one
 
 

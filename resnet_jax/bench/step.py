@@ -9,6 +9,7 @@ import numpy as np
 
 from resnet_jax.config import default_config
 from resnet_jax.models import flops
+from resnet_jax.training import memory
 from resnet_jax.training.trainer import Trainer
 
 
@@ -79,18 +80,9 @@ def run_benchmark(model: str = "resnet20", batch_size: int = 128, steps: int = 1
 
 
 def _memory(compiled) -> dict:
-  """Bytes the compiled step needs per device (arguments, outputs, temporaries), if XLA reports it."""
-  try:
-    m = compiled.memory_analysis()
-  except (NotImplementedError, AttributeError, RuntimeError):
-    return {}
+  """The compiled step's memory per device in MiB, if XLA reports it."""
+  m = memory.step_memory(compiled)
   if m is None:
     return {}
-  if isinstance(m, (list, tuple)):  # pmap: one analysis per device; they are identical
-    m = m[0]
-  temp = getattr(m, "temp_size_in_bytes", 0)
-  args = getattr(m, "argument_size_in_bytes", 0)
-  out = getattr(m, "output_size_in_bytes", 0)
-  alias = getattr(m, "alias_size_in_bytes", 0)
-  return {"memory_temp_mb": temp / 2**20, "memory_args_mb": args / 2**20,
-          "memory_peak_mb": (temp + args + out - alias) / 2**20}
+  return {"memory_temp_mb": m["temp"] / 2**20, "memory_args_mb": m["args"] / 2**20,
+          "memory_peak_mb": m["peak"] / 2**20}

@@ -28,58 +28,14 @@ from resnet_jax.data import on_device
 from resnet_jax.training import checkpoints, console, loop, metrics_log, optim
 from resnet_jax.training import step as step_lib
 from resnet_jax.training import workdir as workdir_lib
-# Re-exported: the grouping rules and the group's compiled step are part of this module's API.
+# Re-exported: the grouping rules, the group's compiled step and its size estimate are part of this
+# module's API.
 from resnet_jax.training.group_step import GroupJit  # pylint: disable=unused-import
+from resnet_jax.training.memory import device_memory_bytes, members_that_fit  # pylint: disable=unused-import
 from resnet_jax.training.grouping import (HPARAMS, VARYING, check_group, group_key,  # pylint: disable=unused-import
                                           plan_groups, unsupported)
 from resnet_jax.training.errors import NonFiniteError, StoppedEarly
 from resnet_jax.training.trainer import Trainer
-
-# Share of a device's memory a group may plan to use (the rest: data, fragmentation, the runtime).
-_MEMORY_FRACTION = 0.8
-
-
-def _memory_bytes(compiled) -> Optional[int]:
-  """Bytes one compiled step needs per device (arguments, outputs, temporaries), if XLA says."""
-  try:
-    m = compiled.memory_analysis()
-  except (NotImplementedError, AttributeError, RuntimeError):
-    return None
-  if m is None:
-    return None
-  return (getattr(m, "temp_size_in_bytes", 0) + getattr(m, "argument_size_in_bytes", 0)
-          + getattr(m, "output_size_in_bytes", 0) - getattr(m, "alias_size_in_bytes", 0))
-
-
-def device_memory_bytes(device) -> int:
-  """A device's memory: the accelerator's limit, or the host's RAM shared by its CPU devices."""
-  stats = None
-  try:
-    stats = device.memory_stats()
-  except Exception:  # pylint: disable=broad-except  # backends without stats raise various errors
-    pass
-  if stats and stats.get("bytes_limit"):
-    return int(stats["bytes_limit"])
-  total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  return total // max(1, len(jax.local_devices()))
-
-
-def members_that_fit(trainer: Trainer) -> int:
-  """How many members fit on a device, from XLA's memory analysis of one member's compiled step.
-
-  A group's step needs about M times one member's arguments, outputs and temporaries (vmap stacks
-  them); one compilation of the solo step buys the estimate. At least 1.
-  """
-  c = trainer.config
-  state = jax.eval_shape(trainer.init_state)
-  shape = trainer.dataset.image_shape
-  batch = {"image": jax.ShapeDtypeStruct((c.batch_size, *shape), jnp.float32),
-           "label": jax.ShapeDtypeStruct((c.batch_size,), jnp.int32)}
-  per_member = _memory_bytes(trainer.strategy.train_step.lower(state, batch).compile())
-  if not per_member:
-    return 8  # no estimate from this backend: a modest default, documented in README
-  return max(1, int(_MEMORY_FRACTION * device_memory_bytes(trainer.devices[0]) // per_member))
-
 
 @dataclasses.dataclass
 class _Member:
