@@ -16,13 +16,15 @@ class DataUnavailableError(ValueError):
   """The dataset is neither prepared in data_dir nor could be downloaded and prepared."""
 
 
-def _tfds():
+def tfds_module():
+  """tensorflow_datasets, imported when first needed (it is slow to import)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   return tfds
 
 
-def _base_name(name: str) -> str:
+def base_name(name: str) -> str:
+  """`cifar10` of `cifar10/config:3.0.2`."""
   return name.split("/")[0].split(":")[0]
 
 
@@ -45,7 +47,7 @@ def local_copy(builder, cache_dir: str):
     target = dst / f.name
     if not (target.exists() and target.stat().length == f.stat().length):
       f.copy(target, overwrite=True)
-  return _tfds().builder(f"{builder.name}{config}:{builder.version}", data_dir=root,
+  return tfds_module().builder(f"{builder.name}{config}:{builder.version}", data_dir=root,
                          file_format="array_record")
 
 
@@ -53,7 +55,7 @@ def open_builder(name: str, data_dir: str = "", cache_dir: str = "", download: b
   """The TFDS builder of `name`, prepared in array_record format (downloading it if needed)."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  tfds = _tfds()
+  tfds = tfds_module()
   try:
     builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -64,7 +66,7 @@ def open_builder(name: str, data_dir: str = "", cache_dir: str = "", download: b
     if not download or jax.process_count() > 1:
       raise DataUnavailableError(
           f"{name} is not prepared in {where}. Prepare it before the run (one process): "
-          f"`resnet-jax prepare {_base_name(name)} --source DIR --data-dir DATA_DIR` offline, or "
+          f"`resnet-jax prepare {base_name(name)} --source DIR --data-dir DATA_DIR` offline, or "
           f"python -c \"import tensorflow_datasets as tfds; tfds.data_source('{name}', "
           f"data_dir='DATA_DIR')\" with network.")
     offline = _offline()
@@ -72,7 +74,7 @@ def open_builder(name: str, data_dir: str = "", cache_dir: str = "", download: b
       # TFDS would retry its downloads for minutes before giving up.
       raise DataUnavailableError(
           f"{name} is not prepared in {where}, and it cannot be downloaded: {offline}. Prepare it "
-          f"offline from the original files: resnet-jax prepare {_base_name(name)} --source DIR "
+          f"offline from the original files: resnet-jax prepare {base_name(name)} --source DIR "
           "--data-dir DATA_DIR, then pass --config.data_dir=DATA_DIR (see README, Data).")
     root = data_dir or str(builder.data_dir_root)
     before = _existing_dirs(root)
@@ -82,7 +84,7 @@ def open_builder(name: str, data_dir: str = "", cache_dir: str = "", download: b
       _remove_new_empty_dirs(root, before)  # a failed download leaves no empty folders behind
       raise DataUnavailableError(
           f"could not download and prepare {name} in {where} ({type(e).__name__}: {e}). Offline, "
-          f"prepare it from the original files: resnet-jax prepare {_base_name(name)} --source DIR "
+          f"prepare it from the original files: resnet-jax prepare {base_name(name)} --source DIR "
           f"--data-dir DATA_DIR (see README, Data).") from e
   if "array_record" not in [f.value for f in builder.info.available_file_formats()]:
     raise ValueError(f"{name} in {builder.data_dir} is prepared as {builder.info.file_format.value}, "

@@ -14,8 +14,8 @@ from resnet_jax.data import augment as aug
 from resnet_jax.data import sampling
 from resnet_jax.data.readahead import ReadAhead
 # open_builder, local_copy and DataUnavailableError lived here before; still importable from here.
-from resnet_jax.data.tfds_builder import (DataUnavailableError, _base_name, _tfds, local_copy,  # pylint: disable=unused-import
-                                          open_builder)
+from resnet_jax.data.tfds_builder import (DataUnavailableError, base_name, local_copy,  # pylint: disable=unused-import
+                                          open_builder, tfds_module)
 
 # Datasets whose `test` split carries no labels (ImageNet's test images are unlabelled: label -1).
 _EVAL_ON_VALIDATION = ("imagenet2012",)
@@ -64,7 +64,7 @@ class TfdsDataset:
                          "size: use 'inception' or 'scale'.")
       self.size = image_size or default_image_size  # ImageNet nets: 224x224 crops (sec. 3.4)
 
-    decoders = {self.image_key: _tfds().decode.SkipDecoding()}  # we decode (and crop) with PIL
+    decoders = {self.image_key: tfds_module().decode.SkipDecoding()}  # we decode (and crop) with PIL
     self._train = builder.as_data_source(split="train", decoders=decoders)
     n = len(self._train)
     if not 0 <= validation_split < n:
@@ -74,7 +74,7 @@ class TfdsDataset:
       self._eval, self._eval_offset, self.eval_size = self._train, self.train_size, validation_split
       self.eval_split = f"train[-{validation_split}:]"
     else:
-      split = "validation" if (_base_name(name) in _EVAL_ON_VALIDATION
+      split = "validation" if (base_name(name) in _EVAL_ON_VALIDATION
                                or "test" not in info.splits) else "test"
       self._eval = builder.as_data_source(split=split, decoders=decoders)
       self._eval_offset, self.eval_size, self.eval_split = 0, len(self._eval), split

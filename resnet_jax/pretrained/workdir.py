@@ -11,6 +11,7 @@ import ml_collections
 from resnet_jax import config as config_lib
 from resnet_jax import storage
 from resnet_jax.models import stages
+from resnet_jax.pretrained.torchvision import NAMES
 from resnet_jax.training import checkpoints, optim
 from resnet_jax.training import workdir as workdir_lib
 from resnet_jax.training.step import create_train_state
@@ -24,8 +25,6 @@ def conversion_config(name: str, config_file: str = "",
   `config_file` (FILE[:ARG]; default `configs/imagenet.py:NAME`) with model=NAME and torchvision's
   own network and test view forced, then `overrides` ({key: value} strings, as on the command line).
   """
-  from resnet_jax.pretrained.torchvision import NAMES  # pylint: disable=g-import-not-at-top
-
   if name not in NAMES:
     raise ValueError(f"torchvision weights convert to {', '.join(NAMES)}; got {name!r}.")
   config = config_lib.load_config_file(config_file or f"configs/imagenet.py:{name}")
