@@ -12,6 +12,7 @@ from typing import Iterable
 from etils import epath
 
 from resnet_jax import storage
+from resnet_jax.training.tensorboard import EventWriter
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -86,8 +87,7 @@ class MetricsLog:
       self.file = open(self.path, "a")
     self.tb = None
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
+      self.tb = EventWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
   def _upload(self) -> None:
     self.path.write_text("".join(self.lines))
@@ -101,9 +101,7 @@ class MetricsLog:
       else:
         self.file.write(line)
       if self.tb is not None:
-        for key, value in row.items():
-          if key != "step":
-            self.tb.add_scalar(key, value, row["step"])
+        self.tb.write(row["step"], {k: v for k, v in row.items() if k != "step"})
     if not self.remote:
       self.flush()
     elif time.monotonic() - self.uploaded_at >= self.upload_every_s:
