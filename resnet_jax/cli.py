@@ -12,7 +12,7 @@ from resnet_jax.training import errors
 # alone has jax, flax and numpy, enough for `resnet-jax models` and for using the models in code.
 EXTRAS = {
     "optax": "train", "orbax": "train", "ml_collections": "train", "etils": "train", "chex": "train",
-    "tensorboardX": "train", "sklearn": "train", "grain": "train", "array_record": "train",
+    "sklearn": "train", "grain": "train", "array_record": "train",
     "tensorflow_datasets": "train", "PIL": "train", "importlib_resources": "train",
     "matplotlib": "report", "tensorflow": "data", "torch": "torch", "safetensors": "torch",
 }
@@ -60,6 +60,7 @@ def _train(args) -> int:
 
   distributed.initialize()  # before anything touches a device
   config = config_lib.load(args.config, split_overrides(args.overrides))
+  runtime.enable_compilation_cache(config.compilation_cache_dir)
   last = loop.train_and_evaluate(config, args.workdir)
   if distributed.is_lead():
     print(json.dumps(last))
@@ -70,6 +71,7 @@ def _eval(args) -> int:
   from resnet_jax.training import distributed, loop  # pylint: disable=g-import-not-at-top
 
   distributed.initialize()
+  runtime.enable_compilation_cache()
   result = loop.evaluate_checkpoint(args.workdir)
   if distributed.is_lead():
     print(json.dumps(result))
@@ -79,8 +81,10 @@ def _eval(args) -> int:
 def _sweep(args) -> int:
   from resnet_jax.experiments import report, sweep  # pylint: disable=g-import-not-at-top
 
-  results = sweep.run_sweep(args.config, args.workdir, args.shard, split_overrides(args.overrides),
-                            vectorize=args.vectorize)
+  overrides = split_overrides(args.overrides)
+  # The sweep file's own choice of cache (its members share every key but the grid's).
+  runtime.enable_compilation_cache(sweep.load_members(args.config, overrides)[0].config.compilation_cache_dir)
+  results = sweep.run_sweep(args.config, args.workdir, args.shard, overrides, vectorize=args.vectorize)
   failed = sorted(name for name, status in results.items() if status == "failed")
   if failed and len(failed) == len(results):
     print(f"resnet-jax sweep: every run failed: {', '.join(failed)} (see <run>/status.json); no "

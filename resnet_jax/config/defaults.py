@@ -104,6 +104,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.cpu_fusion = "eltwise,reduce"    # XLA:CPU only: YNNPACK library fusions for the compiled steps
                                      # (comma-separated from dot,eltwise,reduce): ~2x faster ResNet-56
                                      # steps, ~1.6x the memory; "" = XLA's default (docs/PERFORMANCE.md)
+  c.compilation_cache_dir = ""       # the `resnet-jax` command's persistent compilation cache: a folder,
+                                     # "off", or "" = $RESNET_JAX_COMPILATION_CACHE, else
+                                     # ~/.cache/resnet_jax/jax ($RESNET_JAX_CACHE/jax). A second start
+                                     # of a run compiles nothing it compiled before
   return c
 
 
@@ -116,5 +120,5 @@ CHANGEABLE_ON_RESUME = (
     "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
     "keep_checkpoints", "eval_batch_size", "eval_crops", "data_dir", "data_cache_dir",
     "data_threads", "prefetch_batches", "num_devices", "parallelism", "steps_per_dispatch",
-    "cpu_fusion", "remat_blocks", "vectorize", "vectorize_max_members",
+    "cpu_fusion", "remat_blocks", "vectorize", "vectorize_max_members", "compilation_cache_dir",
 )
