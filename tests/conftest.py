@@ -1,10 +1,17 @@
-"""Test setup: simulate 8 CPU devices, put the checkout first on the path, find the real CIFAR-10.
+"""Test setup: simulated CPU devices, one compilation cache per session, things prepared once.
 
-XLA_FLAGS must be set before jax is imported anywhere, which is why it lives here.
+XLA_FLAGS and the compilation cache must be set before jax is imported anywhere, which is why they
+live here, at import time. Two tiers (README, Tests): `python -m pytest` (unit and in-process tests)
+and `python -m pytest -m e2e` (subprocess runs of the command and scripts, deep nets, 8-device
+parities); `e2e` marks the second.
 """
 
+import contextlib
+import fcntl
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -13,11 +20,56 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
-
-# --- Real and generated datasets, prepared once per pytest run (tests/test_input_pipeline.py,
-# tests/test_prepare.py). ---
+# One folder for the whole session, shared by the xdist workers (they inherit the controller's
+# PYTEST_XDIST_TESTRUNUID) and by every subprocess a test starts: datasets prepared once, runs
+# trained once, and JAX's persistent compilation cache, so a program compiled by one worker or
+# subprocess is loaded, not compiled, by the others. No test may depend on the cache being warm.
+_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+SESSION_DIR = os.path.join(tempfile.gettempdir(), f"resnet-jax-tests-{_RUN_ID}")
+os.makedirs(SESSION_DIR, exist_ok=True)
+COMPILATION_CACHE = os.path.join(SESSION_DIR, "jax-cache")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", COMPILATION_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("RESNET_JAX_COMPILATION_CACHE", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del exitstatus
+  if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(name: str):
+  with open(os.path.join(SESSION_DIR, f"{name}.lock"), "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)  # the other workers wait here while one prepares
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def once_per_session(name: str, make) -> str:
+  """`make(folder)` run once per test session across xdist workers; returns the folder.
+
+  The first worker to ask makes it under a file lock while the others wait; a folder whose `make`
+  failed is made again by the next one to ask.
+  """
+  folder = os.path.join(SESSION_DIR, name)
+  done = folder + ".done"
+  with _locked(name):
+    if not os.path.exists(done):
+      shutil.rmtree(folder, ignore_errors=True)
+      os.makedirs(folder)
+      make(folder)
+      open(done, "w").close()
+  return folder
+
+
+# --- Real and generated datasets, prepared once per session (tests/test_input_pipeline.py,
+# tests/test_prepare.py, tests/test_table6.py). ---
 
 # The complete CIFAR-10 (the official binary files, plain or gzipped, or cifar-10-binary.tar.gz),
 # never inside the repository: $RESNET_JAX_CIFAR10 names its folder, else ../shared/data/cifar10
@@ -42,23 +94,20 @@ def cifar10_source():
 
 
 @pytest.fixture(scope="session")
-def cifar10_data_dir(tmp_path_factory, cifar10_source):
+def cifar10_data_dir(cifar10_source):
   """A TFDS data_dir holding cifar10 built offline from the real CIFAR-10 files (~20-40 s, once)."""
   from resnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
 
-  data_dir = str(tmp_path_factory.mktemp("tfds_cifar10"))
-  prepare.prepare("cifar10", cifar10_source, data_dir)
-  return data_dir
+  return once_per_session("tfds_cifar10", lambda d: prepare.prepare("cifar10", cifar10_source, d))
 
 
 @pytest.fixture(scope="session")
-def imagenet_data_dir(tmp_path_factory):
+def imagenet_data_dir():
   """(manual_dir, data_dir): a tiny ILSVRC2012 layout of JPEGs and imagenet2012 prepared from it."""
   from resnet_jax.bench import fake_imagenet  # pylint: disable=g-import-not-at-top
   from resnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
 
-  manual = str(tmp_path_factory.mktemp("ilsvrc2012_manual"))
-  fake_imagenet.write_fake_imagenet(manual, ("n01440764", "n01443537", "n01484850"), per_class=4, num_val=5)
-  data_dir = str(tmp_path_factory.mktemp("tfds_imagenet"))
-  prepare.prepare("imagenet2012", manual, data_dir)
-  return manual, data_dir
+  manual = once_per_session("ilsvrc2012_manual", lambda d: fake_imagenet.write_fake_imagenet(
+      d, ("n01440764", "n01443537", "n01484850"), per_class=4, num_val=5))
+  return manual, once_per_session("tfds_imagenet",
+                                  lambda d: prepare.prepare("imagenet2012", manual, d))

@@ -9,10 +9,12 @@ from resnet_jax.data.augment import CIFAR_PAD as PAD
 
 
 def small_config(**overrides):
+  """ResNet-8 on the digits for 6 steps, on ONE device: tests whose point is the device count (parity
+  on 2, 4 or 8 simulated devices, uneven evaluation batches) ask for more."""
   config = default_config()
   config.update(model="resnet8", dataset="digits", batch_size=32, eval_batch_size=64, total_steps=6,
                 learning_rate=0.1, lr_decay_steps=(4,), log_every_steps=2, eval_every_steps=0,
-                checkpoint_every_steps=2, keep_checkpoints=10)
+                checkpoint_every_steps=2, keep_checkpoints=10, num_devices=1)
   config.update(**overrides)
   return config
 

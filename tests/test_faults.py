@@ -351,6 +351,8 @@ def _train_cmd(workdir, steps):
           "--config.eval_every_steps=0", "--config.keep_checkpoints=2"]
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
 def test_kill_9_at_random_points_three_times_then_bit_identical(tmp_path):
   """Frequent asynchronous saves, killed outright at random moments; the re-runs lose nothing."""
   steps = 16

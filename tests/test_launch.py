@@ -346,6 +346,7 @@ def test_gpu_watch_restarts_a_stopped_vm_resumes_and_stops_it_when_done(tmp_path
   assert calls == ["compute instances describe vm", "compute ssh vm --command=bash status"]
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")
 def test_gcloud_parses_every_printed_command(tmp_path):
   # With an empty configuration gcloud stops at "no active account" after parsing the arguments;

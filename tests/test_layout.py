@@ -157,6 +157,7 @@ def _light(code: str) -> subprocess.CompletedProcess:
                         cwd=REPO_ROOT, env={**os.environ, "RESNET_JAX_HUGEPAGES": "0"})
 
 
+@pytest.mark.e2e
 def test_models_import_with_only_jax_flax_and_numpy():
   """The data and training stacks are made unimportable; a model still builds and runs."""
   out = _light("""
@@ -171,6 +172,7 @@ print(logits.shape)
   assert out.stdout.strip() == "(2, 10)"
 
 
+@pytest.mark.e2e
 def test_torchvision_conversion_of_numpy_state_dicts_needs_no_extra(tmp_path):
   """A torchvision-layout state dict of NumPy arrays (.npz) converts and runs without torch."""
   out = _light(f"""
@@ -189,6 +191,7 @@ print(same, bool((model.apply(back, x) == model.apply(variables, x)).all()))
   assert out.stdout.split() == ["True", "True"]
 
 
+@pytest.mark.e2e
 def test_commands_say_which_extra_they_need():
   out = _light("""
 from resnet_jax import cli
@@ -242,6 +245,7 @@ def wheel(tmp_path_factory):
   return path
 
 
+@pytest.mark.e2e
 def test_wheel_ships_presets_but_no_top_level_configs(wheel):
   with zipfile.ZipFile(wheel) as z:
     names = z.namelist()
@@ -252,6 +256,7 @@ def test_wheel_ships_presets_but_no_top_level_configs(wheel):
   assert "resnet_jax/config/defaults.py" in names
 
 
+@pytest.mark.e2e
 def test_installed_wheel_trains_a_shipped_preset_outside_the_checkout(wheel, tmp_path):
   """`--config configs/quickstart.py` from a directory with no configs/: the wheel's copy is used."""
   site = tmp_path / "site"

@@ -152,15 +152,16 @@ def test_adaptive_avg_pool():
   assert adaptive_avg_pool(jnp.ones((1, 1, 1, 2)), 7).shape == (1, 7, 7, 2)  # torchvision replicates
 
 
-# XLA compiles deep nets slowly on CPU: by default the deepest presets are checked by tracing shapes
-# only (test_deep_model_shapes_without_running); `pytest -m slow` runs every forward for real.
-DEEP = ("resnet101", "resnet152", "plain101", "plain152", "resnet110", "plain110", "resnet1202",
-        "plain1202")
+# XLA compiles deep nets slowly on CPU. The fast tier runs a real forward of the smallest net of
+# each block type and traces every other net's shapes (jax.eval_shape); `pytest -m e2e` runs every
+# forward for real, and traces the 1202-layer nets unrolled (their scanned layout is traced here).
+FORWARD_FAST = ("resnet8", "plain8", "resnet18", "resnet50")
+HUGE = ("resnet1202", "plain1202")
 
 
 def _forward_params():
-  return [pytest.param(n, marks=pytest.mark.slow) if n in DEEP else n for n in models.list_models()
-          if n not in ("resnet1202", "plain1202")]
+  return [n if n in FORWARD_FAST else pytest.param(n, marks=pytest.mark.e2e)
+          for n in models.list_models() if n not in HUGE]
 
 
 @pytest.mark.parametrize("name", _forward_params())
@@ -176,15 +177,17 @@ def test_output_shape_and_dtype(name):
   assert {v.dtype for v in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
 
 
-@pytest.mark.parametrize("name", DEEP)
-def test_deep_model_shapes_without_running(name):
-  model = models.get_model(name, num_classes=7)
+@pytest.mark.parametrize("name,scan", [(n, False) if n not in HUGE else pytest.param(
+    n, False, marks=pytest.mark.e2e) for n in models.list_models()] + [(n, True) for n in HUGE])
+def test_every_model_shapes_without_running(name, scan):
+  model = models.get_model(name, num_classes=7, **({"scan_blocks": True} if scan else {}))
   size = 8 if models.default_image_size(name) == 32 else 32
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   variables = jax.eval_shape(lambda r, x: model.init(r, x, train=False), jax.random.key(0), x)
   out, _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]),
                           variables, x)
   assert out.shape == (2, 7) and out.dtype == jnp.float32
+  assert {v.dtype for v in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
 
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet50"])
@@ -250,7 +253,7 @@ def _loss_and_grads(model, variables, x, labels):
   return jax.value_and_grad(loss_fn)(variables["params"])
 
 
-@pytest.mark.parametrize("name", ["resnet20", "plain20", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet20", "plain20", pytest.param("resnet50", marks=pytest.mark.e2e)])
 def test_scanned_blocks_have_the_unrolled_numerics(name):
   from resnet_jax.models import stages  # pylint: disable=g-import-not-at-top
   size = 8 if name.endswith("20") else 32

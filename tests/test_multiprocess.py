@@ -27,6 +27,7 @@ from resnet_jax.config import default_config
 from resnet_jax.training import errors, loop, metrics_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 CKPT_EVERY = 4
 NEVER = 100_000  # total_steps of the runs that are interrupted
 # lr 0.01, not the quickstart's 0.1: at 0.1 the first-ulp differences between 1x4 and 2x2 device

@@ -109,6 +109,8 @@ def test_bench_reports_memory_of_the_compiled_step():
   assert large["memory_peak_mb"] >= large["memory_temp_mb"]
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
 def test_gpu_script_smoke_runs_end_to_end():
   proc = subprocess.run(["bash", os.path.join(REPO_ROOT, "benchmarks", "gpu.sh"), "--smoke"],
                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
@@ -147,6 +149,7 @@ def test_hugepage_environment_for_the_reexec():
   assert runtime.hugepage_environment({}, ("", "")) is None  # musl and others
 
 
+@pytest.mark.e2e
 def test_command_line_reexecs_with_huge_pages():
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", runtime.HUGEPAGES_ENV)}
   env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
@@ -156,3 +159,34 @@ def test_command_line_reexecs_with_huge_pages():
   expected = runtime.hugepage_environment(env)
   tunables = json.loads(out.stdout.strip().splitlines()[-1])["glibc_tunables"]
   assert tunables == ("" if expected is None else expected["GLIBC_TUNABLES"])
+
+
+def test_compilation_cache_folder_from_the_key_the_environment_or_the_default(tmp_path):
+  home = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+  assert runtime.compilation_cache_dir("", home) == str(tmp_path / "xdg" / "resnet_jax" / "jax")
+  assert runtime.compilation_cache_dir("", {**home, "RESNET_JAX_CACHE": "/c"}) == "/c/jax"
+  moved = {**home, runtime.COMPILATION_CACHE_ENV: str(tmp_path / "env")}
+  assert runtime.compilation_cache_dir("", moved) == str(tmp_path / "env")
+  assert runtime.compilation_cache_dir(str(tmp_path / "key"), moved) == str(tmp_path / "key")
+  assert runtime.compilation_cache_dir("", {**home, runtime.COMPILATION_CACHE_ENV: "off"}) is None
+  assert runtime.compilation_cache_dir("off", moved) is None  # the key wins over the environment
+
+
+@pytest.mark.e2e
+def test_a_second_start_of_a_run_compiles_nothing_new(tmp_path):
+  """The command's cache on: a resumed run loads every program the first start compiled."""
+  cache = tmp_path / "cache"
+  env = {**os.environ, runtime.COMPILATION_CACHE_ENV: str(cache), "RESNET_JAX_HUGEPAGES": "0"}
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the test session's own cache stays out of it
+
+  def train(steps):
+    cmd = [sys.executable, "-m", "resnet_jax.cli", "train", "--config", "configs/quickstart.py",
+           "--workdir", str(tmp_path / "run"), "--config.model=resnet8", f"--config.total_steps={steps}",
+           "--config.lr_decay_steps=()", "--config.num_devices=1", "--config.log_every_steps=2",
+           "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2"]
+    subprocess.run(cmd, env=env, cwd=REPO_ROOT, check=True, capture_output=True)
+    return sorted(os.listdir(cache))
+
+  first = train(2)
+  assert first  # the steps, evaluation and initialisation were written
+  assert train(4) == first  # resumed from step 2: every program came from the cache

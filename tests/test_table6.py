@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 def test_table6_smoke_runs_the_whole_path(cifar10_data_dir, tmp_path):

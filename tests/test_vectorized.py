@@ -61,7 +61,7 @@ def _assert_same_run(solo_dir, member_dir):
   assert max_abs_diff(solo_state.batch_stats, member_state.batch_stats) < PARAM_ATOL
 
 
-@pytest.mark.parametrize("num_devices", [1, 8])
+@pytest.mark.parametrize("num_devices", [1, pytest.param(8, marks=pytest.mark.e2e)])
 def test_each_member_equals_its_solo_run(tmp_path, num_devices):
   configs = _configs(num_devices=num_devices)
   group_dirs = [str(tmp_path / f"group{i}") for i in range(len(configs))]
@@ -226,6 +226,8 @@ def test_sweep_vectorize_writes_ordinary_runs_and_reports(tmp_path, capsys):
   assert capsys.readouterr().err.count("finished already; skipped") == 3
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
 def test_sweep_group_resumes_after_kill_9(tmp_path):
   spec = tmp_path / "seeds.py"
   spec.write_text(SWEEP.format(steps=40))

@@ -223,8 +223,11 @@ def _loop(config, workdir, trainer, state, start, ckpt, log, last, say) -> dict[
       pending.append(metrics)
       n, n_pending = n + k, n_pending + k
       if progress is not None:
-        # Progress from host-side counts of finished steps, at every step: no device sync.
+        # Progress from host-side counts of finished steps, at every step: no device sync, but for
+        # the first dispatch, whose end is the end of compilation: the bar shows from step 1.
         inflight.append((n, next(iter(metrics.values()))))
+        if n - k == start:
+          inflight[0][1].block_until_ready()
         while inflight and inflight[0][1].is_ready():
           progress.update(inflight.popleft()[0])
       final = n == config.total_steps
