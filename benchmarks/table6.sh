@@ -43,6 +43,16 @@ if [[ -n $source ]]; then
   resnet_jax prepare cifar10 --source "$source" --data-dir "$data_dir" >/dev/null
 fi
 
+# The first failed member's error, from its status.json (printed when no report could be written).
+FIRST_ERROR='
+import json, pathlib, sys
+for status in sorted(pathlib.Path(sys.argv[1]).glob("*/status.json")):
+  entry = json.loads(status.read_text())
+  if entry.get("status") == "failed":
+    print(status.parent.name + ": " + entry.get("error", ""))
+    break
+'
+
 sweep=configs/sweeps/table6.py
 # The fastest options the project has that keep section 4.2's arithmetic: the training set on the
 # device with batches drawn inside the compiled step, several steps per dispatch, and each net's
@@ -86,7 +96,10 @@ echo "$estimate" >"$workdir/estimate.txt"
 say "running the sweep (resumable) into $workdir"
 status=0
 resnet_jax sweep --config "$sweep" --workdir "$workdir" --vectorize "${options[@]}" || status=$?
-if ((status == 0 || status == 1)); then  # 1: a member failed; the report still covers the others
+if [[ -f $workdir/summary.md ]] && ((status == 0 || status == 1)); then  # 1: a member failed
   say "report: $workdir/summary.md, curves.png (Fig. 6), responses.png (Fig. 7)"
+elif ((status == 1)); then  # no report: every member failed
+  first=$("$python" -c "$FIRST_ERROR" "$workdir")
+  say "every member failed: ${first:-see $workdir/*/status.json}; no report was written"
 fi
 exit "$status"

@@ -29,7 +29,7 @@ sys.path.insert(0, HERE)
 
 import minimal_torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 from resnet_jax import cli, config as config_lib, data, models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from resnet_jax.training import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from resnet_jax.training import optim  # pylint: disable=g-import-not-at-top, wrong-import-position
 
 
 def check_config(config) -> int:

@@ -5,7 +5,7 @@
   python benchmarks/vectorized.py --smoke                      # tiny sizes: checks the script
 
 For each net it compiles the solo train step (what `resnet-jax sweep` runs for each member in turn)
-and the vectorised step of `--members` members (resnet_jax.training.vectorized; their learning
+and the vectorised step of `--members` members (resnet_jax.training.group_step; their learning
 rates and data differ), on synthetic 32x32 data at batch 128, and times them in alternating rounds so that a
 noisy machine slows both alike. Sequential throughput is 1 / (solo step time) member-steps per
 second; vectorised is M / (group step time). Prints a markdown table, then one JSON line with every
@@ -19,10 +19,9 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 from resnet_jax.config import default_config
-from resnet_jax.training import memory, vectorized
+from resnet_jax.training import memory
 from resnet_jax.training.trainer import Trainer
 
 
@@ -57,20 +56,18 @@ def _memory_mb(compiled) -> float | None:
 
 def measure(model: str, members: int, batch_size: int, steps: int, rounds: int) -> dict:
   base, configs = _config(model, batch_size, members)
-  trainer = Trainer(base)
-  solo, ds = trainer.strategy, trainer.dataset
-  group = vectorized.GroupJit(trainer.devices, trainer.model, base, solo.compiler_options)
+  trainer = Trainer(base)  # the solo run's own step, as `resnet-jax sweep` trains each member
+  group = Trainer(base, members=configs)  # and the group's, as `--vectorize` trains them
 
-  state = solo.put_state(trainer.init_state())
-  batch = solo.put_batch(ds.train_batch(0, 0, batch_size))
-  solo_fn = solo.train_step.lower(state, batch).compile()
+  state = trainer.strategy.put_state(trainer.init_state())
+  (batch,) = trainer.dispatch_call(0, 1)[1]
+  solo_fn = trainer.strategy.train_step.lower(state, batch).compile()
 
-  states = group.put_state(vectorized._stack([trainer.init_state() for _ in configs]))  # pylint: disable=protected-access
-  hparams = group.put_state({k: np.asarray([c[k] for c in configs], np.float32)
-                             for k in vectorized.HPARAMS})
-  batches = group.put_member_batches([ds.train_batch(c.seed, 0, batch_size) for c in configs])
+  strategy = group.strategy
+  states = strategy.put_state(strategy.stack([group.init_state(c.seed) for c in configs]))
+  batches, hparams = strategy.put_batch(group.batches(0)), strategy.hparams
   t0 = time.perf_counter()
-  group_fn = group.train_step.lower(states, batches, hparams).compile()
+  group_fn = strategy.jitted_train_step.lower(states, batches, hparams).compile()
   compile_s = time.perf_counter() - t0
 
   _, state = _time(solo_fn, (state, batch), 2)  # warm-up

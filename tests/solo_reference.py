@@ -46,7 +46,8 @@ def signature() -> dict:
 
 def run(name: str, workdir: str) -> dict:
   """Trains RUNS[name] into `workdir`; returns its metrics (no timings) and checkpoint hashes."""
-  from resnet_jax.training import loop, metrics_log  # pylint: disable=g-import-not-at-top
+  from resnet_jax.run import metrics_log  # pylint: disable=g-import-not-at-top
+  from resnet_jax.training import loop  # pylint: disable=g-import-not-at-top
   from resnet_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from tests.helpers import small_config  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top

@@ -6,7 +6,8 @@ import re
 
 from tests.helpers import small_config
 from resnet_jax.experiments import report
-from resnet_jax.training import console, loop
+from resnet_jax.run import console
+from resnet_jax.training import loop
 
 
 def test_progress_bar_rate_from_two_timed_steps_not_the_log_cadence(monkeypatch):

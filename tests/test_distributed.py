@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from resnet_jax import storage
-from resnet_jax.training import distributed, metrics_log
+from resnet_jax.run import storage
+from resnet_jax.run import distributed, metrics_log
 
 
 SLURM = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_LOCALID": "0"}

@@ -12,7 +12,9 @@ import pytest
 from resnet_jax import cli
 from resnet_jax import config as config_lib
 from resnet_jax.experiments import report, sweep
-from resnet_jax.training import loop, metrics_log
+from resnet_jax.run import metrics_log
+from resnet_jax.run.errors import WorkdirError
+from resnet_jax.training import loop
 
 CIFAR = [f"{k}{d}" for k in ("resnet", "plain") for d in (20, 32, 44, 56, 110)]
 IMAGENET = [f"{k}{d}" for k in ("resnet", "plain") for d in (18, 34, 50, 101, 152)] + [
@@ -31,9 +33,8 @@ def _tiny(spec, image_size):
                          [f"configs/imagenet.py:{m}" for m in IMAGENET])
 def test_every_preset_builds_and_traces_its_train_step(spec):
   config, trainer = _tiny(spec, 8 if "cifar10" in spec else 32)
-  state = jax.eval_shape(trainer.init_state)
-  batch = trainer.strategy.put_batch(trainer.dataset.train_batch(0, 0, 8))
-  _, metrics = jax.eval_shape(trainer.strategy.train_step, state, batch)
+  fn, args = trainer.dispatch_call(0, 1)
+  _, metrics = jax.eval_shape(fn, trainer.abstract_state(), *args)
   assert metrics["train/loss"].shape == ()
   original = config_lib.load(spec)
   assert original.momentum == 0.9 and original.weight_decay == 1e-4
@@ -49,7 +50,7 @@ def test_every_preset_builds_and_traces_its_train_step(spec):
 def test_presets_run_one_step(spec, size):
   _, trainer = _tiny(spec, size)
   state = trainer.strategy.put_state(trainer.init_state())
-  state, metrics = trainer.strategy.train_step(state, trainer.strategy.put_batch(trainer.dataset.train_batch(0, 0, 8)))
+  state, metrics = trainer.dispatch(state, 0, 1)
   assert np.isfinite(float(trainer.strategy.fetch(metrics)["train/loss"]))
 
 
@@ -147,8 +148,25 @@ def test_report_groups_seeds_and_quotes_the_paper():
   (group,) = report.aggregate(summaries)
   assert group["group"] == "resnet20" and group["runs"] == 2
   assert group["final_test_error_mean"] == 3.0 and group["final_test_error_std"] == pytest.approx(np.sqrt(2))
-  with pytest.raises(ValueError, match="no runs"):
+  with pytest.raises(WorkdirError, match="no runs"):
     report.write_report("configs")
+
+
+@pytest.mark.parametrize("names", [[f"seed{s}" for s in range(8)],
+                                   [f"resnet20-seed{s}" for s in range(8)]])
+def test_a_seeds_sweep_is_one_group_with_mean_and_std(names):
+  # configs/sweeps/seeds_digits.py names its runs by their seed alone.
+  errors = np.arange(8, dtype=float)
+  summaries = [{"run": n, "model": "resnet20", "final_train_error": e, "final_test_error": 2 * e,
+                "paper_test_error": None} for n, e in zip(names, errors)]
+  (group,) = report.aggregate(summaries)
+  assert (group["group"], group["runs"]) == ("resnet20", 8)
+  assert group["final_test_error_mean"] == pytest.approx(7.0)
+  assert group["final_test_error_std"] == pytest.approx(np.std(2 * errors, ddof=1))
+  # A grid over another key keeps its groups apart, each over its seeds.
+  lr = [{**s, "run": f"learning_rate{lr}-{s['run']}"} for lr in (0.1, 0.2) for s in summaries]
+  assert [g["group"] for g in report.aggregate(lr)] == [
+      f"learning_rate{lr}{'' if names[0].startswith('seed') else '-resnet20'}" for lr in (0.1, 0.2)]
 
 
 # He et al. 2015, Table 6 (CIFAR-10 test error %, and parameters), copied here from the paper

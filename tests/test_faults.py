@@ -19,8 +19,9 @@ import pytest
 from resnet_jax import cli
 from resnet_jax.data import tfds_builder
 from resnet_jax.experiments import report, sweep
-from resnet_jax.training import checkpoints, errors, loop, metrics_log, trainer as trainer_lib
-from resnet_jax.training import workdir as workdir_lib
+from resnet_jax.run import errors, metrics_log
+from resnet_jax.training import checkpoints, loop, trainer as trainer_lib
+from resnet_jax.run import workdir as workdir_lib
 from tests.helpers import max_abs_diff, small_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +71,7 @@ def test_a_checkpoint_of_another_configuration_is_an_error_not_damage(tmp_path):
   other = trainer_lib.Trainer(small_config(num_devices=1, model="resnet20"))
   ckpt = checkpoints.Checkpointer(workdir)
   with pytest.raises(checkpoints.IncompatibleCheckpointError, match="another configuration"):
-    ckpt.restore_newest_valid(other.init_state(), other.strategy.state_sharding)
+    ckpt.restore_newest_valid(other.abstract_state(), other.strategy.state_sharding)
   ckpt.close()
   assert not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
@@ -104,7 +105,7 @@ def test_second_writer_is_refused_with_the_holder_named(tmp_path, capsys):
 
 
 def test_no_stale_lock_after_kill_9(tmp_path):
-  code = ("import sys, time; from resnet_jax.training.workdir import Lock; "
+  code = ("import sys, time; from resnet_jax.run.workdir import Lock; "
           f"lock = Lock({str(tmp_path)!r}); lock.__enter__(); print('locked', flush=True); "
           "time.sleep(60)")
   proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,

@@ -60,7 +60,7 @@ def test_linear_probe_on_digits_trains_only_the_new_head(source, tmp_path):
   config = _finetune("linear", source)
   assert config.freeze_backbone and config.freeze_bn_stats
   trainer = trainer_lib.Trainer(config)
-  seeded = trainer.init_state(pretrained=True)
+  seeded = trainer.first_state()
   assert _equal(_without_head(seeded.params), _without_head(src.params))
   assert _equal(seeded.batch_stats, src.batch_stats)
   assert seeded.params["head"]["kernel"].shape == (64, 10)  # a new head for the digits' 10 classes
@@ -105,7 +105,7 @@ def test_same_class_count_keeps_the_head_unless_a_new_one_is_asked_for(source):
   def seeded(**overrides):
     config = small_config(dataset="synthetic", image_size=8, synthetic_channels=1, num_classes=4,
                           num_devices=1, init_from=source, **overrides)
-    return trainer_lib.Trainer(config).init_state(pretrained=True).params["head"]["kernel"]
+    return trainer_lib.Trainer(config).first_state().params["head"]["kernel"]
   assert np.array_equal(seeded(), src.params["head"]["kernel"])
   fresh = trainer_lib.Trainer(small_config(dataset="synthetic", image_size=8, synthetic_channels=1,
                                            num_classes=4, num_devices=1)).init_state()
@@ -113,19 +113,19 @@ def test_same_class_count_keeps_the_head_unless_a_new_one_is_asked_for(source):
   # A scanned run starts from the unrolled source (layouts are converted).
   scanned = small_config(dataset="synthetic", image_size=8, synthetic_channels=1, num_classes=4,
                          num_devices=1, init_from=source, scan_blocks=True)
-  assert "stage1_block1" in trainer_lib.Trainer(scanned).init_state(pretrained=True).params
+  assert "stage1_block1" in trainer_lib.Trainer(scanned).first_state().params
 
 
 def test_init_from_errors_name_the_problem(source, tmp_path):
   with pytest.raises(ValueError, match="model='resnet8' network; this run has model='plain8'"):
-    trainer_lib.Trainer(small_config(model="plain8", init_from=source)).init_state(pretrained=True)
+    trainer_lib.Trainer(small_config(model="plain8", init_from=source)).first_state()
   with pytest.raises(ValueError, match="not the workdir of a run"):
-    trainer_lib.Trainer(small_config(init_from=str(tmp_path / "nothing"))).init_state(pretrained=True)
+    trainer_lib.Trainer(small_config(init_from=str(tmp_path / "nothing"))).first_state()
   assert not (tmp_path / "nothing").exists()  # nothing created in a wrong init_from
   with pytest.raises(ValueError, match="stem_conv/kernel has shape \\(3, 3, 1, 16\\) there and "
                                        "\\(3, 3, 3, 16\\) here"):
     trainer_lib.Trainer(small_config(dataset="synthetic", image_size=8, num_classes=4,
-                                     init_from=source)).init_state(pretrained=True)
+                                     init_from=source)).first_state()
   with pytest.raises(ValueError, match="set init_from"):
     trainer_lib.Trainer(small_config(freeze_bn_stats=True))
   with pytest.raises(ValueError, match="set init_from"):

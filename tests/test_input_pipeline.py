@@ -11,11 +11,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from resnet_jax import cli, storage
+from resnet_jax import cli
+from resnet_jax.run import storage
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax.data import augment as aug
 from resnet_jax.data import tfds_builder, tfds_source
+from resnet_jax.run.errors import ConfigError
+from resnet_jax.training import validation
 
 # Fast statistics for tests that do not check them (all 50k are the default).
 FEW = 2000
@@ -246,11 +249,9 @@ def test_bad_data_config_is_named(imagenet_data_dir, cifar10_data_dir, tmp_path)
     tfds_builder.open_builder("cifar11", str(tmp_path))
   with pytest.raises(tfds_builder.DataUnavailableError, match="resnet-jax prepare cifar100"):
     tfds_builder.open_builder("cifar100", str(tmp_path), download=False)
-  # The builder half moved out of tfds_source; its names still import from there.
-  assert tfds_source.open_builder is tfds_builder.open_builder
-  assert tfds_source.DataUnavailableError is tfds_builder.DataUnavailableError
-  with pytest.raises(ValueError, match="augment='flip' is not one of"):
-    tfds_source.TfdsDataset("cifar10", cifar10_data_dir, augment="flip")
+  # Keys that need no data are checked before a dataset opens (resnet_jax.training.validation).
+  with pytest.raises(ConfigError, match="augment='flip' is not one of"):
+    validation.validate(config_lib.from_dict({"dataset": "cifar10", "augment": "flip"}))
 
 
 def test_remote_data_dir_is_read_through_a_local_copy(cifar10_data_dir, tmp_path, monkeypatch):

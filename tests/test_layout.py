@@ -1,5 +1,6 @@
 """The package's layout: rooms import only rooms below them, no import circles, a light models room,
-old module paths still import, and the wheel ships the presets without a top-level `configs`.
+run infrastructure outside training/, short functions, and the wheel ships the presets without a
+top-level `configs`.
 """
 
 import ast
@@ -9,7 +10,6 @@ import os
 import subprocess
 import sys
 import tomllib
-import warnings
 import zipfile
 
 import pytest
@@ -100,18 +100,25 @@ def test_no_import_cycles():
   assert not cycles, f"import circles: {cycles}"
 
 
-# Which rooms each room may import (besides itself and the floors: checks, storage).
+# Which rooms each room may import (besides itself and the floor `checks`).
 ALLOWED = {
+    "run": set(),
     "models": set(),
-    "config": set(),
-    "data": set(),
-    "training": {"models", "data", "config"},
-    "experiments": {"models", "data", "config", "training"},
-    "bench": {"models", "data", "config", "training"},
-    # The torchvision conversion and downloads use models only; `pretrained.workdir` writes a run.
-    "pretrained": {"models", "config", "training"},
+    "config": {"run"},
+    "data": {"run"},
+    "training": {"models", "data", "config", "run"},
+    "experiments": {"models", "data", "config", "training", "run"},
+    "bench": {"models", "data", "config", "training", "run"},
+    # The torchvision conversion and downloads use models only; `pretrained.convert` writes a run
+    # (a trainer built from shapes: data.DataSpec).
+    "pretrained": {"models", "data", "config", "training", "run"},
 }
-FLOORS = {"resnet_jax.checks", "resnet_jax.storage"}
+FLOORS = {"resnet_jax.checks"}
+# What the command, experiments and conversions may use of training/: training itself (run, group,
+# restore, validate, checkpoints), never the infrastructure a run stands on (that is run/).
+TRAINING_API = {"resnet_jax.training.loop", "resnet_jax.training.grouping",
+                "resnet_jax.training.trainer", "resnet_jax.training.validation",
+                "resnet_jax.training.checkpoints"}
 
 
 @pytest.mark.parametrize("room", sorted(ALLOWED))
@@ -122,6 +129,25 @@ def test_rooms_import_only_rooms_below(room):
     assert "configs" not in deps, f"{module} imports the configs/ presets; the package must not"
     bad = {d for d in deps - FLOORS if _room(d) not in ALLOWED[room] | {room}}
     assert not bad, f"{module} (room {room}) imports {sorted(bad)}"
+
+
+def test_the_command_experiments_and_conversions_use_training_only_for_training():
+  for module, deps in GRAPH.items():
+    if _room(module) in ("cli", "experiments", "pretrained"):
+      used = {d for d in deps if d.startswith("resnet_jax.training.")}
+      assert used <= TRAINING_API, f"{module} reaches into {sorted(used - TRAINING_API)}"
+
+
+def test_no_function_over_60_lines():
+  """One idea per function (STYLE.md): a function past 60 lines holds a second one."""
+  long = []
+  for path in glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True):
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    long += [f"{os.path.relpath(path, REPO_ROOT)}:{n.name} ({n.end_lineno - n.lineno + 1} lines)"
+             for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+             and n.end_lineno - n.lineno + 1 > 60]
+  assert not long, long
 
 
 def test_models_need_no_other_room_and_the_step_no_loop():
@@ -201,28 +227,12 @@ print("report", cli.main(["report", "unused"]))
 """)
   assert out.returncode == 0, out.stderr
   assert "resnet8" in out.stdout and "train 2" in out.stdout and "report 2" in out.stdout
-  assert "needs the 'etils' package" in out.stderr or "needs the 'ml_collections' package" in out.stderr
-  assert "pip install 'resnet-jax[train]'" in out.stderr
+  train, report = out.stderr.strip().splitlines()  # one line each, naming every missing package
+  assert "`resnet-jax train` needs packages" in train and "optax (train)" in train
+  assert "ml_collections (train)" in train and "matplotlib" not in train
+  assert train.endswith("pip install 'resnet-jax[train]'")
+  assert "matplotlib (report)" in report and report.endswith("pip install 'resnet-jax[report]'")
   assert not os.path.exists(os.path.join(REPO_ROOT, "unused"))
-
-
-def test_old_module_paths_still_import_with_a_warning():
-  import importlib  # pylint: disable=g-import-not-at-top
-  import resnet_jax  # pylint: disable=g-import-not-at-top
-
-  for old, new in resnet_jax.MOVED.items():
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always")
-      via_attribute = getattr(resnet_jax, old)
-      via_import = importlib.import_module(f"resnet_jax.{old}")
-    assert via_attribute is via_import is importlib.import_module(f"resnet_jax.{new}"), old
-    assert any(issubclass(w.category, DeprecationWarning) and f"resnet_jax.{new}" in str(w.message)
-               for w in caught), old
-  # What README and old scripts use keeps working.
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from resnet_jax import flops, train  # pylint: disable=g-import-not-at-top
-  assert callable(flops.profile) and callable(train.train_and_evaluate) and train.Trainer
 
 
 def test_pyproject_lists_every_subpackage():

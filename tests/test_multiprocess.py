@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from resnet_jax.config import default_config
-from resnet_jax.training import errors, loop, metrics_log
+from resnet_jax.run import errors, metrics_log
+from resnet_jax.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]

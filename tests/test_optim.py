@@ -7,7 +7,8 @@ import optax
 import pytest
 
 from resnet_jax.config import default_config
-from resnet_jax.training import optim
+from resnet_jax.run.errors import ConfigError
+from resnet_jax.training import optim, validation
 
 
 def _config(**overrides):
@@ -261,13 +262,12 @@ def test_gradient_clipping_before_weight_decay():
     ("weight_decay_mask", "biases"),
 ])
 def test_unknown_choice_raises(key, value):
-  config = _config(**{key: value})
-  for build in (optim.create_learning_rate_fn, optim.create_optimizer):
-    with pytest.raises(ValueError) as info:
-      build(config)
-    message = str(info.value)
-    assert key in message and repr(value) in message
-    assert all(repr(c) in message for c in optim._CHOICES[key])
+  # Checked once, before anything is built (resnet_jax.training.validation).
+  with pytest.raises(ConfigError) as info:
+    validation.validate(_config(**{key: value}))
+  message = str(info.value)
+  assert key in message and repr(value) in message
+  assert all(repr(c) in message for c in validation.CHOICES[key])
 
 
 @pytest.mark.parametrize("overrides,needle", [
@@ -279,5 +279,5 @@ def test_unknown_choice_raises(key, value):
     ({"grad_clip_norm": -1.0}, "grad_clip_norm"),
 ])
 def test_bad_values_raise(overrides, needle):
-  with pytest.raises(ValueError, match=needle):
-    optim.create_optimizer(_config(**overrides))
+  with pytest.raises(ConfigError, match=needle):
+    validation.validate(_config(**overrides))

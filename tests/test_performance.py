@@ -9,9 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import bench, runtime
+from resnet_jax import bench
+from resnet_jax.run import process as runtime
 from resnet_jax.data import on_device
 from resnet_jax.training import loop, parallel
+from resnet_jax.training.cadence import Cadence
 from tests.helpers import max_abs_diff, reference_batch, small_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,13 +21,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _params_after(config, steps):
   trainer = loop.Trainer(config)
+  cadence = Cadence.from_config(config)
   state = trainer.strategy.put_state(trainer.init_state())
   done, losses = 0, []
   while done < steps:
-    state, metrics, k = trainer.dispatch(state, done)
+    k = cadence.dispatch_size(done, config.total_steps)
+    state, metrics = trainer.dispatch(state, done, k)
     losses += list(np.ravel(trainer.strategy.fetch(metrics)["train/loss"]))
     done += k
-  return jax.device_get(trainer.strategy.get_state(state).params), losses
+  return jax.device_get(trainer.strategy.member_state(state).params), losses
 
 
 @pytest.mark.parametrize("parallelism", ["jit", "pmap"])
@@ -51,8 +55,8 @@ def test_cpu_fusion_keeps_the_numerics_and_reaches_the_compiled_step():
   def hlo(cpu_fusion):
     trainer = loop.Trainer(small_config(cpu_fusion=cpu_fusion, **common))
     state = trainer.strategy.put_state(trainer.init_state())
-    batch = trainer.strategy.put_batch(trainer.dataset.train_batch(0, 0, 32))
-    return trainer.strategy.train_step.lower(state, batch).compile().as_text()
+    fn, args = trainer.dispatch_call(0, 1)
+    return fn.lower(state, *args).compile().as_text()
   with_fusion, without = hlo("eltwise"), hlo("")
   assert with_fusion.count("__ynn_fusion") > without.count("__ynn_fusion")
   assert with_fusion.count("transpose") < without.count("transpose")

@@ -311,7 +311,7 @@ def test_cli_convert_then_eval_matches_torchvision(tmp_path, capsys):
   # Fine-tuning starts from the converted workdir with a new head for another class count.
   ft = trainer_lib.Trainer(small_config(model="resnet18", dataset="synthetic", image_size=32,
                                         num_classes=5, num_devices=1, init_from=workdir))
-  seeded = ft.init_state(pretrained=True)
+  seeded = ft.first_state()
   assert seeded.params["head"]["kernel"].shape == (512, 5)
   np.testing.assert_array_equal(np.asarray(seeded.params["stage4_block2"]["conv2"]["kernel"]),
                                 converted["params"]["stage4_block2"]["conv2"]["kernel"])
@@ -337,9 +337,9 @@ def test_convert_writes_torchvisions_network_not_the_paper_presets(tmp_path, cap
 
 
 def test_conversion_config_forces_torchvisions_network_and_applies_overrides_last():
-  from resnet_jax.pretrained import workdir as workdir_lib
-  config = workdir_lib.conversion_config("resnet18", overrides={"eval_crops": "ten"})
+  from resnet_jax.pretrained import convert  # pylint: disable=g-import-not-at-top
+  config = convert.conversion_config("resnet18", overrides={"eval_crops": "ten"})
   assert (config.model, config.normalization, config.stride_placement, config.eval_crops) == (
       "resnet18", "torchvision", "v1.5", "ten")
   with pytest.raises(ValueError, match="resnet18, resnet34"):
-    workdir_lib.conversion_config("resnet20")
+    convert.conversion_config("resnet20")

@@ -37,3 +37,16 @@ def test_table6_smoke_runs_the_whole_path(cifar10_data_dir, tmp_path):
   assert "| resnet8 | 2 |" in summary and "+-" in summary  # mean +- std over the two seeds
   for figure in ("curves.png", "grad_norms.png", "responses.png"):
     assert (workdir / figure).stat().st_size > 10_000, figure
+
+
+def test_table6_says_every_member_failed_when_no_report_was_written(tmp_path):
+  workdir, empty = tmp_path / "table6", tmp_path / "no_data"
+  env = {**os.environ, "PYTHON": sys.executable, "RESNET_JAX_HUGEPAGES": "0", "XLA_FLAGS": ""}
+  proc = subprocess.run(["bash", "benchmarks/table6.sh", "--smoke", "--data-dir", str(empty),
+                         str(workdir)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "table6.sh: every member failed: plain8-seed0: DataUnavailableError: cifar10 is not " \
+         "prepared" in proc.stderr
+  assert "no report was written" in proc.stderr and "report: " not in proc.stderr
+  assert not (workdir / "summary.md").exists()

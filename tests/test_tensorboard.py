@@ -7,7 +7,7 @@ import sys
 
 from tensorboard.backend.event_processing import event_file_loader
 
-from resnet_jax.training import tensorboard
+from resnet_jax.run import tensorboard
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +46,7 @@ def test_a_torn_record_is_detected_by_its_checksum():
 
 
 def test_metrics_logging_imports_neither_torch_nor_tensorflow(tmp_path):
-  code = ("import sys; from resnet_jax.training import metrics_log; "
+  code = ("import sys; from resnet_jax.run import metrics_log; "
           f"log = metrics_log.MetricsLog({str(tmp_path)!r}, 0); log.write([{{'step': 1, 'x': 1.0}}]); "
           "log.close(); bad = [m for m in ('torch', 'tensorflow', 'tensorboardX') if m in sys.modules]; "
           "assert not bad, bad")

@@ -16,7 +16,8 @@ from resnet_jax import cli
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax.config import default_config
-from resnet_jax.training import checkpoints, loop, metrics_log
+from resnet_jax.run import metrics_log
+from resnet_jax.training import checkpoints, loop
 from resnet_jax.training import step as step_lib
 from tests.helpers import max_abs_diff, small_config
 
@@ -31,15 +32,14 @@ def final_params(workdir, config):
 
 
 def run_steps(config, steps=3):
-  """Params and per-step metrics after `steps` steps, without I/O (the pure step, compiled)."""
+  """Params and per-step metrics after `steps` steps, without I/O (the trainer's dispatch)."""
   trainer = loop.Trainer(config)
   state = trainer.strategy.put_state(trainer.init_state())
   losses = []
   for step in range(steps):
-    batch = trainer.strategy.put_batch(trainer.dataset.train_batch(config.seed, step, config.batch_size))
-    state, metrics = trainer.strategy.train_step(state, batch)
+    state, metrics = trainer.dispatch(state, step, 1)
     losses.append(float(trainer.strategy.fetch(metrics)["train/loss"]))
-  return jax.device_get(trainer.strategy.get_state(state).params), losses
+  return jax.device_get(trainer.strategy.member_state(state).params), losses
 
 
 # Random-normal images: the digits' flat background makes exactly equal pre-activations, and whether
@@ -174,7 +174,7 @@ def test_eval_counts_every_example_once():
   # 300 test digits, batches of 64 on 8 devices: the last batch has 44 real examples and 20 pads.
   trainer = loop.Trainer(small_config(num_devices=8))
   state = trainer.init_state()
-  result = trainer.evaluate(trainer.strategy.put_state(state))
+  (result,) = trainer.evaluate(trainer.strategy.put_state(state))
   ds = trainer.dataset
   logits = trainer.model.apply({"params": state.params, "batch_stats": state.batch_stats},
                                ds.test_images, train=False)

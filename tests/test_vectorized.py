@@ -1,4 +1,4 @@
-"""Vectorised sweep members (resnet_jax.training.vectorized): one vmapped step, ordinary runs.
+"""Vectorised sweep members (loop.train_group; grouping, group_step): one vmapped step, ordinary runs.
 
 The specification is the solo run: every member of a group must log the metrics and end with the
 parameters its own `train_and_evaluate` gives. They are compared to a tolerance set by float
@@ -20,13 +20,14 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import max_abs_diff, small_config
 from resnet_jax import cli
 from resnet_jax.data import readahead
 from resnet_jax.experiments import sweep
-from resnet_jax.training import loop, memory, metrics_log, vectorized
-from resnet_jax.training.errors import NonFiniteError
+from resnet_jax.run import metrics_log
+from resnet_jax.run.errors import NonFiniteError
+from resnet_jax.training import grouping, loop, memory
 from resnet_jax.training.trainer import restore
+from tests.helpers import max_abs_diff, small_config
 
 RTOL, BLOCK_RTOL, PARAM_ATOL = 1e-3, 1e-2, 5e-4
 # Three members differing in every key a group may vary.
@@ -65,7 +66,7 @@ def _assert_same_run(solo_dir, member_dir):
 def test_each_member_equals_its_solo_run(tmp_path, num_devices):
   configs = _configs(num_devices=num_devices)
   group_dirs = [str(tmp_path / f"group{i}") for i in range(len(configs))]
-  errors = vectorized.train_group(configs, group_dirs)
+  errors = loop.train_group(configs, group_dirs)
   assert errors == [None] * len(configs)
   for i, config in enumerate(configs):
     solo_dir = str(tmp_path / f"solo{i}")
@@ -84,7 +85,7 @@ def test_on_device_data_and_several_steps_per_dispatch_match_solo(tmp_path):
   configs = _configs(MEMBERS[:2], data_on_device=True, steps_per_dispatch=3, augment="cifar",
                      num_devices=1)
   group_dirs = [str(tmp_path / f"group{i}") for i in range(2)]
-  assert vectorized.train_group(configs, group_dirs) == [None, None]
+  assert loop.train_group(configs, group_dirs) == [None, None]
   for i, config in enumerate(configs):
     loop.train_and_evaluate(config, str(tmp_path / f"solo{i}"))
     _assert_same_run(str(tmp_path / f"solo{i}"), group_dirs[i])
@@ -95,7 +96,7 @@ def test_a_diverging_member_fails_alone(tmp_path):
                      eval_every_steps=0)
   dirs = [str(tmp_path / "ok"), str(tmp_path / "diverges")]
   seen = []
-  errors = vectorized.train_group(configs, dirs, on_done=lambda i, e: seen.append((i, e)))
+  errors = loop.train_group(configs, dirs, on_done=lambda i, e: seen.append((i, e)))
   assert errors[0] is None and isinstance(errors[1], NonFiniteError)
   assert "non-finite" in str(errors[1])
   assert [i for i, _ in seen] == [0, 1]
@@ -111,18 +112,18 @@ def test_members_behind_catch_up_and_the_group_equals_an_uninterrupted_one(tmp_p
   configs = _configs(MEMBERS[:2], num_devices=1, eval_every_steps=0, checkpoint_every_steps=2,
                      log_every_steps=2)
   reference = [str(tmp_path / f"ref{i}") for i in range(2)]
-  assert vectorized.train_group(configs, reference) == [None, None]
+  assert loop.train_group(configs, reference) == [None, None]
 
   dirs = [str(tmp_path / f"run{i}") for i in range(2)]
   short = [c.copy_and_resolve_references() for c in configs]
   for c in short:
     c.total_steps = 2
-  assert vectorized.train_group(short, dirs) == [None, None]
+  assert loop.train_group(short, dirs) == [None, None]
   ahead = configs[0].copy_and_resolve_references()
   ahead.total_steps = 4
   loop.train_and_evaluate(ahead, dirs[0])  # member 0 alone to step 4; member 1 stays at 2
   messages = []
-  assert vectorized.train_group(configs, dirs, say=messages.append) == [None, None]
+  assert loop.train_group(configs, dirs, say=messages.append) == [None, None]
   assert any("catching up" in m for m in messages), messages
   for ref, run in zip(reference, dirs):
     a, b = _train_rows(ref), _train_rows(run)
@@ -135,11 +136,11 @@ def test_check_group_names_the_key_that_differs_and_pmap_is_refused():
   a, b = _configs(MEMBERS[:2])
   b.batch_size = 64
   with pytest.raises(ValueError, match=r"differ in batch_size \(32 vs 64\)"):
-    vectorized.check_group([a, b])
+    grouping.check_group([a, b])
   b.batch_size, b.parallelism = 32, "pmap"
   with pytest.raises(ValueError, match="parallelism='jit'"):
-    vectorized.check_group([a, b])
-  assert vectorized.unsupported(a) is None
+    grouping.check_group([a, b])
+  assert grouping.unsupported(a) is None
 
 
 def test_plan_groups_is_deterministic_and_keeps_incompatible_members_apart():
@@ -147,30 +148,30 @@ def test_plan_groups_is_deterministic_and_keeps_incompatible_members_apart():
   other = small_config(batch_size=64)
   pmap = small_config(parallelism="pmap")
   configs = [c[0], other, c[1], pmap, c[2]]
-  assert vectorized.plan_groups(configs) == [[0, 2, 4], [1], [3]]
-  assert vectorized.plan_groups(configs, wanted=[True, True, False, True, True]) == [[0, 4], [1], [2], [3]]
+  assert grouping.plan_groups(configs) == [[0, 2, 4], [1], [3]]
+  assert grouping.plan_groups(configs, wanted=[True, True, False, True, True]) == [[0, 4], [1], [2], [3]]
 
 
 def test_memory_estimate_caps_members_per_group(monkeypatch):
   config = _configs(MEMBERS[:1], num_devices=1)[0]
   trainer = loop.Trainer(config)
   # XLA's estimate of one member's compiled step, against the host memory a CPU device shares.
-  assert 1 <= vectorized.members_that_fit(trainer) < 10**6
+  assert 1 <= memory.members_that_fit(trainer) < 10**6
   seen = []
   monkeypatch.setattr(memory, "step_memory", lambda compiled: seen.append(compiled) or {"peak": 1000})
   monkeypatch.setattr(memory, "device_memory_bytes", lambda device: 5000)
-  assert vectorized.members_that_fit(trainer) == 4  # 80% of 5000 bytes, 1000 per member
+  assert memory.members_that_fit(trainer) == 4  # 80% of 5000 bytes, 1000 per member
   assert hasattr(seen[0], "memory_analysis")  # it measured a compiled step
   monkeypatch.setattr(memory, "device_memory_bytes", lambda device: 900)
-  assert vectorized.members_that_fit(trainer) == 1  # never fewer than one
+  assert memory.members_that_fit(trainer) == 1  # never fewer than one
 
 
 def test_chunks_of_vectorize_max_members(tmp_path):
   configs = _configs(MEMBERS, num_devices=1, vectorize_max_members=2, total_steps=2,
                      checkpoint_every_steps=2, eval_every_steps=0, log_every_steps=2)
   messages, done = [], []
-  errors = vectorized.train_group(configs, [str(tmp_path / f"m{i}") for i in range(3)],
-                                  say=messages.append, on_done=lambda i, e: done.append(i))
+  errors = loop.train_group(configs, [str(tmp_path / f"m{i}") for i in range(3)],
+                            say=messages.append, on_done=lambda i, e: done.append(i))
   assert errors == [None] * 3 and done == [0, 1, 2]
   assert any("in chunks of 2" in m for m in messages)
 

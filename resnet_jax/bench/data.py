@@ -13,6 +13,11 @@ import resource
 import tempfile
 import time
 
+from resnet_jax import models
+from resnet_jax.config import default_config
+from resnet_jax.run.errors import ConfigError
+from resnet_jax.training import validation
+
 FAKE_IMAGENET = "fake-imagenet"  # ImageNet-style JPEGs generated here, prepared as imagenet2012
 
 
@@ -39,8 +44,9 @@ def run_data_bench(data: str, data_dir: str = "", augment: str = "", batch_size:
   """
   from resnet_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
 
-  if steps < 1 or batch_size < 1 or not threads:
-    raise ValueError("data-bench needs --steps >= 1, --batch-size >= 1 and at least one --threads.")
+  if steps < 1 or batch_size < 1 or not threads or min(threads) < 0:
+    raise ConfigError("data-bench needs --steps >= 1, --batch-size >= 1 and at least one --threads "
+                      "count >= 0.")
   with tempfile.TemporaryDirectory(prefix="resnet_jax_data_bench_") as tmp:
     name = data
     if data == FAKE_IMAGENET:
@@ -53,9 +59,13 @@ def run_data_bench(data: str, data_dir: str = "", augment: str = "", batch_size:
     rows = []
     for num_threads in threads:
       # Statistics from 256 images: their values do not change the cost of a batch.
-      ds = tfds_source.TfdsDataset(name, data_dir, augment=augment, image_size=image_size,
-                                 normalization_examples=256, data_threads=num_threads,
-                                 prefetch_batches=max(2, 2 * num_threads))
+      config = default_config()
+      config.update(dataset=name, data_dir=data_dir, augment=augment, image_size=image_size,
+                    normalization_examples=256, data_threads=num_threads,
+                    prefetch_batches=max(2, 2 * num_threads), batch_size=batch_size,
+                    eval_batch_size=batch_size, model="resnet50", num_devices=1)
+      validation.validate(config)  # the checks a run makes of these keys
+      ds = tfds_source.TfdsDataset.from_config(config, models.default_image_size(config.model))
       ds.train_batch(0, 0, batch_size)  # warm-up: opens files, starts the threads
       t = time.perf_counter()
       for step in range(1, steps + 1):

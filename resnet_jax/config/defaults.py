@@ -11,8 +11,13 @@ import ml_collections
 def default_config() -> ml_collections.ConfigDict:
   """The defaults: ResNet-20 on the bundled digits dataset, SGD-momentum as in He et al. 2015."""
   c = ml_collections.ConfigDict()
+  for section in (_model, _data, _optimisation, _finetuning, _schedule, _parallelism):
+    section(c)
+  return c
 
-  # --- Model (resnet_jax.models registry) ---
+
+def _model(c: ml_collections.ConfigDict) -> None:
+  """The network (resnet_jax.models registry)."""
   c.model = "resnet20"               # a name from `resnet-jax models`
   c.shortcut = ""                    # "" = the preset's (A for CIFAR nets, B for ImageNet nets); or A/B/C
   c.stride_placement = ""            # "" = the preset's (v1.5 for ImageNet); "v1" = the paper's, or "v1.5"
@@ -26,7 +31,9 @@ def default_config() -> ml_collections.ConfigDict:
                                      # grows with depth (ResNet-1202); same numerics
   c.remat_blocks = False             # recompute block activations in the backward pass: less memory
 
-  # --- Data ---
+
+def _data(c: ml_collections.ConfigDict) -> None:
+  """The dataset, its augmentation and normalisation, and the batch."""
   c.dataset = "digits"               # digits | synthetic | a TFDS name (cifar10, cifar100, imagenet2012)
   c.data_dir = ""                    # where prepared datasets live (local path or gs://); "" = default
   c.augment = "none"                 # "none"; "cifar" (4-px zero pad, random 32x32 crop, flip: sec. 4.2);
@@ -52,7 +59,9 @@ def default_config() -> ml_collections.ConfigDict:
                                      # or "ten" (the paper's 10-crop testing, sec. 3.4: corners, centre
                                      # and flips, scores averaged; eval_batch_size counts images)
 
-  # --- Optimisation (resnet_jax.optim) ---
+
+def _optimisation(c: ml_collections.ConfigDict) -> None:
+  """The optimizer and learning-rate schedule (resnet_jax.training.optim)."""
   c.learning_rate = 0.1              # peak learning rate (before the linear scaling rule, if any)
   c.lr_scaling = "none"              # "none", or "linear": lr = learning_rate * batch_size / 256 (Goyal 2017)
   c.lr_schedule = "step"             # "step" (divide at lr_decay_steps), "cosine" or "linear" (to 0
@@ -71,7 +80,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.grad_clip_norm = 0.0             # clip the global gradient norm to this; 0 = no clipping
   c.label_smoothing = 0.0            # 0 = the paper's plain softmax cross-entropy
 
-  # --- Fine-tuning (configs/finetune.py) ---
+
+def _finetuning(c: ml_collections.ConfigDict) -> None:
+  """Starting from another run's weights (configs/finetune.py)."""
   c.init_from = ""                   # a workdir (a run's, or `resnet-jax convert`'s) whose newest checkpoint's
                                      # params and batch_stats seed step 0 of a NEW run; "" = random init.
                                      # Resuming this run reads its own checkpoints, never init_from
@@ -82,7 +93,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.freeze_backbone = False          # train only the head: every other parameter gets a zero update and
                                      # no weight decay
 
-  # --- Schedule of the run ---
+
+def _schedule(c: ml_collections.ConfigDict) -> None:
+  """How long the run trains, and how often it logs, evaluates and checkpoints."""
   c.total_steps = 64000              # paper: stop at 64k iterations on CIFAR-10
   c.seed = 0                         # one seed for init, data order and augmentation
   c.log_every_steps = 50             # host fetches metrics this often (all steps are still recorded)
@@ -90,7 +103,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000    # 0 = only at the end
   c.keep_checkpoints = 3             # newest checkpoints kept in <workdir>/checkpoints
 
-  # --- Parallelism ---
+
+def _parallelism(c: ml_collections.ConfigDict) -> None:
+  """Devices, strategies, and what makes the step fast."""
   c.steps_per_dispatch = 1           # K > 1: K steps per dispatch (lax.scan); every step still recorded.
                                      # Log, eval and checkpoint cadences must be multiples of K
   c.data_on_device = False           # hold the training set on the devices and draw + augment each
@@ -108,12 +123,11 @@ def default_config() -> ml_collections.ConfigDict:
                                      # "off", or "" = $RESNET_JAX_COMPILATION_CACHE, else
                                      # ~/.cache/resnet_jax/jax ($RESNET_JAX_CACHE/jax). A second start
                                      # of a run compiles nothing it compiled before
-  return c
 
 
 # Keys a run may change when it resumes from its checkpoints: they change where things are, how often
 # the host looks, or how the same arithmetic is laid out on devices (tested equal to 1e-5), never
-# what the run computes. Every other key must keep its value (resnet_jax.training.workdir checks),
+# what the run computes. Every other key must keep its value (resnet_jax.config.resume checks),
 # so a new key is protected by default. total_steps may grow or shrink, except under the cosine and
 # linear schedules, whose shapes it fixes.
 CHANGEABLE_ON_RESUME = (

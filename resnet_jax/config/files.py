@@ -13,6 +13,7 @@ siblings as `from configs import cifar10`: while a file loads, `configs` names i
 import ast
 import difflib
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -22,8 +23,8 @@ import types
 from etils import epath
 import ml_collections
 
-from resnet_jax.checks import check_choice
 from resnet_jax.config.defaults import default_config
+from resnet_jax.run.errors import ConfigError
 
 PRESETS = "configs"  # the checkout's folder of presets, shipped in the wheel as resnet_jax/presets
 
@@ -49,7 +50,7 @@ def resolve_path(path: str) -> str:
     if os.path.isfile(candidate):
       return candidate
   hint = f" Shipped presets are in {shipped}." if shipped else ""
-  raise ValueError(f"config file {path!r} does not exist (expected e.g. configs/quickstart.py).{hint}")
+  raise ConfigError(f"config file {path!r} does not exist (expected e.g. configs/quickstart.py).{hint}")
 
 
 def _configs_root(path: str) -> str | None:
@@ -82,10 +83,10 @@ def load_module(path: str):
     try:
       module_spec.loader.exec_module(module)
     except SyntaxError as e:
-      raise ValueError(f"config file {e.filename}, line {e.lineno}: {e.msg}: "
+      raise ConfigError(f"config file {e.filename}, line {e.lineno}: {e.msg}: "
                        f"{(e.text or '').strip()!r}. Fix the file and re-run.") from None
     except Exception as e:  # pylint: disable=broad-except  # any error in the user's file
-      raise ValueError(f"config file {_where(e, root or path)}: {type(e).__name__}: {e}. Fix the "
+      raise ConfigError(f"config file {_where(e, root or path)}: {type(e).__name__}: {e}. Fix the "
                        "file and re-run.") from None
   finally:
     if root is not None:
@@ -95,12 +96,31 @@ def load_module(path: str):
   return module
 
 
-def _where(error: BaseException, inside: str) -> str:
-  """'file, line N' of the innermost traceback frame in a file under `inside` (the user's config)."""
+def _where(error: BaseException, inside: str, fallback: str | None = None) -> str:
+  """'file, line N' of the innermost traceback frame in a file under `inside` (the user's config),
+  else `fallback` (the file itself) or `inside`."""
   inside = os.path.abspath(inside)
   frames = [f for f in traceback.extract_tb(error.__traceback__)
             if os.path.abspath(f.filename).startswith(inside)]
-  return f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else inside
+  return f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else (fallback or inside)
+
+
+def _check_arity(function, fn: str, path: str, args: list) -> None:
+  """A file's function called with more arguments than it takes: say so, naming what it takes."""
+  try:
+    params = inspect.signature(function).parameters.values()
+  except (TypeError, ValueError):
+    return
+  if any(p.kind == p.VAR_POSITIONAL for p in params):
+    return
+  takes = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  if len(args) <= len(takes):
+    return
+  if fn == "get_config" and not takes:
+    raise ConfigError(f"config file {path} takes no argument, but {path}:{args[-1]} gives one; use "
+                      f"--config {path}.")
+  raise ConfigError(f"config file {path}: {fn}() takes {len(takes)} argument(s) "
+                    f"({', '.join(takes) or 'none'}), given {len(args)}: {args}.")
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -116,23 +136,24 @@ def call(module, fn: str, path: str, *args):
   file works on an unlocked ConfigDict, where a misspelt key would be a new key.
   """
   if not hasattr(module, fn):
-    raise ValueError(f"config file {path!r} has no {fn}() function.")
+    raise ConfigError(f"config file {path!r} has no {fn}() function.")
   args = [a for a in args if a != ""]
+  _check_arity(getattr(module, fn), fn, path, args)
   try:
     result = getattr(module, fn)(*args)
   except Exception as e:  # pylint: disable=broad-except  # any error in the user's file
-    where = _where(e, os.path.dirname(resolve_path(path)))
+    where = _where(e, os.path.dirname(resolve_path(path)), resolve_path(path))
     # A ValueError is a preset's own message (e.g. an unknown model name): it says enough.
     what = (str(e) if isinstance(e, ValueError)
             else f"{fn}({', '.join(map(repr, args))}) raised {type(e).__name__}: {e}.")
-    raise ValueError(f"config file {where}: {what}") from None
+    raise ConfigError(f"config file {where}: {what}") from None
   if fn not in ("get_config", "member_config"):
     return result
   if not isinstance(result, ml_collections.ConfigDict):
-    raise ValueError(f"{path}: {fn}() must return an ml_collections.ConfigDict.")
+    raise ConfigError(f"{path}: {fn}() must return an ml_collections.ConfigDict.")
   unknown = sorted(set(result.keys()) - set(default_config().keys()))
   if unknown:
-    raise ValueError(f"config file {path} sets {unknown_key_error(unknown[0], default_config().keys())}")
+    raise ConfigError(f"config file {path} sets {unknown_key_error(unknown[0], default_config().keys())}")
   return result
 
 
@@ -142,9 +163,9 @@ def _parse_value(key: str, raw: str, current):
   try:
     value = ast.literal_eval(raw)
   except (ValueError, SyntaxError):
-    raise ValueError(f"--config.{key}={raw!r}: not a valid {type(current).__name__} literal.") from None
+    raise ConfigError(f"--config.{key}={raw!r}: not a valid {type(current).__name__} literal.") from None
   if isinstance(current, bool) != isinstance(value, bool):
-    raise ValueError(f"--config.{key}: expected {type(current).__name__}, got {raw!r}.")
+    raise ConfigError(f"--config.{key}: expected {type(current).__name__}, got {raw!r}.")
   if isinstance(current, float) and isinstance(value, int):
     value = float(value)
   if isinstance(current, tuple) and isinstance(value, (list, int)):
@@ -152,11 +173,11 @@ def _parse_value(key: str, raw: str, current):
   return value
 
 
-def unknown_key_error(key: str, known) -> ValueError:
+def unknown_key_error(key: str, known) -> ConfigError:
   """The error for a key that does not exist, suggesting the closest valid ones."""
   close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
   hint = f"did you mean {' or '.join(repr(k) for k in close)}? " if close else ""
-  return ValueError(f"unknown config key {key!r}; {hint}every key is listed in "
+  return ConfigError(f"unknown config key {key!r}; {hint}every key is listed in "
                     "resnet_jax/config/defaults.py.")
 
 
@@ -175,7 +196,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
     try:
       node[leaf] = value
     except TypeError as e:
-      raise ValueError(f"--config.{key}={raw!r}: {e}") from None
+      raise ConfigError(f"--config.{key}={raw!r}: {e}") from None
 
 
 def load(spec: str, overrides: dict[str, str] | None = None) -> ml_collections.ConfigDict:
@@ -201,23 +222,3 @@ def from_json(path: str) -> ml_collections.ConfigDict:
   version still evaluates and reports.
   """
   return from_dict(json.loads(epath.Path(path).read_text()))
-
-
-_CHOICES = {"dtype": ("float32", "bfloat16", "float16"), "eval_crops": ("center", "ten")}
-_POSITIVE = ("batch_size", "eval_batch_size", "total_steps", "log_every_steps")
-_NON_NEGATIVE = ("eval_every_steps", "checkpoint_every_steps", "bn_group_size", "num_devices",
-                 "num_classes", "image_size", "label_smoothing", "vectorize_max_members")
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks the keys the loop itself reads; modules check their own (optim, models, parallel)."""
-  for key, choices in _CHOICES.items():
-    check_choice(key, config[key], choices)
-  for key in _POSITIVE:
-    if config[key] <= 0:
-      raise ValueError(f"{key}={config[key]} must be > 0.")
-  for key in _NON_NEGATIVE:
-    if config[key] < 0:
-      raise ValueError(f"{key}={config[key]} must be >= 0.")
-  if config.keep_checkpoints < 1:
-    raise ValueError(f"keep_checkpoints={config.keep_checkpoints} must be >= 1.")

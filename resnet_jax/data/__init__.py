@@ -6,26 +6,63 @@ implementation each), `in_memory` (digits, synthetic), `tfds_builder` (a TFDS da
 downloaded or mirrored to local disk), `tfds_source` (any TFDS image-classification dataset, read
 with random access from array_record), `readahead` (Grain threads building batches ahead),
 `on_device` (the training set on the devices, batches drawn inside the compiled step), and `prepare`
-(TFDS datasets built offline from the original files).
+(TFDS datasets built offline from the original files). `spec` says what a run needs to know of its
+data (shapes, classes, sizes) without reading any, for the datasets we know.
 
-What it may import: numpy, jax, Pillow, Grain, TFDS, `resnet_jax.checks` and `resnet_jax.storage`;
+What it may import: numpy, jax, Pillow, Grain, TFDS, `resnet_jax.checks` and `resnet_jax.run`;
 nothing from `models`, `training` or `experiments`. TensorFlow is needed only by `prepare`.
 """
 
 import dataclasses
+from typing import Optional
 
-from resnet_jax.data.in_memory import InMemoryDataset, hold_out, load_digits, make_synthetic
+from resnet_jax.data.in_memory import (DIGITS_TRAIN, InMemoryDataset, hold_out, load_digits,
+                                       make_synthetic, SYNTHETIC_TRAIN)
 from resnet_jax.data.sampling import batch_plan, eval_plan, example_indices, process_slice
 
-__all__ = ["get_dataset", "InMemoryDataset", "load_digits", "make_synthetic", "hold_out",
-           "example_indices", "batch_plan", "eval_plan", "process_slice"]
+__all__ = ["get_dataset", "spec", "DataSpec", "InMemoryDataset", "load_digits", "make_synthetic",
+           "hold_out", "example_indices", "batch_plan", "eval_plan", "process_slice"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """What a run knows of a dataset before reading it: enough to validate a config against it, and to
+  compile the step for it (shapes) without the data (`resnet-jax compile`)."""
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  train_size: int          # the stored training split, before any validation hold-out
+  fixed_size: bool         # every image the same size (CIFAR), or any size (ImageNet): crops
+  in_memory: bool          # decoded into host memory at start (digits, synthetic)
+
+
+# TFDS datasets whose layout is known without opening them: (side or None if sizes vary, channels,
+# classes, training examples).
+KNOWN_TFDS = {
+    "cifar10": (32, 3, 10, 50_000), "cifar100": (32, 3, 100, 50_000),
+    "imagenet2012": (None, 3, 1000, 1_281_167),
+}
+
+
+def spec(config, default_image_size: int) -> Optional[DataSpec]:
+  """The DataSpec of `config.dataset`, or None for a TFDS dataset this table does not know."""
+  if config.dataset == "digits":
+    return DataSpec((8, 8, 1), 10, DIGITS_TRAIN, True, True)
+  if config.dataset == "synthetic":
+    side = config.image_size or default_image_size
+    return DataSpec((side, side, config.synthetic_channels), config.num_classes or 10,
+                    SYNTHETIC_TRAIN, True, True)
+  from resnet_jax.data.tfds_builder import base_name  # pylint: disable=g-import-not-at-top
+
+  known = KNOWN_TFDS.get(base_name(config.dataset))
+  if known is None:
+    return None
+  side, channels, classes, train = known
+  size = side or config.image_size or default_image_size
+  return DataSpec((size, size, channels), classes, train, side is not None, False)
 
 
 def get_dataset(config, default_image_size: int):
   """The dataset named by `config.dataset`: digits, synthetic, or a TFDS dataset name."""
-  if config.dataset in ("digits", "synthetic") and config.eval_crops != "center":
-    raise ValueError(f"eval_crops={config.eval_crops!r} crops variable-size images (ImageNet); "
-                     f"{config.dataset} images are tested whole. Set eval_crops='center'.")
   if config.dataset == "digits":
     return load_digits(config.normalization, config.validation_split, config.augment)
   if config.dataset == "synthetic":

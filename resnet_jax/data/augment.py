@@ -11,6 +11,7 @@ import io
 import numpy as np
 
 from resnet_jax.checks import check_choice
+from resnet_jax.run.errors import ConfigError
 
 AUGMENTS = ("none", "cifar", "inception", "scale")
 NORMALIZATIONS = ("per_channel", "per_pixel_mean", "torchvision")
@@ -24,6 +25,7 @@ INCEPTION_SCALE = (0.08, 1.0)  # Szegedy et al. 2015 crop area range, as in torc
 INCEPTION_RATIO = (3 / 4, 4 / 3)
 INCEPTION_ATTEMPTS = 10    # torchvision's RandomResizedCrop: 10 tries, then a centre crop
 SCALE_RANGE = (256, 480)   # sec. 3.4: shorter side sampled in [256, 480] for a 224 crop
+SCALE_CROP = 224           # the crop SCALE_RANGE is stated for; other sizes scale the range with it
 EVAL_CROP_FRACTION = 0.875  # resize to 256, centre crop 224 (224 / 256)
 
 
@@ -88,10 +90,10 @@ def inception_boxes(u: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> n
 def scale_boxes(u: np.ndarray, heights: np.ndarray, widths: np.ndarray, size: int) -> np.ndarray:
   """The paper's scale augmentation as crop boxes: shorter side resized to S, a random size x size crop.
 
-  S is uniform in SCALE_RANGE scaled by size / 224 (exactly [256, 480] for 224 crops); the crop of the
+  S is uniform in SCALE_RANGE scaled by size / SCALE_CROP (exactly [256, 480] for 224 crops); the crop of the
   resized image is the box of side size / f in the original, f = S / shorter side.
   """
-  lo, hi = (r * size / 224 for r in SCALE_RANGE)
+  lo, hi = (r * size / SCALE_CROP for r in SCALE_RANGE)
   s = np.floor(lo + (hi - lo + 1) * u[:, 0])
   side = size * np.minimum(heights, widths) / s
   y0 = u[:, 1] * (heights - side)
@@ -171,7 +173,7 @@ class Normalizer:
   def torchvision(cls, channels: int = 3) -> "Normalizer":
     """torchvision's ImageNet mean and std (RGB images only)."""
     if channels != 3:
-      raise ValueError(f"normalization='torchvision' is torchvision's RGB mean and std; these images "
+      raise ConfigError(f"normalization='torchvision' is torchvision's RGB mean and std; these images "
                        f"have {channels} channel(s). Use per_channel.")
     return cls(np.asarray(TORCHVISION_MEAN), np.asarray(TORCHVISION_STD))
 

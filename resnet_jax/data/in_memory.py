@@ -7,6 +7,11 @@ import numpy as np
 
 from resnet_jax.data import sampling
 from resnet_jax.data.augment import Normalizer, pad_crop_flip
+from resnet_jax.run.errors import ConfigError
+
+DIGITS_TRAIN = 1497  # of scikit-learn's 1,797 digits: the first 1,497 train, the last 300 test
+SYNTHETIC_TRAIN, SYNTHETIC_TEST = 1024, 256
+IN_MEMORY_AUGMENTS = ("none", "cifar")  # fixed-size images: no crops that need the original size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +29,8 @@ class InMemoryDataset:
   augment: str = "none"
 
   def __post_init__(self):
-    if self.augment not in ("none", "cifar"):
-      raise ValueError(f"augment={self.augment!r} needs variable-size images from a TFDS dataset "
+    if self.augment not in IN_MEMORY_AUGMENTS:
+      raise ConfigError(f"augment={self.augment!r} needs variable-size images from a TFDS dataset "
                        f"(e.g. imagenet2012); {self.name!r} supports 'none' or 'cifar'.")
 
   @property
@@ -57,7 +62,7 @@ class InMemoryDataset:
 def hold_out(images: np.ndarray, labels: np.ndarray, count: int, what: str):
   """Splits off the last `count` training examples as a validation set (the paper's 45k/5k)."""
   if not 0 <= count < len(labels):
-    raise ValueError(f"validation_split={count} must be in [0, {len(labels)}) for {what} "
+    raise ConfigError(f"validation_split={count} must be in [0, {len(labels)}) for {what} "
                      f"({len(labels)} training examples).")
   cut = len(labels) - count
   return (images[:cut], labels[:cut]), (images[cut:], labels[cut:])
@@ -76,15 +81,17 @@ def load_digits(normalization: str = "per_channel", validation_split: int = 0,
   digits = datasets.load_digits()
   images = (digits.images * (255 / 16)).astype(np.float32)[..., None]  # 0..16 -> the 0..255 scale
   labels = digits.target.astype(np.int32)
-  (train, train_y), (evals, eval_y) = (images[:1497], labels[:1497]), (images[1497:], labels[1497:])
+  (train, train_y), (evals, eval_y) = ((images[:DIGITS_TRAIN], labels[:DIGITS_TRAIN]),
+                                      (images[DIGITS_TRAIN:], labels[DIGITS_TRAIN:]))
   if validation_split:
     (train, train_y), (evals, eval_y) = hold_out(train, train_y, validation_split, "digits")
   norm = Normalizer.fit(normalization, train)
   return InMemoryDataset("digits", 10, norm(train), train_y, norm(evals), eval_y, augment)
 
 
-def make_synthetic(image_size: int, num_classes: int, channels: int = 3, train_size: int = 1024,
-                   test_size: int = 256, seed: int = 0, validation_split: int = 0) -> InMemoryDataset:
+def make_synthetic(image_size: int, num_classes: int, channels: int = 3,
+                   train_size: int = SYNTHETIC_TRAIN, test_size: int = SYNTHETIC_TEST, seed: int = 0,
+                   validation_split: int = 0) -> InMemoryDataset:
   """Random normal images with random labels: for benchmarks and plumbing tests, not for learning.
 
   Already standardised, so `normalization` does not apply.

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from resnet_jax.checks import check_choice
 from resnet_jax.data.augment import CIFAR_PAD, pad_crop_flip
+from resnet_jax.run.errors import ConfigError
 
 AUGMENTS = ("none", "cifar")
 
@@ -63,6 +64,6 @@ def sample_batch(data: dict, seed: int, step, batch_size: int, augment: str) -> 
 def train_arrays(dataset) -> tuple:
   """The decoded, normalised, un-augmented training set of a dataset that supports it."""
   if not hasattr(dataset, "train_arrays"):
-    raise ValueError(f"dataset {getattr(dataset, 'name', dataset)!r} cannot be held on device; set "
+    raise ConfigError(f"dataset {getattr(dataset, 'name', dataset)!r} cannot be held on device; set "
                      "data_on_device=False.")
   return dataset.train_arrays()

@@ -16,6 +16,8 @@ import tempfile
 
 import numpy as np
 
+from resnet_jax.run.errors import ConfigError, DataError
+
 # name -> (official archive, folder inside it, {binary file: records in the official release},
 #          label-name files, bytes of labels per record, classes per label file).
 # A record is its label bytes, then 3072 pixel bytes (1024 R, 1024 G, 1024 B).
@@ -29,7 +31,7 @@ CIFAR = {
 IMAGENET_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
-class SourceError(ValueError):
+class SourceError(DataError):
   """The source directory lacks a file, or a file is corrupt; the message names it."""
 
 
@@ -110,7 +112,7 @@ class _StagedFiles:
 
   def download_and_extract(self, url):
     if url != self.url:
-      raise ValueError(f"unexpected download {url!r} (expected {self.url}); TFDS's builder changed.")
+      raise RuntimeError(f"unexpected download {url!r} (expected {self.url}); TFDS's builder changed.")
     return self.root
 
 
@@ -183,15 +185,26 @@ def quiet_tensorflow():
 def prepare(name: str, source: str, data_dir: str, log=None) -> dict:
   """Builds TFDS dataset `name` into `data_dir` (array_record) from `source`; returns split sizes.
 
-  `log(text)` hears one line per phase (checking the files, building, done).
+  `log(text)` hears one line per phase (checking the files, building, done). A preparation that
+  fails (a missing or corrupt file, an interrupted build) leaves nothing behind: every folder it
+  made under `data_dir`, `data_dir` itself included, is removed again.
   """
   log = log or (lambda text: None)
+  made = _NewPaths(data_dir, name)
+  try:
+    return _prepare(name, source, data_dir, log)
+  except BaseException:
+    made.remove()
+    raise
+
+
+def _prepare(name: str, source: str, data_dir: str, log) -> dict:
   with quiet_tensorflow() as tfds:
     try:
       tfds.builder_cls(name)
     except tfds.core.registered.DatasetNotFoundError:
-      raise ValueError(f"{name!r} is not a TFDS dataset name (e.g. cifar10, cifar100, "
-                       "imagenet2012).") from None
+      raise ConfigError(f"{name!r} is not a TFDS dataset name (e.g. cifar10, cifar100, "
+                        "imagenet2012).") from None
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
     if builder.is_prepared():
       log(f"{name} is already prepared in {builder.data_dir}; nothing to do.")
@@ -218,3 +231,34 @@ def prepare(name: str, source: str, data_dir: str, log=None) -> dict:
     splits = {split: info.num_examples for split, info in builder.info.splits.items()}
   log(f"{name} is ready in {builder.data_dir}: " + ", ".join(f"{k} {v:,}" for k, v in splits.items()))
   return splits
+
+
+class _NewPaths:
+  """What a preparation may create: `data_dir` (and missing ancestors), entries in it, and entries in
+  its `<name>` folder (TFDS's `<version>.incomplete*` build folders). Remembers what existed."""
+
+  def __init__(self, data_dir: str, name: str):
+    self.data_dir = os.path.abspath(data_dir)
+    self.dataset_dir = os.path.join(self.data_dir, name.split("/")[0].split(":")[0])
+    self.before = self._present()
+
+  def _present(self) -> set[str]:
+    found, path = set(), self.data_dir
+    while path != os.path.dirname(path):  # data_dir and every ancestor that exists
+      if os.path.exists(path):
+        found.add(path)
+      path = os.path.dirname(path)
+    for folder in (self.data_dir, self.dataset_dir):
+      if os.path.isdir(folder):
+        found.update(os.path.join(folder, n) for n in os.listdir(folder))
+    return found
+
+  def remove(self) -> None:
+    import shutil  # pylint: disable=g-import-not-at-top
+
+    for path in sorted(self._present() - self.before, key=len, reverse=True):  # deepest first
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.remove(path)

@@ -9,10 +9,11 @@ dataset to local disk (array_record reads only local files). `tfds_source` reads
 import os
 import socket
 
-from resnet_jax import storage
+from resnet_jax.run import process, storage
+from resnet_jax.run.errors import ConfigError, DataError
 
 
-class DataUnavailableError(ValueError):
+class DataUnavailableError(DataError):
   """The dataset is neither prepared in data_dir nor could be downloaded and prepared."""
 
 
@@ -39,7 +40,7 @@ def local_copy(builder, cache_dir: str):
   from etils import epath  # pylint: disable=g-import-not-at-top
 
   src = epath.Path(builder.data_dir)
-  root = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "resnet_jax", "tfds")
+  root = cache_dir or os.path.join(process.cache_root(), "tfds")
   config = f"/{builder.builder_config.name}" if builder.builder_config else ""
   dst = epath.Path(root) / f"{builder.name}{config}" / str(builder.version)  # TFDS's own layout
   dst.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,7 @@ def open_builder(name: str, data_dir: str = "", cache_dir: str = "", download: b
   try:
     builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"dataset={name!r} is not 'digits', 'synthetic' or a TFDS dataset name "
+    raise ConfigError(f"dataset={name!r} is not 'digits', 'synthetic' or a TFDS dataset name "
                      f"(e.g. cifar10, cifar100, imagenet2012). TFDS said: {e}") from None
   where = data_dir or "the TFDS default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
   if not builder.is_prepared():
@@ -87,7 +88,7 @@ def open_builder(name: str, data_dir: str = "", cache_dir: str = "", download: b
           f"prepare it from the original files: resnet-jax prepare {base_name(name)} --source DIR "
           f"--data-dir DATA_DIR (see README, Data).") from e
   if "array_record" not in [f.value for f in builder.info.available_file_formats()]:
-    raise ValueError(f"{name} in {builder.data_dir} is prepared as {builder.info.file_format.value}, "
+    raise DataError(f"{name} in {builder.data_dir} is prepared as {builder.info.file_format.value}, "
                      "but random access needs array_record. Prepare it into another data_dir.")
   if storage.is_remote(str(builder.data_dir)):
     builder = local_copy(builder, cache_dir)

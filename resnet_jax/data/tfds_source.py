@@ -9,13 +9,11 @@ TensorFlow is needed only to BUILD a dataset (download_and_prepare or `resnet-ja
 
 import numpy as np
 
-from resnet_jax.checks import check_choice
 from resnet_jax.data import augment as aug
 from resnet_jax.data import sampling
 from resnet_jax.data.readahead import ReadAhead
-# open_builder, local_copy and DataUnavailableError lived here before; still importable from here.
-from resnet_jax.data.tfds_builder import (DataUnavailableError, base_name, local_copy,  # pylint: disable=unused-import
-                                          open_builder, tfds_module)
+from resnet_jax.data.tfds_builder import base_name, open_builder, tfds_module
+from resnet_jax.run.errors import ConfigError
 
 # Datasets whose `test` split carries no labels (ImageNet's test images are unlabelled: label -1).
 _EVAL_ON_VALIDATION = ("imagenet2012",)
@@ -24,24 +22,22 @@ _STATS_CACHE = {}  # (name, data_dir, train size, images used, kind, side) -> No
 
 
 class TfdsDataset:
-  """A TFDS dataset behind the interface of `in_memory.InMemoryDataset` (train_batch, eval_batches)."""
+  """A TFDS dataset behind the interface of `in_memory.InMemoryDataset` (train_batch, eval_batches).
+
+  The arguments are config keys, validated before the dataset opens
+  (`resnet_jax.training.validation`); what needs the dataset's own metadata (its image size and
+  classes, for a dataset `resnet_jax.data.KNOWN_TFDS` does not list) is checked here, as it opens.
+  """
 
   def __init__(self, name: str, data_dir: str = "", augment: str = "none",
                normalization: str = "per_channel", validation_split: int = 0, image_size: int = 0,
                normalization_examples: int = 50000, data_threads: int = 0, prefetch_batches: int = 2,
                cache_dir: str = "", default_image_size: int = 224, eval_crops: str = "center"):
-    check_choice("augment", augment, aug.AUGMENTS)
-    check_choice("normalization", normalization, aug.NORMALIZATIONS)
-    check_choice("eval_crops", eval_crops, aug.EVAL_CROPS)
     self.eval_crops = eval_crops
-    if normalization_examples < 1:
-      raise ValueError(f"normalization_examples={normalization_examples} must be >= 1.")
-    if data_threads < 0 or prefetch_batches < 0:
-      raise ValueError("data_threads and prefetch_batches must be >= 0.")
     builder = open_builder(name, data_dir, cache_dir)
     info = builder.info
     if not info.supervised_keys or len(info.supervised_keys) != 2:
-      raise ValueError(f"{name} has no (image, label) supervised keys: not an image-classification "
+      raise ConfigError(f"dataset={name!r} has no (image, label) supervised keys: not an image-classification "
                        "dataset.")
     self.image_key, self.label_key = info.supervised_keys
     self.name, self.augment = name, augment
@@ -50,17 +46,17 @@ class TfdsDataset:
     self.channels = native[-1]
     self.fixed = None not in native  # CIFAR: every image 32x32x3; ImageNet: any size
     if self.fixed and eval_crops != "center":
-      raise ValueError(f"eval_crops={eval_crops!r} is ImageNet's 10-crop testing; {name} images are "
+      raise ConfigError(f"eval_crops={eval_crops!r} is ImageNet's 10-crop testing; {name} images are "
                        f"{native[0]}x{native[1]} and are tested on their original view (CIFAR, "
                        "sec. 4.2). Set eval_crops='center'.")
     if self.fixed:
       if image_size and image_size != native[0]:
-        raise ValueError(f"image_size={image_size}, but {name} images are {native[0]}x{native[1]}; "
+        raise ConfigError(f"image_size={image_size}, but {name} images are {native[0]}x{native[1]}; "
                          "set image_size=0.")
       self.size = native[0]
     else:
       if augment == "cifar":
-        raise ValueError(f"augment='cifar' pads and crops fixed-size images; {name} images vary in "
+        raise ConfigError(f"augment='cifar' pads and crops fixed-size images; {name} images vary in "
                          "size: use 'inception' or 'scale'.")
       self.size = image_size or default_image_size  # ImageNet nets: 224x224 crops (sec. 3.4)
 
@@ -68,7 +64,7 @@ class TfdsDataset:
     self._train = builder.as_data_source(split="train", decoders=decoders)
     n = len(self._train)
     if not 0 <= validation_split < n:
-      raise ValueError(f"validation_split={validation_split} must be in [0, {n}) for {name}.")
+      raise ConfigError(f"validation_split={validation_split} must be in [0, {n}) for {name}.")
     self.train_size = n - validation_split
     if validation_split:  # the last examples of the stored (TFDS-shuffled) train split
       self._eval, self._eval_offset, self.eval_size = self._train, self.train_size, validation_split
@@ -171,7 +167,7 @@ class TfdsDataset:
     Only for fixed-size images (CIFAR: 50k x 32x32x3 float32 = 614 MB); ImageNet does not fit.
     """
     if not self.fixed:
-      raise ValueError(f"{self.name} images vary in size, so they cannot be held on device; set "
+      raise ConfigError(f"{self.name} images vary in size, so they cannot be held on device; set "
                        "data_on_device=False.")
     parts = list(self._chunks(self.train_size, lambda recs: (
         self.normalizer(self.decode(recs, {}, train=False)), self._labels(recs))))

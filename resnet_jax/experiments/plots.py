@@ -16,7 +16,7 @@ from etils import epath
 import numpy as np
 
 from resnet_jax.experiments import curves, responses as responses_lib
-from resnet_jax.training import metrics_log
+from resnet_jax.run import metrics_log
 
 
 def _plt():

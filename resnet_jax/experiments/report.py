@@ -19,10 +19,11 @@ import re
 from etils import epath
 import numpy as np
 
-from resnet_jax import storage
+from resnet_jax.run import storage
 from resnet_jax.experiments.curves import test_error_curve, train_error_curve
 from resnet_jax.experiments.plots import write_all as write_plots
-from resnet_jax.training import console, metrics_log
+from resnet_jax.run import console, metrics_log
+from resnet_jax.run.errors import WorkdirError
 
 # He et al. 2015, Table 6: CIFAR-10 test error (%). ResNet-110: best of 5 runs (mean 6.61 +- 0.16).
 PAPER_TABLE6 = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
@@ -83,16 +84,17 @@ def summarize_run(run_dir, root) -> dict:
   }
 
 
-def group_name(run: str) -> str:
-  """Runs that differ only in their seed share a group: `resnet20-seed1` -> `resnet20`."""
-  return re.sub(r"-?seed\d+", "", run) or run
+def group_name(run: str, model: str) -> str:
+  """Runs that differ only in their seed share a group: `resnet20-seed1` -> `resnet20`; runs named by
+  their seed alone (`seed0`, `seed1`, ...: a sweep over seeds only) -> their model's name."""
+  return re.sub(r"(^|-)seed\d+(?=-|$)", "", run).strip("-") or model
 
 
 def aggregate(summaries: list[dict]) -> list[dict]:
   """Mean and standard deviation (over seeds) of the final errors of each group."""
   groups: dict[str, list[dict]] = {}
   for s in summaries:
-    groups.setdefault(group_name(s["run"]), []).append(s)
+    groups.setdefault(group_name(s["run"], s["model"]), []).append(s)
   out = []
   for name, members in groups.items():
     row = {"group": name, "model": members[0]["model"], "runs": len(members),
@@ -147,7 +149,7 @@ def write_report(root, plots: bool = True, responses: bool = True, log=None) -> 
   log = log or console.Console().say
   dirs = run_dirs(root)
   if not dirs:
-    raise ValueError(f"no runs under {root} (a run directory holds config.json and metrics.jsonl).")
+    raise WorkdirError(f"no runs under {root} (a run directory holds config.json and metrics.jsonl).")
   log(f"report of {len(dirs)} run(s) under {root}: reading their metrics")
   summaries = [summarize_run(d, root) for d in dirs]
   groups = aggregate(summaries)

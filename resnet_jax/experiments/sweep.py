@@ -16,8 +16,10 @@ import jax
 import ml_collections
 
 from resnet_jax import config as config_lib
-from resnet_jax import storage
-from resnet_jax.training import console, metrics_log
+from resnet_jax.run import console, errors, metrics_log, storage
+from resnet_jax.run import workdir as workdir_lib
+from resnet_jax.run.errors import ConfigError
+from resnet_jax.training import grouping, loop
 
 STATUS_FILE = "status.json"
 
@@ -50,14 +52,14 @@ def load_members(spec: str, overrides: dict[str, str] | None = None) -> list[Mem
   module = config_lib.load_module(path)
   for fn in ("get_config", "get_grid"):
     if not hasattr(module, fn):
-      raise ValueError(f"sweep file {spec!r} has no {fn}(); see configs/sweeps/ for examples.")
+      raise ConfigError(f"sweep file {spec!r} has no {fn}(); see configs/sweeps/ for examples.")
   grid = config_lib.call(module, "get_grid", path, arg)
   if not grid or any(not isinstance(v, (list, tuple)) or not v for v in grid.values()):
-    raise ValueError(f"{spec}: get_grid() must map each key to a non-empty list of values.")
+    raise ConfigError(f"{spec}: get_grid() must map each key to a non-empty list of values.")
   clash = sorted(set(overrides or {}) & set(grid))
   if clash:
     # Every member would train the overridden value while its name and report still said the grid's.
-    raise ValueError(f"--config.{clash[0]} overrides a key the sweep's grid sets ({clash[0]}: "
+    raise ConfigError(f"--config.{clash[0]} overrides a key the sweep's grid sets ({clash[0]}: "
                      f"{list(grid[clash[0]])}); every run would be mislabelled. Edit get_grid() in "
                      f"{spec.partition(':')[0]}, or train one run with `resnet-jax train`.")
   members = []
@@ -70,13 +72,13 @@ def load_members(spec: str, overrides: dict[str, str] | None = None) -> list[Mem
     config.lock()
     for key, value in chosen.items():
       if key not in config:
-        raise ValueError(f"{spec}: grid key {key!r}: {config_lib.unknown_key_error(key, config.keys())}")
+        raise ConfigError(f"{spec}: grid key {key!r}: {config_lib.unknown_key_error(key, config.keys())}")
       config[key] = value
     config_lib.apply_overrides(config, overrides or {})
     members.append(Member(run_name(chosen), chosen, config))
   names = [m.name for m in members]
   if len(set(names)) != len(names):
-    raise ValueError(f"{spec}: grid gives duplicate run names {names}.")
+    raise ConfigError(f"{spec}: grid gives duplicate run names {names}.")
   return members
 
 
@@ -84,9 +86,9 @@ def parse_shard(shard: str) -> tuple[int, int]:
   try:
     i, n = (int(x) for x in shard.split("/"))
   except ValueError:
-    raise ValueError(f"--shard {shard!r} must look like i/n, e.g. 0/4.") from None
+    raise ConfigError(f"--shard {shard!r} must look like i/n, e.g. 0/4.") from None
   if not 0 <= i < n:
-    raise ValueError(f"--shard {shard!r}: need 0 <= i < n.")
+    raise ConfigError(f"--shard {shard!r}: need 0 <= i < n.")
   return i, n
 
 
@@ -125,15 +127,11 @@ def run_sweep(spec: str, workdir: str, shard: str = "0/1", overrides=None, train
   `train_fn(config, workdir)` defaults to `loop.train_and_evaluate`.
 
   With `vectorize` (or a member's `vectorize` key), this shard's unfinished members that can train
-  together (`resnet_jax.training.vectorized`: same config but for seed and the optimizer's values)
+  together (`resnet_jax.training.grouping`: same config but for seed and the optimizer's values)
   do, as one vmapped program per group, by `group_fn(configs, workdirs, say, on_done)` (default
-  `vectorized.train_group`); the others run one by one as before. Shards split members, not groups.
+  `loop.train_group`); the others run one by one as before. Shards split members, not groups.
   """
-  from resnet_jax.training import errors, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-
-  if train_fn is None:
-    from resnet_jax.training import loop  # pylint: disable=g-import-not-at-top  # compiles nothing until called
-    train_fn = loop.train_and_evaluate
+  train_fn = train_fn or loop.train_and_evaluate
   log = log or console.Console().say
   i, n = parse_shard(shard)
   members = load_members(spec, overrides)
@@ -143,19 +141,9 @@ def run_sweep(spec: str, workdir: str, shard: str = "0/1", overrides=None, train
   log(f"sweep {spec}: {len(members)} runs, shard {i}/{n} runs {len(mine)}: "
       f"{', '.join(m.name for m in mine)}")
   results = {}
-  stops = (errors.StoppedEarly, errors.DiskFullError, KeyboardInterrupt)
 
   def record(member: Member, run_dir: str, error: BaseException | None, tb: str = "") -> None:
-    if error is not None:
-      _write_status(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                              "traceback": tb, "overrides": member.overrides})
-      results[member.name] = "failed"
-    else:
-      seconds = wall_time_s(run_dir)
-      _write_status(run_dir, {"status": "done", "wall_time_s": seconds,
-                              "seconds": seconds,  # the name before 0.2; same definition now
-                              "overrides": member.overrides})
-      results[member.name] = "done"
+    results[member.name] = _record_status(member, run_dir, error, tb)
 
   lock_name = workdir_lib.LOCK_FILE + (f"-shard{i}of{n}" if n > 1 else "")
   with workdir_lib.Lock(workdir, what="sweep", name=lock_name):
@@ -166,43 +154,64 @@ def run_sweep(spec: str, workdir: str, shard: str = "0/1", overrides=None, train
         results[member.name] = "skipped"
       else:
         todo.append((index, member))
-    wanted = [vectorize or bool(m.config.get("vectorize", False)) for _, m in todo]
-    if any(wanted):
-      from resnet_jax.training import vectorized  # pylint: disable=g-import-not-at-top
-      groups = vectorized.plan_groups([m.config for _, m in todo], wanted)
-      for (_, member), want in zip(todo, wanted):
-        why = vectorized.unsupported(member.config) if want else None
-        if why:
-          log(f"{member.name} runs alone: {why}")
-    else:
-      groups = [[j] for j in range(len(todo))]
-    for group in groups:
+    for group in _plan_groups(todo, vectorize, log):
       if len(group) > 1:
-        _run_group([todo[j][1] for j in group], root, log, record, stops, group_fn)
+        _run_group([todo[j][1] for j in group], root, log, record, group_fn)
         continue
       index, member = todo[group[0]]
-      run_dir = str(root / member.name)
-      log(f"[{index}/{len(mine)} {member.name}] training ({member.config.total_steps} steps) in "
-          f"{run_dir}")
-      try:
-        train_fn(member.config, run_dir)
-      except stops:
-        raise  # the whole sweep stops; a re-run resumes this member
-      except Exception as e:  # pylint: disable=broad-except
-        log(f"[{index}/{len(mine)} {member.name}] FAILED: {type(e).__name__}: {e}")
-        record(member, run_dir, e, traceback.format_exc())
-      else:
-        record(member, run_dir, None)
-      finally:
-        jax.clear_caches()  # compiled steps of finished members would only hold memory
+      _run_member(member, f"[{index}/{len(mine)} {member.name}]", str(root / member.name), train_fn,
+                  log, record)
   return results
 
 
-def _run_group(group: list[Member], root, log, record, stops, group_fn) -> None:
+# Endings that stop the whole sweep (a re-run resumes it); any other error fails one member.
+_STOPS = (errors.StoppedEarly, errors.DiskFullError, KeyboardInterrupt)
+
+
+def _record_status(member: Member, run_dir: str, error: BaseException | None, tb: str = "") -> str:
+  """Writes the member's status.json: done (with its wall time) or failed (with the error)."""
+  if error is not None:
+    _write_status(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                            "traceback": tb, "overrides": member.overrides})
+    return "failed"
+  seconds = wall_time_s(run_dir)
+  _write_status(run_dir, {"status": "done", "wall_time_s": seconds,
+                          "seconds": seconds,  # the name before 0.2; same definition now
+                          "overrides": member.overrides})
+  return "done"
+
+
+def _plan_groups(todo: list, vectorize: bool, log) -> list[list[int]]:
+  """Indices into `todo` of each group to train together; a member alone is a group of one."""
+  wanted = [vectorize or bool(m.config.get("vectorize", False)) for _, m in todo]
+  if not any(wanted):
+    return [[j] for j in range(len(todo))]
+  for (_, member), want in zip(todo, wanted):
+    why = grouping.unsupported(member.config) if want else None
+    if why:
+      log(f"{member.name} runs alone: {why}")
+  return grouping.plan_groups([m.config for _, m in todo], wanted)
+
+
+def _run_member(member: Member, label: str, run_dir: str, train_fn, log, record) -> None:
+  """Trains one member alone; its failure is recorded, a stop of the whole sweep raises."""
+  log(f"{label} training ({member.config.total_steps} steps) in {run_dir}")
+  try:
+    train_fn(member.config, run_dir)
+  except _STOPS:
+    raise  # the whole sweep stops; a re-run resumes this member
+  except Exception as e:  # pylint: disable=broad-except
+    log(f"{label} FAILED: {type(e).__name__}: {e}")
+    record(member, run_dir, e, traceback.format_exc())
+  else:
+    record(member, run_dir, None)
+  finally:
+    jax.clear_caches()  # compiled steps of finished members would only hold memory
+
+
+def _run_group(group: list[Member], root, log, record, group_fn) -> None:
   """Trains one vectorised group; each member's status is written as its chunk ends."""
-  if group_fn is None:
-    from resnet_jax.training import vectorized  # pylint: disable=g-import-not-at-top
-    group_fn = vectorized.train_group
+  group_fn = group_fn or loop.train_group
   run_dirs = [str(root / m.name) for m in group]
   log(f"[group of {len(group)}: {', '.join(m.name for m in group)}] training together "
       f"({group[0].config.total_steps} steps), one vmapped step")
@@ -216,7 +225,7 @@ def _run_group(group: list[Member], root, log, record, stops, group_fn) -> None:
 
   try:
     group_fn([m.config for m in group], run_dirs, log, on_done)
-  except stops:
+  except _STOPS:
     raise
   except Exception as e:  # pylint: disable=broad-except  # the group's setup failed: all its members
     tb = traceback.format_exc()

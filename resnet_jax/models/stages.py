@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 SCAN_SUFFIX = "_scan"
@@ -52,7 +53,7 @@ def to_scanned(tree: dict) -> dict:
       out[key] = value
   for prefix, blocks in stacks.items():
     blocks = [v for _, v in sorted(blocks, key=lambda jv: jv[0])]
-    out[prefix + SCAN_SUFFIX] = {"block": _map(lambda *xs: jnp.stack(xs), *blocks)}
+    out[prefix + SCAN_SUFFIX] = {"block": jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *blocks)}
   return out
 
 
@@ -64,25 +65,11 @@ def to_unrolled(tree: dict) -> dict:
       out[key] = value
       continue
     prefix, stacked = key[:-len(SCAN_SUFFIX)], value["block"]
-    for j in range(_leading(stacked)):
-      out[f"{prefix}_block{j + 2}"] = _map(lambda x, j=j: x[j], stacked)
+    for j in range(jax.tree_util.tree_leaves(stacked)[0].shape[0]):
+      out[f"{prefix}_block{j + 2}"] = jax.tree_util.tree_map(lambda x, j=j: x[j], stacked)
   return out
 
 
 def unstack_scanned(tree: dict) -> dict:
   """Any tree keyed like params (e.g. gradients) in per-block form: what metrics report per block."""
   return to_unrolled(tree) if any(k.endswith(SCAN_SUFFIX) for k in tree) else tree
-
-
-def _map(fn, *trees):
-  if isinstance(trees[0], dict):
-    return {k: _map(fn, *(t[k] for t in trees)) for k in trees[0]}
-  if isinstance(trees[0], (tuple, list)):  # e.g. sown intermediates
-    return type(trees[0])(_map(fn, *xs) for xs in zip(*trees))
-  return fn(*trees)
-
-
-def _leading(tree) -> int:
-  while isinstance(tree, (dict, tuple, list)):
-    tree = next(iter(tree.values())) if isinstance(tree, dict) else tree[0]
-  return tree.shape[0]

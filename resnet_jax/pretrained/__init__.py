@@ -2,21 +2,23 @@
 
 What lives here: `torchvision` (state dict <-> {"params", "batch_stats"}, NumPy only), `files`
 (reading and writing `.pth`, `.safetensors` and `.npz` state dicts), `hub` (torchvision's
-published weights: URLs, checksum, local cache) and `workdir` (a converted net as a run's Orbax
+published weights: URLs, checksum, local cache) and `convert` (a converted net as a run's Orbax
 checkpoint and config.json, for `resnet-jax eval` and fine-tuning with `init_from`).
 
-What it may import: `models`, and, in `workdir` only, `config` and `training`. The other modules need
-only NumPy and the standard library (torch for `.pth` files, safetensors for `.safetensors`, both
-imported when such a file is read), so the conversion works with the light install:
+What it may import: `models` and `run` (its errors), and, in `convert` only, `config` and
+`training`. The other modules need only NumPy and the standard library (torch for `.pth` files,
+safetensors for `.safetensors`, both imported when such a file is read), so the conversion works
+with the light install:
 
   from resnet_jax import pretrained
   variables = pretrained.from_torchvision(state_dict, "resnet50")   # NumPy arrays or torch tensors
   state_dict = pretrained.to_torchvision(variables, "resnet50")
 """
 
-from resnet_jax.pretrained.hub import TORCHVISION_WEIGHTS, cache_dir, download, weights_url
 from resnet_jax.pretrained.files import load_state_dict, save_state_dict
+from resnet_jax.pretrained.hub import TORCHVISION_WEIGHTS, cache_dir, download, weights_url
 from resnet_jax.pretrained.torchvision import NAMES, from_torchvision, infer_name, to_torchvision
+from resnet_jax.run.errors import WeightsError
 
 
 def load_torchvision(name: str, source: str = "DEFAULT", *, head: bool = True,
@@ -38,7 +40,7 @@ def resolve_source(name: str, source: str, cache: str | None = None) -> str:
     return source
   if source.upper() == source and not os.path.splitext(source)[1]:  # DEFAULT, IMAGENET1K_V2, ...
     return download(weights_url(name, source), cache)
-  raise ValueError(f"{source!r} is neither a file, a URL, nor one of torchvision's weights names "
+  raise WeightsError(f"{source!r} is neither a file, a URL, nor one of torchvision's weights names "
                    f"({', '.join(sorted(TORCHVISION_WEIGHTS.get(name, {})))}).")
 
 

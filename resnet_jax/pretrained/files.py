@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from resnet_jax.run.errors import MissingExtraError, WeightsError
+
 SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".npz")
 _ORDER = "resnet_jax.key_order"  # .safetensors metadata: the state dict's key order, restored on load
 
@@ -18,7 +20,7 @@ _ORDER = "resnet_jax.key_order"  # .safetensors metadata: the state dict's key o
 def _suffix(path: str) -> str:
   suffix = os.path.splitext(str(path))[1].lower()
   if suffix not in SUFFIXES:
-    raise ValueError(f"{path}: unknown state-dict format {suffix!r}; expected one of "
+    raise WeightsError(f"{path}: unknown state-dict format {suffix!r}; expected one of "
                      f"{', '.join(SUFFIXES)}.")
   return suffix
 
@@ -29,8 +31,8 @@ def _need(module: str, extra: str, what: str):
   try:
     return importlib.import_module(module)
   except ModuleNotFoundError:
-    raise ValueError(f"{what} needs the {module.split('.')[0]} package: pip install "
-                     f"'resnet-jax[{extra}]' (or pip install {module.split('.')[0]}).") from None
+    raise MissingExtraError(f"{what} needs the {module.split('.')[0]} package: pip install "
+                            f"'resnet-jax[{extra}]' (or pip install {module.split('.')[0]}).") from None
 
 
 def load_state_dict(path: str) -> "collections.OrderedDict[str, np.ndarray]":
@@ -41,7 +43,7 @@ def load_state_dict(path: str) -> "collections.OrderedDict[str, np.ndarray]":
   """
   suffix = _suffix(path)
   if not os.path.isfile(path):
-    raise ValueError(f"{path}: no such file.")
+    raise WeightsError(f"{path}: no such file.")
   if suffix == ".npz":
     with np.load(path, allow_pickle=False) as f:
       return collections.OrderedDict((k, f[k]) for k in f.files)
@@ -59,7 +61,7 @@ def load_state_dict(path: str) -> "collections.OrderedDict[str, np.ndarray]":
     if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
       obj = obj[key]
   if not isinstance(obj, Mapping):
-    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict.")
+    raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict.")
   out = collections.OrderedDict()
   for key, value in obj.items():
     if hasattr(value, "detach"):

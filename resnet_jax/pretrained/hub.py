@@ -14,6 +14,9 @@ import tempfile
 import urllib.error
 import urllib.request
 
+from resnet_jax.run import process
+from resnet_jax.run.errors import WeightsError
+
 _BASE = "https://download.pytorch.org/models/"
 # torchvision 0.29, torchvision/models/resnet.py (ResNet*_Weights); DEFAULT as torchvision's.
 TORCHVISION_WEIGHTS = {
@@ -33,28 +36,25 @@ _HASH = re.compile(r"-([a-f0-9]+)\.")
 _CHUNK = 1 << 20
 
 
-class DownloadError(ValueError):
+class DownloadError(WeightsError):
   """A URL could not be fetched, or what it gave failed its checksum."""
 
 
 def weights_url(name: str, weights: str = "DEFAULT") -> str:
   """The URL of torchvision's `weights` (IMAGENET1K_V1, IMAGENET1K_V2 or DEFAULT) for `name`."""
   if name not in TORCHVISION_WEIGHTS:
-    raise ValueError(f"torchvision publishes ResNet weights for {', '.join(TORCHVISION_WEIGHTS)}; "
+    raise WeightsError(f"torchvision publishes ResNet weights for {', '.join(TORCHVISION_WEIGHTS)}; "
                      f"got {name!r}.")
   weights = _DEFAULT[name] if weights == "DEFAULT" else weights
   if weights not in TORCHVISION_WEIGHTS[name]:
-    raise ValueError(f"torchvision has no {weights} weights for {name}; it has "
+    raise WeightsError(f"torchvision has no {weights} weights for {name}; it has "
                      f"{', '.join(['DEFAULT', *TORCHVISION_WEIGHTS[name]])}.")
   return TORCHVISION_WEIGHTS[name][weights]
 
 
 def cache_dir() -> str:
   """$RESNET_JAX_CACHE/weights, else $XDG_CACHE_HOME/resnet_jax/weights (~/.cache/...)."""
-  if os.environ.get("RESNET_JAX_CACHE"):
-    return os.path.join(os.environ["RESNET_JAX_CACHE"], "weights")
-  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(root, "resnet_jax", "weights")
+  return os.path.join(process.cache_root(), "weights")
 
 
 def _torch_hub_dir() -> str:
@@ -77,7 +77,7 @@ def expected_hash(url: str, sha256: str | None = None) -> str:
     return sha256.lower()
   m = _HASH.search(os.path.basename(url))
   if not m:
-    raise ValueError(f"{url}: the file name carries no checksum (torchvision's are "
+    raise WeightsError(f"{url}: the file name carries no checksum (torchvision's are "
                      "<name>-<sha256 prefix>.pth); pass sha256=... to download it.")
   return m.group(1)
 

@@ -29,9 +29,11 @@ never trained round-trips bit for bit.
 import collections
 from typing import Any, Iterator, Mapping, Optional
 
+import jax
 import numpy as np
 
 from resnet_jax.models import registry, stages
+from resnet_jax.run.errors import WeightsError
 
 NAMES = tuple(f"resnet{d}" for d in registry.IMAGENET_DEPTHS)  # resnet18 ... resnet152
 _BN_PARAMS = (("weight", "scale"), ("bias", "bias"))
@@ -40,7 +42,7 @@ _BN_STATS = (("running_mean", "mean"), ("running_var", "var"))
 
 def _check_name(name: str) -> tuple[tuple[int, ...], bool]:
   if name not in NAMES:
-    raise ValueError(f"torchvision weights exist for {', '.join(NAMES)}; got {name!r}. (Plain nets, "
+    raise WeightsError(f"torchvision weights exist for {', '.join(NAMES)}; got {name!r}. (Plain nets, "
                      "CIFAR nets and VGG have no torchvision counterpart with our layer layout.)")
   return registry.IMAGENET_DEPTHS[int(name[len("resnet"):])]
 
@@ -91,7 +93,7 @@ def _match(sizes: tuple[int, ...], bottleneck: bool, what: str) -> str:
   for name in NAMES:
     if registry.IMAGENET_DEPTHS[int(name[len("resnet"):])] == (sizes, bottleneck):
       return name
-  raise ValueError(f"not a {what}: blocks per stage {sizes} of {'bottleneck' if bottleneck else 'basic'} "
+  raise WeightsError(f"not a {what}: blocks per stage {sizes} of {'bottleneck' if bottleneck else 'basic'} "
                    f"blocks match none of {', '.join(NAMES)}.")
 
 
@@ -135,7 +137,7 @@ def from_torchvision(state_dict: Mapping[str, Any], name: Optional[str] = None, 
   inferred = infer_name(state_dict)
   if name is not None and name != inferred:
     _check_name(name)
-    raise ValueError(f"the state dict is a {inferred} (by its blocks per stage), not a {name}.")
+    raise WeightsError(f"the state dict is a {inferred} (by its blocks per stage), not a {name}.")
   name = inferred
   expected = set()
   params, batch_stats = {}, {}
@@ -144,7 +146,7 @@ def from_torchvision(state_dict: Mapping[str, Any], name: Optional[str] = None, 
       key = f"{theirs}.{suffix}"
       expected.add(key)
       if key not in state_dict:
-        raise ValueError(f"{name} state dict has no {key!r}.")
+        raise WeightsError(f"{name} state dict has no {key!r}.")
       return state_dict[key]
 
     if kind == "conv":
@@ -158,12 +160,13 @@ def from_torchvision(state_dict: Mapping[str, Any], name: Optional[str] = None, 
     _set(params, path, {k: np.asarray(v, order="C") for k, v in leaf.items()})
   extra = sorted(k for k in state_dict if k not in expected and not (not head and k.startswith("fc.")))
   if extra:
-    raise ValueError(f"{len(extra)} key(s) of the state dict are not part of torchvision's {name}: "
+    raise WeightsError(f"{len(extra)} key(s) of the state dict are not part of torchvision's {name}: "
                      f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}.")
   _check_shapes(name, params, batch_stats)
   if scan_blocks:
     params, batch_stats = stages.to_scanned(params), stages.to_scanned(batch_stats)
-    params, batch_stats = _tree_numpy(params), _tree_numpy(batch_stats)
+    # Writable NumPy, like the unrolled layout's arrays.
+    params, batch_stats = jax.tree_util.tree_map(np.array, (dict(params), dict(batch_stats)))
   return {"params": params, "batch_stats": batch_stats}
 
 
@@ -204,15 +207,9 @@ def _set(tree: dict, path: tuple[str, ...], leaf: dict) -> None:
 def _get(tree: Mapping, path: tuple[str, ...], name: str):
   for part in path:
     if part not in tree:
-      raise ValueError(f"variables have no {'/'.join(path)}: not a {name} (or not our layout).")
+      raise WeightsError(f"variables have no {'/'.join(path)}: not a {name} (or not our layout).")
     tree = tree[part]
   return tree
-
-
-def _tree_numpy(tree):
-  if isinstance(tree, Mapping):
-    return {k: _tree_numpy(v) for k, v in tree.items()}
-  return np.array(tree)  # writable NumPy, like the unrolled layout's arrays
 
 
 def _check_shapes(name: str, params: dict, batch_stats: dict) -> None:
@@ -232,6 +229,6 @@ def _check_shapes(name: str, params: dict, batch_stats: dict) -> None:
     shape = flat_want[path].shape if path in flat_want else None
     if shape != value.shape:
       where = "/".join(str(getattr(p, "key", p)) for p in path)
-      raise ValueError(f"{where} has shape {value.shape} in the state dict, but {name} expects "
+      raise WeightsError(f"{where} has shape {value.shape} in the state dict, but {name} expects "
                        f"{shape}: a different architecture (e.g. wide_resnet or resnext) with "
                        f"{name}'s layer names?")

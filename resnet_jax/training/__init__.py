@@ -1,15 +1,15 @@
-"""Training: the pure step, the optimizer, data parallelism, the loop, checkpoints and metrics.
+"""Training: the pure step, the optimizer, data parallelism, the one loop, checkpoints.
 
-What lives here, in data-flow order: `step` (TrainState, `train_step(state, batch) -> (state,
-metrics)`, `eval_step`: pure, no I/O), `optim` (the learning-rate schedule and one `optax.chain`),
-`parallel` (the step compiled with `jax.jit` over a device mesh, or `jax.pmap`), `trainer` (data,
-model, optimizer and compiled steps for one config; `restore` a run from its workdir), `loop`
-(`train_and_evaluate`: resume, dispatch, log, evaluate, checkpoint), `vectorized` (sweep members
-that differ only in seed and optimizer values, trained together by one vmapped step; its rules in
-`grouping`, its compiled step in `group_step`), `memory` (a compiled step's memory per device, and
-how many group members fit), `checkpoints` (Orbax),
-`metrics_log` (metrics.jsonl, TensorBoard, the console) and `distributed` (multi-process start-up).
+What lives here, in data-flow order: `validation` (every config key checked once, before any I/O),
+`step` (TrainState, `train_step(state, batch) -> (state, metrics)`, `eval_step`: pure, no I/O),
+`optim` (the learning-rate schedule and one `optax.chain`), `parallel` (the step bound one way and
+compiled with `jax.jit` over a device mesh or with `jax.pmap`), `group_step` (the same step vmapped
+over the members of a vectorised group; its rules in `grouping`, their memory in `memory`),
+`trainer` (everything a run builds from its config; `restore` a run from its workdir), `init_from`
+(a fine-tuning run seeded from another's checkpoint), `cadence` (which steps log, evaluate,
+checkpoint), `lifecycle` (a run's workdir while it trains, and how it stops), `loop` (the one
+training loop, for a solo run and a vectorised group alike) and `checkpoints` (Orbax).
 
-What it may import: `models`, `data`, `config`, `checks`, `storage`; never `experiments` or `cli`.
+What it may import: `models`, `data`, `config`, `run` and `checks`; never `experiments` or `cli`.
 `step` imports nothing from the loop.
 """

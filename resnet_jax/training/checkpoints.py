@@ -5,13 +5,14 @@ many devices wrote it: it restores onto any mesh, e.g. written on 8 devices, res
 
 Resuming takes the newest checkpoint that restores. One that cannot be read (files truncated or
 missing after a crash of the disk or the VM) is damaged: it is moved, never deleted, to
-`<workdir>/damaged_checkpoints/` with a warning, and the one before it is tried. One that reads but
-holds a different tree of arrays was written by another configuration: that is an error, and
-nothing is moved.
+`<workdir>/damaged_checkpoints/` with a warning, and the one before it is tried. One whose metadata
+reads but holds a different tree of arrays, or whose intact metadata this Orbax cannot interpret
+(another version, another handler), is not damage: that is an error, and nothing is moved.
 """
 
 import datetime
 import errno
+import json
 import os
 import warnings
 from typing import Any, Optional
@@ -21,24 +22,19 @@ import flax.serialization
 import jax
 import orbax.checkpoint as ocp
 
-from resnet_jax import storage
+from resnet_jax.run import storage
+from resnet_jax.run.errors import IncompatibleCheckpointError
 
 DAMAGED_DIR = "damaged_checkpoints"
-
-
-class IncompatibleCheckpointError(ValueError):
-  """The checkpoint holds a different state tree (another model, dataset or optimizer)."""
-
-
-def _key(entry) -> str:
-  return str(getattr(entry, "key", getattr(entry, "name", entry)))
+ITEM = "default"           # the folder Orbax keeps a step's single item in
+METADATA_FILE = "_METADATA"  # its tree of names, shapes and dtypes (JSON)
 
 
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` in `<workdir>/checkpoints`; saves are asynchronous."""
 
   def __init__(self, workdir: str, keep: int = 3):
-    if keep < 1:
+    if keep < 1:  # validated for a run; a guard for direct use
       raise ValueError(f"keep_checkpoints={keep} must be >= 1 (the newest checkpoint is what resumes).")
     # Orbax reads and writes bucket URLs (gs://...) directly; local paths must be absolute.
     self.workdir = storage.absolute(workdir)
@@ -92,10 +88,20 @@ class Checkpointer:
     return None, None
 
   def _check_compatible(self, step: int, target) -> None:
-    """Compares the checkpoint's stored tree (names and shapes) with `target`, if it can be read."""
+    """Compares the checkpoint's stored tree (names and shapes) with `target`.
+
+    Metadata that is missing, cut short or not JSON is damage, which the restore then finds; intact
+    JSON that Orbax cannot read as a tree was written by something else, which is refused.
+    """
     try:
       stored = self.manager.item_metadata(step)
-    except Exception:  # pylint: disable=broad-except  # unreadable metadata: damage, found on restore
+    except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types
+      if self._metadata_is_intact(step):
+        raise IncompatibleCheckpointError(
+            f"the checkpoint at step {step} in {self.directory} has metadata this version of Orbax "
+            f"cannot read ({type(e).__name__}: {_first_line(e)}): it was written by another version "
+            "or tool, so it is not treated as damaged and nothing was moved. Resume with the version "
+            "that wrote it, or use a new --workdir.") from None
       return
     stored = getattr(stored, "tree", stored)
     if not stored:
@@ -112,6 +118,14 @@ class Checkpointer:
           f"the checkpoint at step {step} in {self.directory} was written by another configuration "
           f"(its arrays differ: {detail}). Use a new --workdir, or the config that wrote it "
           "(config.json and config_history.jsonl in the workdir); nothing was changed.")
+
+  def _metadata_is_intact(self, step: int) -> bool:
+    path = epath.Path(self.directory) / str(step) / ITEM / METADATA_FILE
+    try:
+      json.loads(path.read_text())
+    except (OSError, ValueError):  # missing, unreadable, cut short: damage
+      return False
+    return True
 
   def _move_aside(self, step: int) -> str:
     src = epath.Path(self.directory) / str(step)
@@ -130,7 +144,7 @@ class Checkpointer:
     """
     step = self.latest_step() if step is None else step
     if step is None:
-      raise ValueError(f"{self.directory} holds no checkpoint.")
+      raise IncompatibleCheckpointError(f"{self.directory} holds no checkpoint.")
     # PyTree handler: its partial_restore reads just the named parts; their structure comes from the
     # checkpoint's metadata, so no template of the other run's state is needed.
     reader = ocp.CheckpointManager(self.directory, item_handlers=ocp.PyTreeCheckpointHandler())

@@ -10,6 +10,7 @@ from typing import Optional
 import jax
 import ml_collections
 
+from resnet_jax.run.errors import ConfigError
 from resnet_jax.training import optim
 
 # Keys whose values may differ within a group: each becomes a traced, per-member argument of the
@@ -43,16 +44,16 @@ def unsupported(config: ml_collections.ConfigDict) -> Optional[str]:
 def check_group(configs: list) -> None:
   """Raises ValueError naming the first key that keeps `configs` from training as one group."""
   if not configs:
-    raise ValueError("a vectorised group needs at least one member.")
+    raise ConfigError("a vectorised group needs at least one member.")
   for config in configs:
     why = unsupported(config)
     if why:
-      raise ValueError(f"cannot vectorise this member: {why}.")
+      raise ConfigError(f"cannot vectorise this member: {why}.")
   base = configs[0].to_dict()
   for config in configs[1:]:
     for key, value in config.to_dict().items():
       if key not in VARYING + _GROUPING and value != base.get(key):
-        raise ValueError(
+        raise ConfigError(
             f"members of a vectorised group may differ only in {', '.join(VARYING)}; these differ "
             f"in {key} ({base.get(key)!r} vs {value!r}). Run them in separate groups "
             "(`resnet-jax sweep --vectorize` groups compatible members itself).")

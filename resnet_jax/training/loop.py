@@ -1,96 +1,244 @@
-"""The training loop: `train_and_evaluate(config, workdir)`, read top to bottom in data-flow order.
+"""The training loop: one for every run. A solo run is a group of one member; a vectorised group
+(sweep members that differ only in seed and optimizer values) trains several with one step.
 
-config -> data -> model -> optimizer -> compiled step -> state (restored or new) -> loop -> checkpoints.
+  config -> Trainer (data, model, optimizer, compiled step) -> each member's RunFiles (lock, resume
+  check, run files, metrics log) -> state (restored or new) -> the loop -> checkpoints
 
-Nothing is lost, whatever happens: the workdir is locked for the run, checked writable before any
-compilation, resumed from its newest checkpoint that restores (damaged ones are moved aside), under a
-config that must match in every key that changes what the run computes; SIGTERM or a first Ctrl-C
-finishes the step and saves; a full disk is reported with the last good checkpoint. Each way of
-stopping has its exit code (`resnet_jax.training.errors`).
+The loop dispatches steps asynchronously and fetches metrics only when the `Cadence` says (log,
+evaluation or checkpoint steps); members move in lockstep, and those left behind by a crash between
+two members' saves catch up first, as a smaller group. A member whose loss turns non-finite stops
+alone, keeping its earlier checkpoints; SIGTERM or a first Ctrl-C finishes the dispatch and saves
+every member; a full disk is reported with the last good checkpoint (`lifecycle`). Each way of
+stopping has its exit code (`resnet_jax.run.errors`).
 """
 
 import collections
-import json
+import contextlib
+import dataclasses
 import math
-import shutil
-import signal
+import os
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 
 import jax
 from etils import epath
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from resnet_jax import storage
-from resnet_jax.models import flops
-from resnet_jax.training import checkpoints, console, metrics_log
-from resnet_jax.training import workdir as workdir_lib
-from resnet_jax.training.errors import DiskFullError, NonFiniteError, StoppedEarly
+from resnet_jax.run import console, metrics_log
+from resnet_jax.run.errors import NonFiniteError, StoppedEarly
+from resnet_jax.training import grouping, memory
+from resnet_jax.training.cadence import Cadence
+from resnet_jax.training.lifecycle import RunFiles, StopFlag, host_int
 from resnet_jax.training.trainer import Trainer, restore
 
-class StopFlag:
-  """Turns SIGTERM, or a first Ctrl-C, into a step at which every process stops (finish, save, exit).
 
-  A single process sets a flag from a Python signal handler; a second Ctrl-C raises
-  KeyboardInterrupt at once. Processes of a `jax.distributed` run must all stop at the same step even
-  if only one of them got SIGTERM, or the collective save would hang: there JAX's preemption service
-  (started by `jax.distributed.initialize`) catches SIGTERM and agrees on a step through the
-  coordination service, in a background thread. The loop's check is a local read, so nothing is
-  synchronised on the steps before a signal arrives.
+@dataclasses.dataclass
+class Member:
+  """One run of the loop: its config, workdir, files and where it stands."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  prefix: str = ""          # "" for a solo run; "[name] " for a member of a group
+  files: Optional[RunFiles] = None
+  state: Any = None
+  step: int = 0
+  elapsed: float = 0.0      # seconds in the training loop, summed over resumed segments
+  last: dict = dataclasses.field(default_factory=dict)  # the last metrics row (process 0)
+  error: Optional[BaseException] = None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains one run (resuming from `workdir` if it holds a checkpoint); returns the last metrics row."""
+  say = console.Console(enabled=jax.process_index() == 0).say
+  say(f"{workdir}: {config.model} on {config.dataset}, {config.total_steps} steps; loading the data")
+  trainer = Trainer(config)
+  (member,) = train(trainer, [Member(config, str(workdir))], say)
+  if member.error is not None:
+    raise member.error
+  return member.last
+
+
+def train_group(configs: list, workdirs: list, say: Optional[Callable] = None,
+                on_done: Optional[Callable] = None) -> list[Optional[BaseException]]:
+  """Trains compatible `configs` together, each into its own workdir (resuming each from there).
+
+  Splits them into chunks of `vectorize_max_members` (0: as many as fit in device memory) and runs
+  the chunks in turn. Returns, per member, None (finished) or the NonFiniteError that failed it;
+  `on_done(index, error)` is also called as each chunk ends. Errors of the whole group (a bad
+  config, a workdir in use, a stop by SIGTERM, a full disk) raise, as `train_and_evaluate`'s do.
   """
-
-  def __init__(self, say):
-    self.say = say
-    self.requested, self.reason = False, ""
-
-  def __enter__(self):
-    # JAX's service installs its own SIGTERM handler; a Python one would replace it.
-    self._distributed = jax.distributed.is_initialized()
-    self._old = {}
-    if not self._distributed:
-      self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
-      self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if signum == signal.SIGINT and self.requested:
-      signal.signal(signal.SIGINT, self._old[signal.SIGINT])
-      raise KeyboardInterrupt
-    if not self.requested:
-      self.reason = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-      hint = " (press Ctrl-C again to stop at once, without saving)" if signum == signal.SIGINT else ""
-      self.say(f"{self.reason}: finishing the current step, then saving a checkpoint{hint}")
-    self.requested = True
-
-  def reached(self, step: int, steps: int = 1) -> bool:
-    """Whether to stop after the dispatch that ran `steps` steps up to `step`; call after each one.
-
-    JAX's sync point is one step number (the fastest process's latest plus one), so every step
-    number of the dispatch is offered to it: all processes meet it in the same dispatch.
-    """
-    if self._distributed:
-      for s in range(step - steps + 1, step + 1):
-        if multihost_utils.reached_preemption_sync_point(s):
-          self.requested, self.reason = True, self.reason or "SIGTERM"
-    return self.requested
-
-  def __exit__(self, *exc):
-    for signum, handler in self._old.items():
-      signal.signal(signum, handler)
+  if len(configs) != len(workdirs):
+    raise ValueError(f"{len(configs)} configs but {len(workdirs)} workdirs.")
+  grouping.check_group(configs)
+  say = say or console.Console(enabled=jax.process_index() == 0).say
+  base = configs[0]
+  say(f"vectorised group of {len(configs)}: {base.model} on {base.dataset}, {base.total_steps} "
+      f"steps; loading the data")
+  trainer = Trainer(base, members=configs)
+  cap = base.vectorize_max_members or memory.members_that_fit(trainer)
+  if cap < len(configs):
+    say(f"at most {cap} members fit in one group here (vectorize_max_members="
+        f"{base.vectorize_max_members}); training {len(configs)} in chunks of {cap}")
+  errors: list[Optional[BaseException]] = []
+  for start in range(0, len(configs), cap):
+    members = [Member(c, str(w), prefix=f"[{_name(w)}] ")
+               for c, w in zip(configs[start:start + cap], workdirs[start:start + cap])]
+    trainer.bind_members([m.config for m in members])
+    for i, member in enumerate(train(trainer, members, say), start):
+      if on_done is not None:
+        on_done(i, member.error)
+      errors.append(member.error)
+  return errors
 
 
-def _host_int(x) -> int:
-  # A replicated array on a multi-process mesh is not fully addressable (jax.device_get refuses
-  # it); every process holds a whole copy, so read the local one.
-  return int(np.asarray(x.addressable_data(0)))
+def _name(workdir) -> str:
+  return os.path.basename(os.path.normpath(str(workdir)))
 
 
-def _host_rows(strategy, pending: list, first_step: int) -> list[dict]:
-  """Fetches the buffered per-step metrics in one transfer; raises on the first non-finite value."""
-  return metric_rows(strategy.fetch(pending), first_step)
+def train(trainer: Trainer, members: list[Member], say: Callable) -> list[Member]:
+  """The run lifecycle of every member around one loop: lock and resume each, train, close each."""
+  with contextlib.ExitStack() as stack:
+    for m in members:
+      m.files = stack.enter_context(RunFiles(m.config, m.workdir))
+    template = trainer.abstract_state()  # restoring compiles nothing
+    for m in members:
+      m.state, m.step = m.files.restore(template, trainer.strategy.state_sharding)
+      if m.state is None:
+        m.state = trainer.first_state(m.config.seed)
+      else:
+        say(f"{m.prefix}resumed from step {m.step} (checkpoint {m.files.ckpt.directory}/{m.step})")
+      rows = m.files.start(trainer, m.step)
+      m.last = rows[-1] if rows else {"step": m.step}
+      m.elapsed = m.last.get("perf/elapsed_s", 0.0)  # wall time carries across resumes
+    total = members[0].config.total_steps
+    if all(m.step >= total for m in members):
+      for m in members:
+        say(f"{m.prefix or m.workdir + ': '}already finished ({m.step}/{total} steps); nothing to do.")
+      return members
+    _run(trainer, members, say)
+    for m in members:
+      m.files.wait()
+  return members
+
+
+def _run(trainer: Trainer, members: list[Member], say: Callable) -> None:
+  """Trains the members to total_steps in lockstep; those behind catch up first, as a smaller group."""
+  total = members[0].config.total_steps
+  with StopFlag(say) as stop:
+    while True:
+      live = [m for m in members if m.error is None and m.step < total]
+      if not live:
+        break
+      low = min(m.step for m in live)
+      ahead = sorted({m.step for m in live if m.step > low})
+      segment = [m for m in live if m.step == low]
+      if ahead:
+        say(f"{', '.join(m.prefix.strip(' []') for m in segment)} at step {low}, others at "
+            f"{ahead[0]}: catching up first (a crash came between the members' checkpoints)")
+      _segment(trainer, segment, low, ahead[0] if ahead else total, stop, say)
+  for m in members:
+    if m.error is None:
+      say(f"{m.prefix}finished {total} steps; metrics in "
+          f"{epath.Path(m.workdir) / metrics_log.METRICS_FILE}")
+
+
+def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, stop: StopFlag,
+             say: Callable) -> None:
+  """Steps `start` -> `until` of the `segment` members: dispatch, then log, evaluate, checkpoint and
+  stop as the cadence says."""
+  c, strategy, grouped = segment[0].config, trainer.strategy, bool(segment[0].prefix)
+  cadence = Cadence.from_config(c)
+  if grouped:
+    trainer.bind_members([m.config for m in segment])
+    say(f"compiling the group's train step (first call); training {len(segment)} members from "
+        f"step {start + 1}")
+  else:
+    say(f"compiling the train step (first call); training from step {start + 1}")
+  state = strategy.put_state(strategy.stack([m.state for m in segment]))
+  lead = segment[0].files.lead
+  progress = console.ProgressBar(c.total_steps, start) if lead else None
+  inflight = collections.deque()  # (step, a metric array) of dispatched steps not yet seen done
+  pending, t_log, n_log = [], time.perf_counter(), start
+  n, n_pending = start, 0
+  while n < until and any(m.error is None for m in segment):
+    k = cadence.dispatch_size(n, until)
+    state, metrics = trainer.dispatch(state, n, k)
+    pending.append(metrics)
+    n, n_pending = n + k, n_pending + k
+    if progress is not None:
+      # Progress from host-side counts of finished steps, at every step: no device sync, but for
+      # the first dispatch, whose end is the end of compilation: the bar shows from step 1.
+      inflight.append((n, next(iter(metrics.values()))))
+      if n - k == start:
+        inflight[0][1].block_until_ready()
+      while inflight and inflight[0][1].is_ready():
+        progress.update(inflight.popleft()[0])
+    act = cadence.after(n, stopping=stop.reached(n, k), segment_end=n == until)
+    if not act.log:
+      continue
+    fetched = strategy.fetch(pending)  # one transfer: per metric a scalar, [M], [K] or [K, M]
+    now = time.perf_counter()
+    rows = _record(trainer, segment, state, fetched, (n - n_pending + 1, n), act.evaluate,
+                   seconds=now - t_log, images=(n - n_log) * c.batch_size, progress=progress, say=say)
+    pending, n_pending, t_log, n_log = [], 0, now, n
+    if progress is not None:
+      inflight.clear()  # everything up to n is done: its metrics were fetched
+    if act.checkpoint:
+      for i in rows:
+        segment[i].files.save(n, strategy.member_state(state, i))
+    if act.stop:
+      for i in rows:
+        segment[i].files.wait()
+      where = ("in each member's workdir" if grouped else f"in {segment[0].files.ckpt.directory}")
+      raise StoppedEarly(f"stopped early by {stop.reason} at step {n}; checkpoint saved {where}. "
+                         "Re-run the same command to resume.")
+  for i, m in enumerate(segment):
+    if m.error is None:
+      m.state, m.step = strategy.member_state(state, i), until
+
+
+def _record(trainer: Trainer, segment: list[Member], state, fetched: list, steps: tuple[int, int],
+            evaluate: bool, *, seconds: float, images: int, progress, say: Callable
+            ) -> dict[int, list[dict]]:
+  """The live members' rows of the fetched steps (first, last), with their evaluation, throughput
+  and wall time on the last, written to their logs; returns them by member index."""
+  first, n = steps
+  rows = _member_rows(trainer.strategy, segment, fetched, first, say)  # checked before any save
+  if evaluate and rows:
+    if progress is not None:
+      progress.update(n)  # the fetch waited for every step up to n
+      members = f"{len(segment)} members " if segment[0].prefix else ""
+      progress.note(f"evaluating {members}at step {n}")
+    evals = trainer.evaluate(state)
+    for i, member_rows in rows.items():
+      member_rows[-1].update(evals[i])
+  for i, member_rows in rows.items():
+    m = segment[i]
+    m.elapsed += seconds
+    member_rows[-1]["perf/images_per_sec"] = images / seconds  # each member's own throughput
+    member_rows[-1]["perf/elapsed_s"] = m.elapsed
+    if m.files.log is not None:
+      m.files.log.write(member_rows)
+    m.last = member_rows[-1]
+  if progress is not None:
+    progress.update(n, next((r[-1] for r in rows.values()), None), force=True)
+  return rows
+
+
+def _member_rows(strategy, segment: list[Member], fetched: list, first: int,
+                 say: Callable) -> dict[int, list[dict]]:
+  """Each live member's rows of the fetched steps; a member with a non-finite value fails alone."""
+  rows = {}
+  for i, m in enumerate(segment):
+    if m.error is not None:
+      continue
+    try:
+      rows[i] = metric_rows([strategy.member_values(f, i) for f in fetched], first)
+    except NonFiniteError as e:
+      m.error = e
+      if m.prefix:
+        say(f"{m.prefix}FAILED: {e} The other members go on.")
+  return rows
 
 
 def metric_rows(fetched: list[dict], first_step: int) -> list[dict]:
@@ -112,162 +260,8 @@ def metric_rows(fetched: list[dict], first_step: int) -> list[dict]:
   return rows
 
 
-def disk_full_error(error: BaseException, workdir: str, ckpt: checkpoints.Checkpointer) -> DiskFullError:
-  free = ""
-  if not storage.is_remote(workdir):
-    free = f" ({shutil.disk_usage(workdir).free / 2**20:.1f} MiB free there)"
-  try:
-    ckpt.wait()  # a save still in flight may yet complete: the message must name it if it does
-  except Exception:  # pylint: disable=broad-except  # it failed too: the full disk is the news
-    pass
-  committed = sorted(int(p.name) for p in epath.Path(ckpt.directory).iterdir() if p.name.isdigit())
-  last = (f"The last good checkpoint is step {committed[-1]} in {ckpt.directory}"
-          if committed else "No checkpoint was completed")
-  return DiskFullError(f"the disk holding {workdir} is full{free}: a checkpoint or metrics write "
-                       f"failed. {last}; nothing was deleted. Free some space (or give "
-                       "keep_checkpoints a smaller value) and re-run the same command to resume.")
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from `workdir` if it holds a checkpoint); returns the last metrics row."""
-  lead = jax.process_index() == 0
-  say = console.Console(enabled=lead).say
-  # Setup: everything that can reject the config or the workdir runs before anything is written.
-  say(f"{workdir}: {config.model} on {config.dataset}, {config.total_steps} steps; loading the data")
-  trainer = Trainer(config)
-  strategy = trainer.strategy
-  workdir_lib.check_writable(workdir)
-  lock = workdir_lib.Lock(workdir) if lead else None
-  if lock is not None:
-    lock.__enter__()
-  ckpt = log = None
-  aborted = failed = False
-  try:
-    workdir_lib.check_resumable(workdir, config)
-    ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
-
-    # State: the newest checkpoint that restores, else a fresh initialisation (seeded by init_from).
-    fresh = trainer.init_state()
-    state, restored = ckpt.restore_newest_valid(fresh, strategy.state_sharding)
-    if state is None:
-      state = trainer.init_state(pretrained=True) if config.init_from else fresh
-    start = _host_int(state.step)
-    if restored is not None:
-      say(f"resumed from step {start} (checkpoint {ckpt.directory}/{restored})")
-    if lead:
-      write_run_files(workdir, config, trainer, start)
-    state = strategy.put_state(state)
-    log = metrics_log.MetricsLog(workdir, start) if lead else None
-    last = (metrics_log.read_metrics(workdir) or [{"step": start}])[-1] if lead else {}
-    if start >= config.total_steps:
-      say(f"{workdir}: already finished ({start}/{config.total_steps} steps); nothing to do.")
-      return last
-    last = _loop(config, workdir, trainer, state, start, ckpt, log, last, say)
-    ckpt.wait()  # an asynchronous save's error (e.g. a full disk) surfaces here, inside the try
-    return last
-  except KeyboardInterrupt:
-    aborted = failed = True  # a second Ctrl-C: do not wait for anything
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    failed = True
-    if ckpt is not None and checkpoints.is_disk_full(e):
-      raise disk_full_error(e, workdir, ckpt) from e
-    raise
-  finally:
-    try:
-      close_quietly(ckpt if not aborted else None, log, quiet=failed)
-    except Exception as e:  # pylint: disable=broad-except  # only raised when nothing failed before
-      if ckpt is not None and checkpoints.is_disk_full(e):
-        raise disk_full_error(e, workdir, ckpt) from e
-      raise
-    finally:
-      if lock is not None:
-        lock.__exit__(None, None, None)
-
-
-def write_run_files(workdir: str, config: ml_collections.ConfigDict, trainer: Trainer,
-                    start: int) -> None:
-  """config.json, config_history.jsonl and model.json (the network's size, for reports)."""
-  workdir_lib.record_config(workdir, config, start)
-  storage.write_atomic(epath.Path(workdir) / "model.json", json.dumps(
-      {"model": config.model, "image_shape": list(trainer.dataset.image_shape),
-       **flops.profile(trainer.model, trainer.dataset.image_shape[0],
-                       trainer.dataset.image_shape[-1])}))
-
-
-def close_quietly(ckpt, log, quiet: bool) -> None:
-  """Waits for the last checkpoint to commit and closes the logs; with `quiet`, an error here (the
-  same full disk, say) must not hide the one already on its way up, so it is dropped."""
-  for close in (ckpt.close if ckpt else None, log.close if log else None):
-    if close is None:
-      continue
-    try:
-      close()
-    except Exception:  # pylint: disable=broad-except
-      if not quiet:
-        raise
-
-
-def _loop(config, workdir, trainer, state, start, ckpt, log, last, say) -> dict[str, Any]:
-  """Dispatches steps asynchronously; fetches metrics only at the log, eval and checkpoint cadence."""
-  strategy, lead = trainer.strategy, log is not None
-  progress = console.ProgressBar(config.total_steps, start) if lead else None
-  inflight = collections.deque()  # (step, a metric array) of dispatched steps not yet seen done
-  pending, t_log, n_log = [], time.perf_counter(), start
-  elapsed = last.get("perf/elapsed_s", 0.0) if lead else 0.0  # wall time carries across resumes
-  say(f"compiling the train step (first call); training from step {start + 1}")
-  with StopFlag(say) as stop:
-    n, n_pending = start, 0
-    while n < config.total_steps:
-      state, metrics, k = trainer.dispatch(state, n)
-      pending.append(metrics)
-      n, n_pending = n + k, n_pending + k
-      if progress is not None:
-        # Progress from host-side counts of finished steps, at every step: no device sync, but for
-        # the first dispatch, whose end is the end of compilation: the bar shows from step 1.
-        inflight.append((n, next(iter(metrics.values()))))
-        if n - k == start:
-          inflight[0][1].block_until_ready()
-        while inflight and inflight[0][1].is_ready():
-          progress.update(inflight.popleft()[0])
-      final = n == config.total_steps
-      stopping = stop.reached(n, k)
-      do_eval = final or (config.eval_every_steps and n % config.eval_every_steps == 0)
-      do_ckpt = final or stopping or (
-          config.checkpoint_every_steps and n % config.checkpoint_every_steps == 0)
-      if not (do_eval or do_ckpt or n % config.log_every_steps == 0):
-        continue
-      rows = _host_rows(strategy, pending, n - n_pending + 1)  # checked before any save below
-      pending, n_pending = [], 0
-      now = time.perf_counter()
-      rows[-1]["perf/images_per_sec"] = (n - n_log) * config.batch_size / (now - t_log)
-      elapsed += now - t_log
-      rows[-1]["perf/elapsed_s"] = elapsed
-      t_log, n_log = now, n
-      if do_eval:
-        if progress is not None:
-          progress.update(n)  # the fetch above waited for every step up to n
-          progress.note(f"evaluating at step {n}")
-        rows[-1].update(trainer.evaluate(state))
-      if lead:
-        log.write(rows)
-        inflight.clear()  # everything up to n is done: its metrics were fetched
-        progress.update(n, rows[-1], force=True)
-        last = rows[-1]
-      if do_ckpt:
-        ckpt.save(n, strategy.get_state(state), force=True)
-        if lead:
-          log.flush()  # the rows up to a checkpoint must outlive the run (gs:// uploads lazily)
-      if stopping:
-        ckpt.wait()
-        raise StoppedEarly(f"stopped early by {stop.reason} at step {n}; checkpoint saved in "
-                           f"{ckpt.directory}. Re-run the same command to resume.")
-  if lead:
-    say(f"finished {config.total_steps} steps; metrics in {epath.Path(workdir) / metrics_log.METRICS_FILE}")
-  return last
-
-
 def evaluate_checkpoint(workdir: str) -> dict[str, Any]:
   """Evaluates the newest checkpoint in `workdir` under the config the run wrote there."""
   trainer, state = restore(workdir)
-  return {"step": _host_int(state.step), **trainer.evaluate(trainer.strategy.put_state(state))}
+  (result,) = trainer.evaluate(trainer.strategy.put_state(state))
+  return {"step": host_int(state.step), **result}

@@ -8,6 +8,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.training import parallel
+
 # Share of a device's memory a group may plan to use (the rest: data, fragmentation, the runtime).
 MEMORY_FRACTION = 0.8
 
@@ -41,18 +43,24 @@ def device_memory_bytes(device) -> int:
   return total // max(1, len(jax.local_devices()))
 
 
+# Members per group where the backend gives no memory estimate: a modest default, in README.
+MEMBERS_WITHOUT_ESTIMATE = 8
+
+
 def members_that_fit(trainer) -> int:
   """How many vectorised members fit on a device, from XLA's memory analysis of one member's step.
 
   A group's step needs about M times one member's arguments, outputs and temporaries (vmap stacks
-  them); one compilation of the solo step buys the estimate. At least 1.
+  them); one compilation of the solo step (the trainer's model and optimizer, bound as a solo run
+  binds them) buys the estimate. At least 1.
   """
   c = trainer.config
-  state = jax.eval_shape(trainer.init_state)
-  shape = trainer.dataset.image_shape
-  batch = {"image": jax.ShapeDtypeStruct((c.batch_size, *shape), jnp.float32),
+  solo = parallel.MeshJit(trainer.devices, parallel.bind_step(
+      trainer.model, trainer.tx, trainer.learning_rate_fn, c.label_smoothing, c.freeze_bn_stats),
+                          trainer.model, trainer.strategy.compiler_options)
+  batch = {"image": jax.ShapeDtypeStruct((c.batch_size, *trainer.image_shape), jnp.float32),
            "label": jax.ShapeDtypeStruct((c.batch_size,), jnp.int32)}
-  per_member = step_memory(trainer.strategy.train_step.lower(state, batch).compile())
+  per_member = step_memory(solo.train_step.lower(trainer.abstract_state(), batch).compile())
   if not per_member or not per_member["peak"]:
-    return 8  # no estimate from this backend: a modest default, documented in README
+    return MEMBERS_WITHOUT_ESTIMATE
   return max(1, int(MEMORY_FRACTION * device_memory_bytes(trainer.devices[0]) // per_member["peak"]))

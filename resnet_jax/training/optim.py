@@ -2,7 +2,8 @@
 
 The paper trains with SGD, momentum 0.9 and weight decay 1e-4, dividing the
 learning rate by 10 at fixed iterations (He et al. 2015, sec. 3.4 and 4.2).
-Everything here is driven by the optimisation keys of `resnet_jax/config/defaults.py`.
+Everything here is driven by the optimisation keys of `resnet_jax/config/defaults.py`, validated
+before anything is built (`resnet_jax.training.validation`).
 """
 
 import math
@@ -15,47 +16,8 @@ import optax
 
 from resnet_jax.checks import check_choice
 
-_CHOICES = {
-    "lr_schedule": ("step", "cosine", "linear", "constant"),
-    "warmup_mode": ("linear", "constant"),
-    "lr_scaling": ("none", "linear"),
-    "momentum_style": ("optax", "caffe"),
-    "weight_decay_mask": ("kernels", "all"),
-}
-
-
-def _validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError, naming the key, for any bad optimisation setting."""
-  for key, choices in _CHOICES.items():
-    check_choice(key, config[key], choices)
-  boundaries = tuple(config.lr_decay_steps)
-  if any(b < 0 for b in boundaries):
-    raise ValueError(
-        f"lr_decay_steps must be non-negative, got {boundaries!r}.")
-  # Strictly increasing: a repeated boundary would be an ambiguous double drop.
-  if any(a >= b for a, b in zip(boundaries, boundaries[1:])):
-    raise ValueError(
-        f"lr_decay_steps must be strictly increasing, got {boundaries!r}.")
-  if config.warmup_steps < 0:
-    raise ValueError(
-        f"warmup_steps must be non-negative, got {config.warmup_steps!r}.")
-  if config.warmup_steps > config.total_steps:
-    raise ValueError(
-        f"warmup_steps ({config.warmup_steps}) must not exceed total_steps "
-        f"({config.total_steps}).")
-  decays = config.lr_schedule in ("cosine", "linear")
-  if decays and config.warmup_steps == config.total_steps:
-    raise ValueError(
-        f"lr_schedule {config.lr_schedule!r} needs total_steps > warmup_steps, got "
-        f"warmup_steps = total_steps = {config.total_steps}.")
-  if config.grad_clip_norm < 0:
-    raise ValueError(
-        f"grad_clip_norm must be >= 0 (0 = no clipping), got "
-        f"{config.grad_clip_norm!r}.")
-
-
 # Optimisation keys whose values may be traced arrays (`hparams`): the vectorised members of a sweep
-# (resnet_jax.training.vectorized) pass one value per member through `jax.vmap`, so the optimizer's
+# (resnet_jax.training.group_step) pass one value per member through `jax.vmap`, so the optimizer's
 # state has the same tree as a solo run's and a member's checkpoint restores as an ordinary run.
 TRACEABLE = ("learning_rate", "weight_decay", "momentum")
 
@@ -73,7 +35,6 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
 
   `hparams` may hold a (traced) `learning_rate` that replaces the config's peak.
   """
-  _validate(config)
   peak = _value(config, hparams, "learning_rate")
   if config.lr_scaling == "linear":
     # Linear scaling rule (Goyal et al. 2017, sec. 2.1): lr grows with the
@@ -132,7 +93,7 @@ def weight_decay_mask(params: Any, mode: str) -> Any:
       of Tricks, sec. 3.1); "all" decays every parameter, as a plain global
       L2 weight decay does (He et al. 2015, sec. 3.4).
   """
-  check_choice("weight_decay_mask", mode, _CHOICES["weight_decay_mask"])
+  check_choice("weight_decay_mask", mode, ("kernels", "all"))
   if mode == "all":
     return jax.tree_util.tree_map(lambda _: True, params)
   return jax.tree_util.tree_map_with_path(
@@ -152,7 +113,6 @@ def create_optimizer(config: ml_collections.ConfigDict,
   `hparams` may hold (traced) values of the TRACEABLE keys that replace the config's; the chain and
   its state's tree are the same either way.
   """
-  _validate(config)
   schedule = create_learning_rate_fn(config, hparams)
   transforms = []
   freeze = bool(config.freeze_backbone)

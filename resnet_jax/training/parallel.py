@@ -1,7 +1,16 @@
 """Data parallelism: one pure step, compiled with `jax.jit` over a device mesh or with `jax.pmap`.
 
-Both strategies expose the same small interface to the loop: place the state, place a batch, run the
-compiled steps, and bring the state back in a device-count-independent form for checkpoints.
+Every strategy (these two, and the vectorised group of `group_step`) binds the step one way
+(`bind_step`) and gives the loop one interface, for the members it trains (a solo run is one):
+
+- `bind_members(configs)`: the per-member values a dispatch needs (a solo run: its seed);
+- `stack(states)` / `put_state(state)` / `member_state(state, i)`: the members' states to the
+  devices, and one member's back in a device-count-independent form for its checkpoint;
+- `put_batch(member_batches)`, `put_batches(steps)`: this process's share of one step's batch per
+  member, or of K steps' batches, placed for `train_step` and `multi_step(k)`;
+- `device_steps(k, batch_size, augment)`: K steps whose batches are drawn on the devices;
+- `put_eval_batch(batch)` and `eval_step`: a test batch, the same for every member;
+- `fetch(tree)` and `member_values(fetched, i)`: host values of one member.
 """
 
 import functools
@@ -13,42 +22,36 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from resnet_jax.checks import check_choice
 from resnet_jax.data import on_device
 from resnet_jax.training.step import eval_step, train_step
 
 AXIS = "data"
-STRATEGIES = ("jit", "pmap")
-# XLA:CPU library fusions (DebugOptions.LibraryFusionType) that `cpu_fusion` may name.
-CPU_FUSIONS = ("dot", "eltwise", "reduce")
+
+
+def bind_step(model, tx, learning_rate_fn: Callable, label_smoothing=0.0, freeze_bn_stats=False,
+              axis_name=None) -> Callable:
+  """`train_step(state, batch)` with everything else bound: the one way every strategy binds it."""
+  return functools.partial(train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
+                           label_smoothing=label_smoothing, freeze_bn_stats=freeze_bn_stats,
+                           axis_name=axis_name)
 
 
 def select_devices(num_devices: int = 0) -> list:
-  """All devices of every process, or the first `num_devices` (single process only)."""
+  """All devices of every process, or the first `num_devices` (validated: single process only)."""
   devices = jax.devices()
-  if num_devices:
-    if num_devices > len(devices):
-      raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist; use 0 for all.")
-    if jax.process_count() > 1:
-      raise ValueError("num_devices must be 0 (all devices) in a multi-process run.")
-    devices = devices[:num_devices]
-  return devices
+  return devices[:num_devices] if num_devices else devices
 
 
 def cpu_compiler_options(cpu_fusion: str, devices) -> dict:
   """XLA compiler options for the train and eval steps on CPU devices: `{}` elsewhere.
 
-  `cpu_fusion` names YNNPACK library fusions (comma-separated from CPU_FUSIONS; "" = XLA's default).
+  `cpu_fusion` names YNNPACK library fusions (comma-separated; "" = XLA's default; validated).
   Handing element-wise ops to YNNPACK lets XLA:CPU drop most of the layout transposes in front of
   the weight-gradient convolutions, about half of a ResNet-56 step on CPU (docs/PERFORMANCE.md).
   The option is experimental in XLA, so a jaxlib that does not accept it gets a warning and its
   defaults rather than a failed run.
   """
   names = [n.strip() for n in cpu_fusion.split(",") if n.strip()]
-  unknown = sorted(set(names) - set(CPU_FUSIONS))
-  if unknown:
-    raise ValueError(f"cpu_fusion={cpu_fusion!r}: unknown fusion {unknown}; use a comma-separated "
-                     f"subset of {list(CPU_FUSIONS)}, or \"\" for XLA's default.")
   if not names or devices[0].platform != "cpu":
     return {}
   return dict(_probed_cpu_options(tuple(names)))
@@ -75,24 +78,26 @@ class MeshJit:
   """
   axis_name = None
 
-  def __init__(self, devices, model, tx, learning_rate_fn, label_smoothing=0.0, compiler_options=None,
-               freeze_bn_stats=False):
+  def __init__(self, devices, step: Callable, model, compiler_options=None):
     self.devices = devices
     self.compiler_options = compiler_options or None
     self.mesh = Mesh(np.asarray(devices), (AXIS,))
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXIS))
-    step = functools.partial(train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-                             label_smoothing=label_smoothing, freeze_bn_stats=freeze_bn_stats)
     self.train_step = self._jit(step, in_shardings=(self.replicated, self.sharded),
                                 out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     self.eval_step = self._jit(functools.partial(eval_step, model=model),
                                in_shardings=(self.replicated, self.sharded),
                                out_shardings=self.replicated)
-    self._step, self._compiled = step, {}
+    self._step, self._compiled, self.seed = step, {}, 0
 
   def _jit(self, fn, **kwargs):
     return jax.jit(fn, compiler_options=self.compiler_options, **kwargs)
+
+  def bind_members(self, configs: list) -> None:
+    """A solo run's one member: its seed draws the on-device batches (a constant of the program)."""
+    (config,) = configs
+    self.seed = int(config.seed)
 
   def multi_step(self, k: int):
     """K steps in one dispatch: `lax.scan` of the step over batches stacked on a leading K axis.
@@ -100,20 +105,21 @@ class MeshJit:
     Returns (state, metrics) with every metric stacked [K], so each step is still recorded.
     """
     if ("host", k) not in self._compiled:
-      run = lambda state, batches: _scan(self, self._step, state, batches, k)
+      run = lambda state, batches: scan(self, self._step, state, batches, k)
       self._compiled["host", k] = self._jit(
           run, in_shardings=(self.replicated, NamedSharding(self.mesh, P(None, AXIS))),
           out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     return self._compiled["host", k]
 
-  def put_batches(self, local_batches: list[dict]):
-    """Stacks K of this process's batches for `multi_step`, sharded on the batch (second) axis."""
+  def put_batches(self, steps: list[list[dict]]):
+    """K steps of one member's batch (this process's share) for `multi_step`, sharded on the batch."""
     sharding = NamedSharding(self.mesh, P(None, AXIS))
-    return {k: jax.make_array_from_process_local_data(sharding, np.stack([b[k] for b in local_batches]))
-            for k in local_batches[0]}
+    return {k: jax.make_array_from_process_local_data(sharding, np.stack([b[0][k] for b in steps]))
+            for k in steps[0][0]}
 
-  def device_steps(self, k: int, seed: int, batch_size: int, augment: str):
+  def device_steps(self, k: int, batch_size: int, augment: str):
     """K steps whose batches are drawn and augmented on device from `data` (`resnet_jax.data.on_device`)."""
+    seed = self.seed
     key = ("device", k, seed, batch_size, augment)
     if key not in self._compiled:
       def run(state, data):
@@ -121,7 +127,7 @@ class MeshJit:
           batch = on_device.sample_batch(data, seed, state.step, batch_size, augment)
           batch = jax.lax.with_sharding_constraint(batch, self.sharded)  # each device its share
           return self._step(state, batch)
-        return _scan(self, body, state, None, k)
+        return scan(self, body, state, None, k)
 
       self._compiled[key] = self._jit(run, in_shardings=(self.replicated, self.replicated),
                                       out_shardings=(self.replicated, self.replicated), donate_argnums=0)
@@ -135,6 +141,10 @@ class MeshJit:
   def state_sharding(self):
     return self.replicated
 
+  def stack(self, states: list):
+    (state,) = states
+    return state
+
   def put_state(self, state):
     def put(x):
       if isinstance(x, jax.Array) and x.sharding == self.replicated:
@@ -143,30 +153,36 @@ class MeshJit:
       return jax.make_array_from_callback(x.shape, self.replicated, lambda i: x[i])
     return jax.tree_util.tree_map(put, state)
 
-  def put_batch(self, local_batch: dict[str, np.ndarray]):
+  def put_batch(self, member_batches: list[dict]):
+    (local_batch,) = member_batches
+    return self.put_eval_batch(local_batch)
+
+  def put_eval_batch(self, local_batch: dict):
     return {k: jax.make_array_from_process_local_data(self.sharded, v) for k, v in local_batch.items()}
 
-  def get_state(self, state):
+  def member_state(self, state, i: int = 0):
+    del i
     return state
 
   def fetch(self, tree):
     """Host copy of replicated outputs; one local replica is enough (also in multi-process runs)."""
     return jax.device_get(jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree))
 
+  def member_values(self, fetched, i: int = 0):
+    del i
+    return fetched
+
 
 class Pmap:
   """`jax.pmap` over the local devices with axis name "data": gradients and metrics are averaged."""
   axis_name = AXIS
 
-  def __init__(self, devices, model, tx, learning_rate_fn, label_smoothing=0.0, compiler_options=None,
-               freeze_bn_stats=False):
-    # jax.pmap takes no compiler options: `cpu_fusion` applies to the jit strategy only.
+  def __init__(self, devices, step: Callable, model, compiler_options=None):
+    del compiler_options  # jax.pmap takes none: `cpu_fusion` applies to the jit strategy only
     self.devices = [d for d in devices if d.process_index == jax.process_index()]
     # pmap's inputs carry a leading axis of one entry per local device.
     self.stacked = NamedSharding(Mesh(np.asarray(self.devices), (AXIS,)), P(AXIS))
-    step = functools.partial(train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-                             label_smoothing=label_smoothing, freeze_bn_stats=freeze_bn_stats,
-                             axis_name=AXIS)
+    self.compiler_options = None
     # Every process names all devices, so the axis (and its gradient mean) spans every process;
     # each process feeds its local ones (jax.pmap's `devices` contract in multi-process runs).
     self.train_step = jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=0)
@@ -174,30 +190,37 @@ class Pmap:
                               axis_name=AXIS, devices=devices)
     self._step, self._all_devices, self._compiled = step, devices, {}
 
+  def bind_members(self, configs: list) -> None:
+    (config,) = configs
+    del config  # batches come from the host: nothing per member on the devices
+
   def multi_step(self, k: int):
     """K steps per dispatch: `lax.scan` inside the pmap; metrics come back stacked [K]."""
     if k not in self._compiled:
-      self._compiled[k] = jax.pmap(lambda state, batches: _scan(self, self._step, state, batches, k),
+      self._compiled[k] = jax.pmap(lambda state, batches: scan(self, self._step, state, batches, k),
                                    axis_name=AXIS, devices=self._all_devices, donate_argnums=0)
     return self._compiled[k]
 
-  def put_batches(self, local_batches: list[dict]):
+  def put_batches(self, steps: list[list[dict]]):
     n = len(self.devices)
     def stack(key):
-      x = np.stack([b[key] for b in local_batches])  # [K, local batch, ...]
+      x = np.stack([b[0][key] for b in steps])  # [K, local batch, ...]
       x = x.reshape((x.shape[0], n, -1) + x.shape[2:])
       return jax.device_put(np.swapaxes(x, 0, 1), self.stacked)  # [device, K, per-device batch, ...]
-    return {key: stack(key) for key in local_batches[0]}
+    return {key: stack(key) for key in steps[0][0]}
 
   def device_steps(self, *args):
-    raise ValueError("data_on_device=True needs parallelism='jit' (the batch is drawn inside one "
-                     "jit-compiled step over the mesh).")
+    raise NotImplementedError("data_on_device needs parallelism='jit' (validated before any run).")
 
   @property
   def state_sharding(self):
     # Checkpoints hold global arrays replicated on every device of every process, as MeshJit's do:
     # Orbax refuses process-local arrays in a multi-process run, and either strategy restores either.
     return NamedSharding(Mesh(np.asarray(self._all_devices), (AXIS,)), P())
+
+  def stack(self, states: list):
+    (state,) = states
+    return state
 
   def put_state(self, state):
     n = len(self.devices)
@@ -207,13 +230,18 @@ class Pmap:
       return jax.device_put(np.broadcast_to(x, (n,) + x.shape), self.stacked)
     return jax.tree_util.tree_map(put, state)
 
-  def put_batch(self, local_batch: dict[str, np.ndarray]):
+  def put_batch(self, member_batches: list[dict]):
+    (local_batch,) = member_batches
+    return self.put_eval_batch(local_batch)
+
+  def put_eval_batch(self, local_batch: dict):
     n = len(self.devices)
     return {k: jax.device_put(np.reshape(v, (n, -1) + v.shape[1:]), self.stacked)
             for k, v in local_batch.items()}
 
-  def get_state(self, state):
+  def member_state(self, state, i: int = 0):
     """The state as global arrays (`state_sharding`): each local device's replica becomes one shard."""
+    del i
     replicated = self.state_sharding
 
     def unstack(x):
@@ -225,8 +253,12 @@ class Pmap:
     """Host copy of the (identical, averaged) first device's outputs."""
     return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
 
+  def member_values(self, fetched, i: int = 0):
+    del i
+    return fetched
 
-def _scan(strategy, body, state, xs, k: int):
+
+def scan(strategy, body, state, xs, k: int):
   """`lax.scan(body, state, xs, length=k)`, with per-step outputs stacked [k]."""
   # XLA:CPU runs convolutions inside loop bodies ~30x slower than outside (jax-ml/jax#12868; we
   # measured 0.28 s vs 0.007 s per step of a small conv net), and a loop of one trip is still a loop:
@@ -240,15 +272,6 @@ def _scan(strategy, body, state, xs, k: int):
   return state, jax.tree_util.tree_map(lambda *ys: jnp.stack(ys), *outputs)
 
 
-def create(strategy: str, devices, model, tx, learning_rate_fn: Callable, label_smoothing: float = 0.0,
-           compiler_options: dict | None = None, freeze_bn_stats: bool = False) -> Any:
-  """The data-parallel strategy named by `config.parallelism`."""
-  check_choice("parallelism", strategy, STRATEGIES)
-  cls = MeshJit if strategy == "jit" else Pmap
-  return cls(devices, model, tx, learning_rate_fn, label_smoothing, compiler_options, freeze_bn_stats)
-
-
-def check_batch_size(batch_size: int, num_devices: int, what: str = "batch_size") -> None:
-  if batch_size % num_devices or batch_size % jax.process_count():
-    raise ValueError(f"{what}={batch_size} must be divisible by the number of devices ({num_devices}) "
-                     f"and processes ({jax.process_count()}).")
+def create(parallelism: str, devices, step: Callable, model, compiler_options=None) -> Any:
+  """The data-parallel strategy named by `config.parallelism` (validated: "jit" or "pmap")."""
+  return (MeshJit if parallelism == "jit" else Pmap)(devices, step, model, compiler_options)

@@ -30,10 +30,13 @@ class TrainState:
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape) -> TrainState:
-  """Initialises parameters with a batch of one example of `image_shape` (H, W, C)."""
+                       image_shape, variables: Any = None) -> TrainState:
+  """A new run's state: parameters initialised with a batch of one example of `image_shape` (H, W, C),
+  or the given `variables` ({"params", "batch_stats"}: converted or pretrained weights), with the
+  optimizer's initial state and the run's RNG, both from `rng` exactly as a fresh run's."""
   init_rng, state_rng = jax.random.split(rng)
-  variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  if variables is None:
+    variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),

@@ -11,8 +11,8 @@ from typing import Iterable
 
 from etils import epath
 
-from resnet_jax import storage
-from resnet_jax.training.tensorboard import EventWriter
+from resnet_jax.run import storage
+from resnet_jax.run.tensorboard import EventWriter
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -21,6 +21,8 @@ import importlib.util
 import os
 from typing import Optional
 
+from resnet_jax.run.errors import LaunchError
+
 ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
@@ -29,7 +31,7 @@ def _int_env(name: str, env) -> int:
   try:
     return int(value)
   except ValueError:
-    raise ValueError(f"{name}={value!r} must be an integer; with JAX_COORDINATOR_ADDRESS set, "
+    raise LaunchError(f"{name}={value!r} must be an integer; with JAX_COORDINATOR_ADDRESS set, "
                      f"set all of {', '.join(ENV_VARS)}.") from None
 
 
@@ -74,7 +76,7 @@ def detect(env=None) -> Optional[str]:
   mpi_size = _task_count(env, "OMPI_COMM_WORLD_SIZE")
   if mpi_size > 1:
     if not jax_detects("mpi", env):
-      raise ValueError(
+      raise LaunchError(
           f"an Open MPI launch of {mpi_size} processes (OMPI_COMM_WORLD_SIZE), but without "
           f"{OMPI_URI}, which JAX needs to find the others (Open MPI 5 no longer sets it). Set "
           "JAX_COORDINATOR_ADDRESS=<host of rank 0>:<free port>, JAX_NUM_PROCESSES="
@@ -102,7 +104,7 @@ def initialize() -> Optional[str]:
     num_processes = _int_env("JAX_NUM_PROCESSES", env)
     process_id = _int_env("JAX_PROCESS_ID", env)
     if not 0 <= process_id < num_processes:
-      raise ValueError(f"JAX_PROCESS_ID={process_id} must be in [0, JAX_NUM_PROCESSES={num_processes}).")
+      raise LaunchError(f"JAX_PROCESS_ID={process_id} must be in [0, JAX_NUM_PROCESSES={num_processes}).")
     args = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"], num_processes=num_processes,
                 process_id=process_id)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")

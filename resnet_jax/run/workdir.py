@@ -4,11 +4,11 @@
   when the process dies, even by kill -9, so a lock is never stale; the file names the holder (pid,
   host, command, start time) for the error a second writer gets. Bucket workdirs (gs://) have no
   locks: there the lock is skipped with a warning, and running one job per workdir is up to you.
-- `check_writable`: the workdir can be created and written, checked before any compilation.
-- `check_resumable` / `record_config`: a resumed run must keep every key that changes what it
-  computes (all but `CHANGEABLE_ON_RESUME`); each segment's resolved config is appended to
-  `config_history.jsonl`, and `config.json` holds the newest, so what produced a checkpoint is never
-  lost.
+- `check_writable`: the workdir can be created and written, checked before any compilation; the
+  error says why not (does not exist, is a file, is read-only, no space left).
+- `read_config` / `record_config`: each segment's resolved config is appended to
+  `config_history.jsonl` and `config.json` holds the newest, so what produced a checkpoint is never
+  lost (which keys a resume may change is the config's business: `resnet_jax.config.resume`).
 """
 
 import datetime
@@ -20,11 +20,9 @@ import sys
 import warnings
 
 from etils import epath
-import ml_collections
 
-from resnet_jax import storage
-from resnet_jax.config import CHANGEABLE_ON_RESUME, from_dict
-from resnet_jax.training.errors import WorkdirInUseError
+from resnet_jax.run import storage
+from resnet_jax.run.errors import WorkdirError, WorkdirInUseError
 
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
@@ -74,7 +72,7 @@ class Lock:
 
 
 def check_writable(workdir: str) -> None:
-  """Creates `workdir` and writes a probe file there, or raises a ValueError saying why not."""
+  """Creates `workdir` and writes a probe file there, or raises a WorkdirError saying why not."""
   path = epath.Path(workdir)
   probe = path / f".write_test.{os.getpid()}"
   try:
@@ -82,41 +80,47 @@ def check_writable(workdir: str) -> None:
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
-    reason = e.strerror or str(e)
-    raise ValueError(f"cannot write to the workdir {workdir} ({reason}). Choose a --workdir you can "
-                     "write to (nothing was changed).") from None
+    raise WorkdirError(f"cannot write to the workdir {workdir}: {_why_not(workdir, e)}. Choose a "
+                       "--workdir you can write to (nothing was changed).") from None
 
 
-def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses to resume a run under values that would change what it computes (ValueError)."""
+def _why_not(workdir: str, error: OSError) -> str:
+  """The reason a folder cannot be made or written, in words, from the error and the path."""
+  if storage.is_remote(workdir):
+    return error.strerror or str(error)
+  path = os.path.abspath(workdir)
+  if os.path.isfile(path):
+    return "it is a file, not a folder"
+  ancestor = path
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if ancestor != path and not os.path.isdir(ancestor):
+    return f"{ancestor} is a file, not a folder"
+  if error.errno == errno.ENOSPC:
+    return f"no space left on the disk holding {ancestor}"
+  if error.errno == errno.EROFS:
+    return f"{ancestor} is on a read-only file system"
+  if error.errno in (errno.EACCES, errno.EPERM):
+    return f"{ancestor} is read-only for this user (no permission to write there)"
+  if ancestor != path:  # e.g. /proc or /sys, where ordinary folders cannot be made
+    return f"{path} does not exist, and {ancestor} does not accept new folders"
+  return error.strerror or str(error)
+
+
+def read_config(workdir: str) -> dict | None:
+  """The config a run wrote to `<workdir>/config.json`, as a dict; None when there is none."""
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
-    return
+    return None
   try:
-    old = from_dict(json.loads(path.read_text()))
+    return json.loads(path.read_text())
   except json.JSONDecodeError:
-    raise ValueError(f"{path} is not valid JSON (damaged?); the config that wrote this workdir's "
-                     f"checkpoints is also in {HISTORY_FILE} there. Restore config.json from it, or "
-                     "use a new --workdir.") from None
-  changed = [k for k in config.keys() if k not in CHANGEABLE_ON_RESUME and k in old
-             and _normal(old[k]) != _normal(config[k])]
-  if (config.lr_schedule in ("cosine", "linear") and "total_steps" not in changed
-      and old.total_steps != config.total_steps):
-    changed.append("total_steps")  # these decay to 0 at total_steps: it would change the lr
-  if changed:
-    diff = ", ".join(f"{k}: {old[k]!r} -> {config[k]!r}" for k in changed)
-    raise ValueError(
-        f"{workdir} holds a run with a different {diff}. Resuming under these values would change "
-        "what the run computes, so its checkpoints cannot continue it. Use a new --workdir, or "
-        f"resume with the original values ({CONFIG_FILE} there). Keys that may change on resume: "
-        f"{', '.join(CHANGEABLE_ON_RESUME)}.")
+    raise WorkdirError(f"{path} is not valid JSON (damaged?); the config that wrote this workdir's "
+                       f"checkpoints is also in {HISTORY_FILE} there. Restore config.json from it, or "
+                       "use a new --workdir.") from None
 
 
-def _normal(value):
-  return list(value) if isinstance(value, tuple) else value
-
-
-def record_config(workdir: str, config: ml_collections.ConfigDict, start_step: int) -> None:
+def record_config(workdir: str, config, start_step: int) -> None:
   """Writes config.json (this segment) and appends it, with its first step, to the history."""
   root = epath.Path(workdir)
   text = config.to_json_best_effort(sort_keys=True)

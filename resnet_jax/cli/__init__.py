@@ -1,0 +1,49 @@
+"""The `resnet-jax` command: parses arguments (`parser`), calls the rooms (`commands`), and maps how a
+command ends to its exit code: a user's mistake is one sentence and exit 2, a stop or a full disk its
+own code, anything else a bug with its traceback (`resnet_jax.run.errors`).
+"""
+
+import os
+import sys
+
+from resnet_jax.cli.commands import COMMANDS, needs, split_overrides  # pylint: disable=unused-import
+from resnet_jax.cli.parser import build_parser
+from resnet_jax.run import errors, extras, process
+
+
+def main(argv=None) -> int:
+  parser = build_parser(COMMANDS)
+  args, extra = parser.parse_known_args(argv)
+  if extra and args.command not in ("train", "sweep", "convert"):
+    parser.error(f"unrecognised arguments: {' '.join(extra)}")
+  args.overrides = extra
+  try:
+    extras.require(args.command, needs(args))
+    return args.func(args)
+  except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
+    code = errors.exit_code(e)
+    if code is None and isinstance(e, ModuleNotFoundError) and extras.extra_of(
+        (e.name or "").split(".")[0]):  # one that `needs` did not foresee: still name its extra
+      e, code = errors.MissingExtraError(
+          f"this command needs the {e.name!r} package, which this install leaves out: pip install "
+          f"'resnet-jax[{extras.extra_of(e.name.split('.')[0])}]'"), errors.EXIT_BAD_INPUT
+    if code is None:
+      raise  # not a mistake a user can fix or a stop we expect: a bug, with its traceback
+    if isinstance(e, KeyboardInterrupt):
+      message = ("stopped at once by a second Ctrl-C; nothing was saved after the last checkpoint, "
+                 "from which the same command resumes.")
+    elif isinstance(e, errors.StoppedEarly):
+      message = str(e)
+    else:
+      message = f"error: {e}"
+    print(f"resnet-jax {args.command}: {message}", file=sys.stderr)
+    return code
+
+
+def entry_point() -> int:
+  """The installed `resnet-jax` command: `main`, re-executed once with glibc huge pages where they
+  apply (resnet_jax.run.process)."""
+  env = process.hugepage_environment(os.environ)
+  if env is not None and sys.executable:
+    os.execve(sys.executable, [sys.executable, "-m", "resnet_jax.cli", *sys.argv[1:]], env)
+  return main()
