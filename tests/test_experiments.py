@@ -25,7 +25,8 @@ def _tiny(spec, image_size):
   """The preset on synthetic data of a tiny image size: its model, optimizer and step, not its data."""
   config = config_lib.load(spec, {"dataset": "synthetic", "image_size": str(image_size),
                                      "batch_size": "8", "eval_batch_size": "8", "num_devices": "1",
-                                     "bn_group_size": "0", "augment": "none", "eval_crops": "center"})
+                                     "bn_group_size": "0", "augment": "none", "eval_crops": "center",
+                                     "color_augment": "none"})
   return config, loop.Trainer(config)
 
 
@@ -57,7 +58,7 @@ def test_presets_run_one_step(spec, size):
 def test_preset_argument_errors():
   with pytest.raises(ValueError, match="expected a CIFAR net"):
     config_lib.load("configs/cifar10.py:resnet50")
-  with pytest.raises(ValueError, match="only variant"):
+  with pytest.raises(ValueError, match="the variants are -A, -B, -C .* and -modern"):
     config_lib.load("configs/imagenet.py:resnet50-old")
   modern = config_lib.load("configs/imagenet.py:resnet50-modern")
   assert modern.lr_scaling == "linear" and modern.dtype == "bfloat16" and modern.label_smoothing == 0.1

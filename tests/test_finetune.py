@@ -180,7 +180,7 @@ def test_frozen_bn_statistics_step_runs_bn_in_inference_mode():
                               rng=jax.random.key_data(jax.random.key(2)))
   batch = {"image": x, "label": jnp.array([0, 1, 2, 0])}
   new, metrics = step_lib.train_step(state, batch, model=model, tx=tx,
-                                     learning_rate_fn=lambda s: 0.1, freeze_bn_stats=True)
+                                     learning_rate_fn=lambda s, o: 0.1, freeze_bn_stats=True)
   assert _equal(new.batch_stats, stats)
   logits = model.apply({"params": variables["params"], "batch_stats": stats}, x, train=False)
   loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))

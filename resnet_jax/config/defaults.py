@@ -55,9 +55,15 @@ def _data(c: ml_collections.ConfigDict) -> None:
                                      # in pixels; 0 = the model's default (224 for ImageNet nets)
   c.batch_size = 128                 # GLOBAL batch, split across all devices and processes
   c.eval_batch_size = 256            # global batch for evaluation; the last batch is padded and masked
-  c.eval_crops = "center"            # test view of variable-size images: "center" (resize, centre crop)
-                                     # or "ten" (the paper's 10-crop testing, sec. 3.4: corners, centre
-                                     # and flips, scores averaged; eval_batch_size counts images)
+  c.eval_crops = "center"            # test view of variable-size images: "center" (resize, centre crop),
+                                     # "ten" (the paper's 10-crop testing, sec. 3.4: corners, centre
+                                     # and flips, scores averaged; eval_batch_size counts images), or
+                                     # "multiscale" (Tables 4-5: the net at each of eval_scales, scores
+                                     # averaged)
+  c.eval_scales = (224, 256, 384, 480, 640)  # multiscale: the shorter sides (sec. 3.4), central squares
+  c.color_augment = "none"           # "pca": AlexNet's colour augmentation (sec. 3.4 "standard color
+                                     # augmentation in [21]"): RGB shift along the PCA of ImageNet's pixels
+  c.color_augment_std = 0.1          # std of the PCA alphas (Krizhevsky et al. 2012: 0.1)
 
 
 def _optimisation(c: ml_collections.ConfigDict) -> None:
@@ -69,8 +75,12 @@ def _optimisation(c: ml_collections.ConfigDict) -> None:
   c.lr_decay_steps = (32000, 48000)  # step schedule boundaries: the paper's CIFAR recipe (section 4.2)
   c.lr_decay_factor = 0.1            # multiply the lr by this at each boundary ("divided by 10")
   c.warmup_steps = 0                 # length of the warm-up phase
-  c.warmup_mode = "linear"           # "linear" (0 -> lr, Goyal 2017) or "constant" (the paper's ResNet-110)
-  c.warmup_learning_rate = 0.01      # lr during a "constant" warm-up (paper: 0.01 for ~400 iterations)
+  c.warmup_mode = "linear"           # "linear" (0 -> lr, Goyal 2017), "constant" (warmup_learning_rate
+                                     # for warmup_steps), or "error" (the paper's ResNet-110 rule:
+                                     # warmup_learning_rate until the training error < threshold)
+  c.warmup_learning_rate = 0.01      # lr of a "constant" or "error" warm-up (paper: 0.01)
+  c.warmup_error_threshold = 0.8     # "error" warm-up: until the running training error is below this
+                                     # (paper: 80%); warmup_steps caps it
   c.momentum = 0.9                   # SGD momentum (paper: 0.9)
   c.nesterov = False                 # Nesterov momentum instead of heavy-ball
   c.momentum_style = "optax"         # "optax" (v = m v + g; w -= lr v) or "caffe" (v = m v + lr g; w -= v),
@@ -132,7 +142,7 @@ def _parallelism(c: ml_collections.ConfigDict) -> None:
 # linear schedules, whose shapes it fixes.
 CHANGEABLE_ON_RESUME = (
     "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-    "keep_checkpoints", "eval_batch_size", "eval_crops", "data_dir", "data_cache_dir",
+    "keep_checkpoints", "eval_batch_size", "eval_crops", "eval_scales", "data_dir", "data_cache_dir",
     "data_threads", "prefetch_batches", "num_devices", "parallelism", "steps_per_dispatch",
     "cpu_fusion", "remat_blocks", "vectorize", "vectorize_max_members", "compilation_cache_dir",
 )

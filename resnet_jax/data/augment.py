@@ -19,7 +19,19 @@ NORMALIZATIONS = ("per_channel", "per_pixel_mean", "torchvision")
 # [0, 1] pixels: what its pretrained ResNets expect, so converted weights see the inputs they learnt on.
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
-EVAL_CROPS = ("center", "ten")  # the test view: one centre crop, or the paper's 10-crop testing
+# The test view: one centre crop, the paper's 10-crop testing (Tables 2-4), or its multi-scale testing
+# (Tables 4-5): the central square at several scales of the shorter side, scores averaged.
+EVAL_CROPS = ("center", "ten", "multiscale")
+COLOR_AUGMENTS = ("none", "pca")
+# AlexNet's colour augmentation (Krizhevsky et al. 2012, sec. 4.1), which He et al. 2015 use on
+# ImageNet (sec. 3.4, "the standard color augmentation in [21]"): add to every pixel of an RGB image
+# in [0, 1] the vector eigvec @ (alpha * eigval), alpha ~ N(0, std) per image (std 0.1). These are
+# the eigenvalues and eigenvectors (columns) of the RGB covariance of ImageNet's training pixels as
+# published with fb.resnet.torch (datasets/imagenet.lua) and used by torchvision's references.
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
+              (-0.5808, -0.0045, -0.8140),
+              (-0.5836, -0.6948, 0.4203))
 CIFAR_PAD = 4              # He et al. 2015, sec. 4.2: "4 pixels are padded on each side"
 INCEPTION_SCALE = (0.08, 1.0)  # Szegedy et al. 2015 crop area range, as in torchvision
 INCEPTION_RATIO = (3 / 4, 4 / 3)
@@ -29,8 +41,13 @@ SCALE_CROP = 224           # the crop SCALE_RANGE is stated for; other sizes sca
 EVAL_CROP_FRACTION = 0.875  # resize to 256, centre crop 224 (224 / 256)
 
 
-def sample_params(augment: str, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
-  """The random numbers one global batch needs; each array's leading axis is the batch."""
+def sample_params(augment: str, rng: np.random.Generator, batch_size: int,
+                  color_std: float = 0.0) -> dict[str, np.ndarray]:
+  """The random numbers one global batch needs; each array's leading axis is the batch.
+
+  `color_std` > 0 adds the PCA colour augmentation's alphas, drawn after everything else so that
+  the other draws do not change with it.
+  """
   check_choice("augment", augment, AUGMENTS)
   params = {"flip": rng.random(batch_size) < 0.5} if augment != "none" else {}
   if augment == "cifar":
@@ -39,7 +56,14 @@ def sample_params(augment: str, rng: np.random.Generator, batch_size: int) -> di
     params["u"] = rng.random((batch_size, INCEPTION_ATTEMPTS, 4))
   elif augment == "scale":
     params["u"] = rng.random((batch_size, 3))
+  if color_std > 0:
+    params["alpha"] = rng.normal(0.0, color_std, (batch_size, 3))
   return params
+
+
+def pca_offsets(alpha: np.ndarray) -> np.ndarray:
+  """(B, 3) RGB offsets in [0, 1] units from the PCA alphas (B, 3): eigvec @ (alpha * eigval)."""
+  return (np.asarray(alpha) * np.asarray(PCA_EIGVAL)) @ np.asarray(PCA_EIGVEC).T
 
 
 def pad_crop_flip(images, offset, flip, pad: int = CIFAR_PAD, xp=np):
@@ -115,9 +139,13 @@ def ten_crop_boxes(heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
   return np.stack([np.stack([y, x, side, side], axis=1) for y, x in corners], axis=1)
 
 
-def center_boxes(heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
-  """Evaluation view: resize the shorter side to size / 0.875, centre crop size (square boxes)."""
-  side = EVAL_CROP_FRACTION * np.minimum(heights, widths).astype(np.float64)
+def center_boxes(heights: np.ndarray, widths: np.ndarray,
+                 fraction: float = EVAL_CROP_FRACTION) -> np.ndarray:
+  """Evaluation view: resize the shorter side to size / 0.875, centre crop size (square boxes).
+
+  `fraction` of the shorter side is the square's side: 1.0 is the whole shorter side.
+  """
+  side = fraction * np.minimum(heights, widths).astype(np.float64)
   return np.stack([(heights - side) / 2, (widths - side) / 2, side, side], axis=1)
 
 
@@ -187,9 +215,21 @@ class Normalizer:
     std = np.sqrt(np.maximum(total_sq.sum(axis=(0, 1)) / n - mean ** 2, 0.0))
     return cls(mean, std)
 
-  def __call__(self, images: np.ndarray) -> np.ndarray:
-    x = images.astype(np.float32) * np.float32(1 / 255) - self.mean
+  def __call__(self, images: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+    """Normalised images; `offsets` (B, C), in [0, 1] units, are added to each image's pixels first
+    (the PCA colour augmentation)."""
+    x = images.astype(np.float32) * np.float32(1 / 255)
+    if offsets is not None:
+      x = x + np.asarray(offsets, np.float32)[:, None, None, :]
+    x = x - self.mean
     return x if self.std is None else x / self.std
+
+  def at_size(self, side: int) -> "Normalizer":
+    """This normaliser for side x side images: a per-pixel mean image of another size becomes its
+    per-channel average (multi-scale testing feeds the net several sizes)."""
+    if self.mean.ndim == 3 and self.mean.shape[0] != side:
+      return Normalizer(self.mean.mean(axis=(0, 1)), self.std)
+    return self
 
 
 def moments(images: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:

@@ -44,14 +44,15 @@ def process_slice(x: np.ndarray) -> np.ndarray:
   return x[index * per:(index + 1) * per]
 
 
-def batch_plan(seed: int, step: int, batch_size: int, n: int, augment: str):
+def batch_plan(seed: int, step: int, batch_size: int, n: int, augment: str, color_std: float = 0.0):
   """This process's example indices and augmentation parameters for global batch `step`.
 
   Parameters are drawn for the whole global batch, then sliced: the global batch does not depend
   on the number of processes.
   """
   idx = example_indices(seed, step, batch_size, n)
-  params = sample_params(augment, np.random.default_rng([seed, step, _AUGMENT_STREAM]), batch_size)
+  params = sample_params(augment, np.random.default_rng([seed, step, _AUGMENT_STREAM]), batch_size,
+                         color_std)
   return process_slice(idx), {k: process_slice(v) for k, v in params.items()}
 
 

@@ -32,8 +32,9 @@ class TfdsDataset:
   def __init__(self, name: str, data_dir: str = "", augment: str = "none",
                normalization: str = "per_channel", validation_split: int = 0, image_size: int = 0,
                normalization_examples: int = 50000, data_threads: int = 0, prefetch_batches: int = 2,
-               cache_dir: str = "", default_image_size: int = 224, eval_crops: str = "center"):
-    self.eval_crops = eval_crops
+               cache_dir: str = "", default_image_size: int = 224, eval_crops: str = "center",
+               color_std: float = 0.0, eval_scales: tuple = ()):
+    self.eval_crops, self.color_std, self.eval_scales = eval_crops, color_std, tuple(eval_scales)
     builder = open_builder(name, data_dir, cache_dir)
     info = builder.info
     if not info.supervised_keys or len(info.supervised_keys) != 2:
@@ -90,7 +91,8 @@ class TfdsDataset:
     return cls(config.dataset, config.data_dir, config.augment, config.normalization,
                config.validation_split, config.image_size, config.normalization_examples,
                config.data_threads, config.prefetch_batches, config.data_cache_dir, default_image_size,
-               config.eval_crops)
+               config.eval_crops, config.color_augment_std if config.color_augment == "pca" else 0.0,
+               config.eval_scales)
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -112,16 +114,35 @@ class TfdsDataset:
 
   def _load_train(self, key, step: int) -> dict[str, np.ndarray]:
     seed, batch_size = key
-    idx, params = sampling.batch_plan(seed, step, batch_size, self.train_size, self.augment)
+    idx, params = sampling.batch_plan(seed, step, batch_size, self.train_size, self.augment,
+                                      self.color_std)
     records = self.records(idx)
     return {"image": self._images(records, params, train=True), "label": self._labels(records)}
 
   def _load_eval(self, batch_size: int, j: int) -> dict[str, np.ndarray]:
     idx, mask = sampling.eval_batch_plan(batch_size, self.eval_size, j)
     records = self.records(idx, "eval")
-    images = (self.normalizer(self.ten_crops(records)) if self.eval_crops == "ten"
-              else self._images(records, {}, train=False))
+    if self.eval_crops == "ten":
+      images = self.normalizer(self.ten_crops(records))
+    elif self.eval_crops == "multiscale":  # one array per scale: their sizes differ
+      images = tuple(self.normalizer.at_size(s)(self.square_crops(records, s))
+                     for s in self.eval_scales)
+    else:
+      images = self._images(records, {}, train=False)
     return {"image": images, "label": self._labels(records), "mask": mask}
+
+  def square_crops(self, records, side: int) -> np.ndarray:
+    """uint8 (B, side, side, C): each image's shorter side resized to `side`, its central square.
+
+    Multi-scale testing (He et al. 2015, sec. 3.4, Tables 4-5) applies the fully-convolutional net
+    at several scales of the shorter side; a batch needs one shape per scale, so each scale sees the
+    central square of the image at that scale (75% of a 4:3 photograph) rather than all of it.
+    """
+    images = [aug.open_image(r[self.image_key], self.channels) for r in records]
+    heights = np.array([im.height for im in images])
+    widths = np.array([im.width for im in images])
+    boxes = aug.center_boxes(heights, widths, fraction=1.0)
+    return np.stack([aug.crop_resize(im, b, side, self.channels) for im, b in zip(images, boxes)])
 
   def ten_crops(self, records) -> np.ndarray:
     """uint8 (B, 10, size, size, C): the five `ten_crop_boxes` crops of each image, then their flips."""
@@ -154,7 +175,8 @@ class TfdsDataset:
     return aug.flip_images(out, params["flip"]) if "flip" in params else out
 
   def _images(self, records, params: dict, train: bool) -> np.ndarray:
-    images = self.normalizer(self.decode(records, params, train))
+    offsets = aug.pca_offsets(params["alpha"]) if "alpha" in params else None
+    images = self.normalizer(self.decode(records, params, train), offsets)
     if train and self.augment == "cifar":
       # Normalise first, then zero-pad: the padding is the mean colour, as with the paper's
       # mean-subtracted inputs (sec. 4.2).

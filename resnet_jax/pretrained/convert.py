@@ -35,6 +35,7 @@ def conversion_config(name: str, config_file: str = "",
   # torchvision's network, whatever the preset says: the bottleneck strides its 3x3 (v1.5), where the
   # paper preset strides the 1x1 (v1). The shapes are the same, so only this keeps the conversion true.
   config.stride_placement = "v1.5"
+  config.shortcut = ""  # the registry's option B, torchvision's (the paper preset gives 18/34 option A)
   if config.eval_crops == "ten":  # the same images through the net per batch: 10 crops -> 10 examples
     config.eval_batch_size *= 10
   config.eval_crops = "center"  # torchvision's own test view (resize 256, centre 224); overridable

@@ -21,7 +21,7 @@ from resnet_jax.training.grouping import HPARAMS
 class GroupJit(parallel.MeshJit):
   """MeshJit over stacked members: one member's step, bound from its traced values, under vmap."""
 
-  def __init__(self, devices, model, config, compiler_options=None):
+  def __init__(self, devices, model, config, compiler_options=None, platform=None):
     if len(devices) > 1:
       # XLA:CPU's experimental YNNPACK fusions (`cpu_fusion`) reject the layout of the vmapped,
       # batch-sharded activations ("unsupported layout in YNN fusion", jaxlib 0.10.2, 8 devices).
@@ -36,7 +36,7 @@ class GroupJit(parallel.MeshJit):
       return step(state, batch)
 
     self._group_step = jax.vmap(member_step)
-    super().__init__(devices, self._group_step, model, compiler_options)
+    super().__init__(devices, self._group_step, model, compiler_options, platform)
     self.member_sharded = NamedSharding(self.mesh, P(None, parallel.AXIS))
     # (states, batch, hparams) -> (states, metrics): what `train_step` calls with the bound values.
     self.jitted_train_step = self._jit(

@@ -7,7 +7,7 @@ before anything is built (`resnet_jax.training.validation`).
 """
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,11 +29,33 @@ def _value(config: ml_collections.ConfigDict, hparams: dict | None, key: str):
   return float(config[key])
 
 
+# warmup_mode="error": the paper's ResNet-110 warm-up, "0.01 ... until the training error is below
+# 80% (about 400 iterations), and then go back to 0.1" (sec. 4.2). The training error is a running
+# average of each step's batch error, weight ERROR_EMA_DECAY per step (about the last 10 steps), and
+# starts at 100%; warmup_steps caps the warm-up.
+ERROR_EMA_DECAY = 0.9
+
+
+class ErrorGateState(NamedTuple):
+  """The error-gated warm-up's state (in the optimizer state, so it is checkpointed and resumes)."""
+  count: jax.Array   # updates so far
+  error: jax.Array   # running training error, in [0, 1]
+  done: jax.Array    # the warm-up has ended: the schedule's lr from the next update on
+
+
+def _gate(opt_state) -> ErrorGateState | None:
+  found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(
+      x, ErrorGateState)) if isinstance(x, ErrorGateState)]
+  return found[0] if found else None
+
+
 def create_learning_rate_fn(config: ml_collections.ConfigDict,
                             hparams: dict | None = None) -> optax.Schedule:
-  """Returns the schedule step -> lr; step 0 is the first update.
+  """Returns the schedule (step, opt_state=None) -> lr; step 0 is the first update.
 
-  `hparams` may hold a (traced) `learning_rate` that replaces the config's peak.
+  `hparams` may hold a (traced) `learning_rate` that replaces the config's peak. Under
+  warmup_mode="error" the warm-up's end is in the optimizer state: given `opt_state`, the lr is the
+  warm-up's until then; without it, the schedule after the warm-up.
   """
   peak = _value(config, hparams, "learning_rate")
   if config.lr_scaling == "linear":
@@ -42,11 +64,12 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
     peak *= config.batch_size / 256
   boundaries = jnp.asarray(tuple(config.lr_decay_steps), dtype=jnp.int32)
   factor = float(config.lr_decay_factor)
-  warmup = int(config.warmup_steps)
+  gated = config.warmup_mode == "error"
+  warmup = 0 if gated else int(config.warmup_steps)  # a gated warm-up's length is not known ahead
   decay_steps = int(config.total_steps) - warmup
   warmup_lr = float(config.warmup_learning_rate)
 
-  def schedule(step):
+  def schedule(step, opt_state=None):
     step = jnp.asarray(step)
     if config.lr_schedule == "step":
       # Boundaries count absolute updates, warm-up included: the paper divides
@@ -73,9 +96,35 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
         # back to 0.1 (He et al. 2015, sec. 4.2).
         warm = warmup_lr * jnp.ones_like(step, dtype=jnp.float32)
       lr = jnp.where(step < warmup, warm, lr)
+    gate = _gate(opt_state) if gated and opt_state is not None else None
+    if gate is not None:
+      lr = jnp.where(gate.done, lr, warmup_lr)
     return jnp.asarray(lr, dtype=jnp.float32)
 
   return schedule
+
+
+def scale_by_error_gated_lr(schedule, warmup_lr: float, threshold: float, max_steps: int
+                            ) -> optax.GradientTransformationExtraArgs:
+  """-lr * updates, with lr = `warmup_lr` until the running training error falls below `threshold`
+  (or `max_steps` updates pass), `schedule(count)` after. The step passes each batch's error as
+  `train_error`; the switch is decided inside the compiled step, so nothing recompiles."""
+
+  def init(params):
+    del params
+    return ErrorGateState(count=jnp.zeros((), jnp.int32), error=jnp.ones((), jnp.float32),
+                          done=jnp.zeros((), jnp.bool_))
+
+  def update(updates, state, params=None, *, train_error=None, **extra):
+    del params, extra
+    lr = jnp.where(state.done, schedule(state.count), warmup_lr)
+    updates = jax.tree_util.tree_map(lambda u: -lr * u, updates)
+    error = state.error if train_error is None else (
+        ERROR_EMA_DECAY * state.error + (1 - ERROR_EMA_DECAY) * train_error)
+    done = state.done | (error < threshold) | (state.count + 1 >= max_steps)
+    return updates, ErrorGateState(count=state.count + 1, error=error, done=done)
+
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _key_name(entry: Any) -> Any:
@@ -135,11 +184,16 @@ def create_optimizer(config: ml_collections.ConfigDict,
   # buffer exactly as in Caffe's SGD solver (He et al. 2015, sec. 3.4).
   transforms.append(optax.add_decayed_weights(_value(config, hparams, "weight_decay"), mask=decay_mask))
   trace = optax.trace(decay=_value(config, hparams, "momentum"), nesterov=config.nesterov)
+  if config.warmup_mode == "error":
+    scale = scale_by_error_gated_lr(schedule, float(config.warmup_learning_rate),
+                                    float(config.warmup_error_threshold), int(config.warmup_steps))
+  else:
+    scale = optax.scale_by_learning_rate(schedule)
   if config.momentum_style == "optax":
     # Exactly `optax.sgd`: v = m v + g; w -= lr v.
-    transforms += [trace, optax.scale_by_learning_rate(schedule)]
+    transforms += [trace, scale]
   else:
     # Caffe: v = m v + lr g; w -= v. The lr is baked into the buffer, so old
     # momentum keeps the old lr for a while after a drop.
-    transforms += [optax.scale_by_learning_rate(schedule), trace]
+    transforms += [scale, trace]
   return optax.chain(*transforms)

@@ -42,8 +42,8 @@ def select_devices(num_devices: int = 0) -> list:
   return devices[:num_devices] if num_devices else devices
 
 
-def cpu_compiler_options(cpu_fusion: str, devices) -> dict:
-  """XLA compiler options for the train and eval steps on CPU devices: `{}` elsewhere.
+def cpu_compiler_options(cpu_fusion: str, platform: str) -> dict:
+  """XLA compiler options for the train and eval steps on the CPU platform: `{}` elsewhere.
 
   `cpu_fusion` names YNNPACK library fusions (comma-separated; "" = XLA's default; validated).
   Handing element-wise ops to YNNPACK lets XLA:CPU drop most of the layout transposes in front of
@@ -52,7 +52,7 @@ def cpu_compiler_options(cpu_fusion: str, devices) -> dict:
   defaults rather than a failed run.
   """
   names = [n.strip() for n in cpu_fusion.split(",") if n.strip()]
-  if not names or devices[0].platform != "cpu":
+  if not names or platform != "cpu":
     return {}
   return dict(_probed_cpu_options(tuple(names)))
 
@@ -78,8 +78,10 @@ class MeshJit:
   """
   axis_name = None
 
-  def __init__(self, devices, step: Callable, model, compiler_options=None):
+  def __init__(self, devices, step: Callable, model, compiler_options=None, platform=None):
     self.devices = devices
+    # The platform the program is for: the devices', or the one it is lowered for (targets/gpu.py).
+    self.platform = platform or devices[0].platform
     self.compiler_options = compiler_options or None
     self.mesh = Mesh(np.asarray(devices), (AXIS,))
     self.replicated = NamedSharding(self.mesh, P())
@@ -158,7 +160,9 @@ class MeshJit:
     return self.put_eval_batch(local_batch)
 
   def put_eval_batch(self, local_batch: dict):
-    return {k: jax.make_array_from_process_local_data(self.sharded, v) for k, v in local_batch.items()}
+    """A test batch (its images may be a tuple of scales), sharded on the batch axis."""
+    return jax.tree_util.tree_map(
+        lambda v: jax.make_array_from_process_local_data(self.sharded, v), local_batch)
 
   def member_state(self, state, i: int = 0):
     del i
@@ -177,9 +181,10 @@ class Pmap:
   """`jax.pmap` over the local devices with axis name "data": gradients and metrics are averaged."""
   axis_name = AXIS
 
-  def __init__(self, devices, step: Callable, model, compiler_options=None):
+  def __init__(self, devices, step: Callable, model, compiler_options=None, platform=None):
     del compiler_options  # jax.pmap takes none: `cpu_fusion` applies to the jit strategy only
     self.devices = [d for d in devices if d.process_index == jax.process_index()]
+    self.platform = platform or devices[0].platform
     # pmap's inputs carry a leading axis of one entry per local device.
     self.stacked = NamedSharding(Mesh(np.asarray(self.devices), (AXIS,)), P(AXIS))
     self.compiler_options = None
@@ -236,8 +241,8 @@ class Pmap:
 
   def put_eval_batch(self, local_batch: dict):
     n = len(self.devices)
-    return {k: jax.device_put(np.reshape(v, (n, -1) + v.shape[1:]), self.stacked)
-            for k, v in local_batch.items()}
+    return jax.tree_util.tree_map(
+        lambda v: jax.device_put(np.reshape(v, (n, -1) + v.shape[1:]), self.stacked), local_batch)
 
   def member_state(self, state, i: int = 0):
     """The state as global arrays (`state_sharding`): each local device's replica becomes one shard."""
@@ -263,7 +268,7 @@ def scan(strategy, body, state, xs, k: int):
   # XLA:CPU runs convolutions inside loop bodies ~30x slower than outside (jax-ml/jax#12868; we
   # measured 0.28 s vs 0.007 s per step of a small conv net), and a loop of one trip is still a loop:
   # on CPU the k steps become straight-line code. Accelerators keep a real loop, compiled once.
-  if strategy.devices[0].platform != "cpu":
+  if strategy.platform != "cpu":
     return jax.lax.scan(body, state, xs, length=k)
   outputs = []
   for i in range(k):
@@ -272,6 +277,7 @@ def scan(strategy, body, state, xs, k: int):
   return state, jax.tree_util.tree_map(lambda *ys: jnp.stack(ys), *outputs)
 
 
-def create(parallelism: str, devices, step: Callable, model, compiler_options=None) -> Any:
+def create(parallelism: str, devices, step: Callable, model, compiler_options=None,
+           platform=None) -> Any:
   """The data-parallel strategy named by `config.parallelism` (validated: "jit" or "pmap")."""
-  return (MeshJit if parallelism == "jit" else Pmap)(devices, step, model, compiler_options)
+  return (MeshJit if parallelism == "jit" else Pmap)(devices, step, model, compiler_options, platform)

@@ -118,12 +118,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     # (also with synchronised BN, whose cross-device terms autodiff routes through the collectives).
     grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
 
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  # The batch's error feeds the error-gated warm-up (optim.scale_by_error_gated_lr); other
+  # transformations ignore it.
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, train_error=1.0 - accuracy)
   params = optax.apply_updates(state.params, updates)
   metrics = {
       "train/loss": loss,
       "train/accuracy": accuracy,
-      "train/learning_rate": learning_rate_fn(state.step),
+      "train/learning_rate": learning_rate_fn(state.step, state.opt_state),
       "train/grad_norm": optax.tree.norm(grads),
       "train/param_norm": optax.tree.norm(params),
       "train/update_norm": optax.tree.norm(updates),
@@ -139,16 +141,21 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modul
   """Sums of loss, correct predictions and examples over the real (mask=1) examples of `batch`.
 
   Sums, not means, so that padded batches and any number of devices count each example exactly once.
-  Images of shape (B, V, H, W, C) are V views of each example (10-crop testing): their softmax
-  scores are averaged, and the loss is that of the averaged scores.
+  Images of shape (B, V, H, W, C) are V views of each example (10-crop testing), and a tuple of
+  arrays (B, H_s, W_s, C) the views at several scales (multi-scale testing): either way the views'
+  softmax scores are averaged, and the loss is that of the averaged scores.
   """
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   images, labels = batch["image"], batch["label"]
   mask = batch["mask"].astype(jnp.float32)
-  if images.ndim == 5:
-    b, v = images.shape[:2]
-    logits = model.apply(variables, images.reshape((b * v,) + images.shape[2:]), train=False)
-    probs = jnp.mean(jax.nn.softmax(logits.reshape(b, v, -1)), axis=1)
+  if isinstance(images, (tuple, list)) or images.ndim == 5:
+    if isinstance(images, (tuple, list)):  # one forward per scale: the sizes differ
+      probs = jnp.mean(jnp.stack([jax.nn.softmax(model.apply(variables, x, train=False))
+                                  for x in images]), axis=0)
+    else:
+      b, v = images.shape[:2]
+      logits = model.apply(variables, images.reshape((b * v,) + images.shape[2:]), train=False)
+      probs = jnp.mean(jax.nn.softmax(logits.reshape(b, v, -1)), axis=1)
     loss = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0])
     scores = probs
   else:

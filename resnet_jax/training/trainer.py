@@ -17,6 +17,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import ml_collections
 
 from resnet_jax import config as config_lib
@@ -46,10 +47,12 @@ class Trainer:
   """The objects one run, or one vectorised group of runs, trains with."""
 
   def __init__(self, config: ml_collections.ConfigDict, *, members: Optional[list] = None,
-               data=None, devices: Optional[list] = None):
+               data=None, devices: Optional[list] = None, platform: Optional[str] = None):
     """`members`: the configs of a vectorised group (`config` is their base; None: a solo run).
     `data`: a dataset, a `DataSpec` (shapes only: nothing can be trained or evaluated), or None to
-    open `config.dataset`. `devices`: where to compile (default: the config's `num_devices`)."""
+    open `config.dataset`. `devices`: where to compile (default: the config's `num_devices`).
+    `platform`: the platform the programs are for, when they are only lowered for another
+    (`jax.export`; default: the devices')."""
     self.config = config
     self.members = list(members) if members is not None else [config]
     for member in self.members:
@@ -64,13 +67,15 @@ class Trainer:
     # The optimizer, built once: the states of every member have its tree.
     self.tx = optim.create_optimizer(config)
     self.learning_rate_fn = optim.create_learning_rate_fn(config)
-    options = parallel.cpu_compiler_options(config.cpu_fusion, self.devices)
+    self.platform = platform or self.devices[0].platform
+    options = parallel.cpu_compiler_options(config.cpu_fusion, self.platform)
     if members is not None:
-      self.strategy = GroupJit(self.devices, self.model, config, options)
+      self.strategy = GroupJit(self.devices, self.model, config, options, self.platform)
     else:
       step = parallel.bind_step(self.model, self.tx, self.learning_rate_fn, config.label_smoothing,
                                 config.freeze_bn_stats, axis_name)
-      self.strategy = parallel.create(config.parallelism, self.devices, step, self.model, options)
+      self.strategy = parallel.create(config.parallelism, self.devices, step, self.model, options,
+                                      self.platform)
     self.strategy.bind_members(self.members)
     self._device_data = None  # the training set on the devices, with data_on_device
 
@@ -114,19 +119,53 @@ class Trainer:
       self._device_data = self.strategy.put_data(*on_device.train_arrays(self.dataset))
     return self._device_data
 
-  def dispatch_call(self, step: int, k: int):
+  def dispatch_call(self, step: int, k: int, abstract: bool = False):
     """(compiled function, its arguments after the state) running the k steps from `step`.
 
     One step per dispatch by default. With steps_per_dispatch = K the host's batches are stacked
-    for one scanned program; with data_on_device the batches are drawn inside it.
+    for one scanned program; with data_on_device the batches are drawn inside it. `abstract`: the
+    arguments' shapes, dtypes and shardings only, read from no data (for ahead-of-time compiles).
     """
     c, strategy = self.config, self.strategy
     if c.data_on_device:
-      return strategy.device_steps(k, c.batch_size, c.augment), (self.device_data(),)
+      data = self._abstract_data() if abstract else self.device_data()
+      return strategy.device_steps(k, c.batch_size, c.augment), (data,)
     if c.steps_per_dispatch == 1:
-      return strategy.train_step, (strategy.put_batch(self.batches(step)),)
-    batches = [self.batches(s) for s in range(step, step + k)]
-    return strategy.multi_step(k), (strategy.put_batches(batches),)
+      batch = (self._abstract_batch(strategy.sharded) if abstract
+               else strategy.put_batch(self.batches(step)))
+      return strategy.train_step, (batch,)
+    if abstract:
+      batches = self._abstract_batch(jax.sharding.NamedSharding(strategy.mesh, P(None, "data")), k)
+    else:
+      batches = strategy.put_batches([self.batches(s) for s in range(step, step + k)])
+    return strategy.multi_step(k), (batches,)
+
+  def _abstract_batch(self, sharding, k: Optional[int] = None) -> dict:
+    lead = (self.config.batch_size,) if k is None else (k, self.config.batch_size)
+    return {"image": jax.ShapeDtypeStruct(lead + self.image_shape, jnp.float32, sharding=sharding),
+            "label": jax.ShapeDtypeStruct(lead, jnp.int32, sharding=sharding)}
+
+  def _abstract_data(self) -> dict:
+    """The training set as `device_data` holds it: every image, normalised, on every device."""
+    n = self.dataset.train_size  # a DataSpec's counts the hold-out; an opened dataset's does not
+    if isinstance(self.dataset, data_lib.DataSpec):
+      n -= self.config.validation_split
+    replicated = self.strategy.replicated
+    return {"image": jax.ShapeDtypeStruct((n,) + self.image_shape, jnp.float32, sharding=replicated),
+            "label": jax.ShapeDtypeStruct((n,), jnp.int32, sharding=replicated)}
+
+  def abstract_eval_batch(self) -> dict:
+    """An evaluation batch's shapes: images (B[, views], H, W, C), labels and the mask."""
+    c, sharding = self.config, self.strategy.sharded
+    views = (10,) if c.eval_crops == "ten" else ()
+    image = jax.ShapeDtypeStruct((c.eval_batch_size, *views) + self.image_shape, jnp.float32,
+                                 sharding=sharding)
+    if c.eval_crops == "multiscale":
+      image = tuple(jax.ShapeDtypeStruct((c.eval_batch_size, s, s, self.image_shape[-1]),
+                                         jnp.float32, sharding=sharding) for s in c.eval_scales)
+    return {"image": image,
+            "label": jax.ShapeDtypeStruct((c.eval_batch_size,), jnp.int32, sharding=sharding),
+            "mask": jax.ShapeDtypeStruct((c.eval_batch_size,), jnp.float32, sharding=sharding)}
 
   def dispatch(self, state, step: int, k: int):
     """Runs the k steps of one dispatch from `step`: (state, metrics), asynchronously."""

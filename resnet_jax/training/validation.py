@@ -18,13 +18,14 @@ from resnet_jax.run.errors import ConfigError
 
 CHOICES = {
     "dtype": ("float32", "bfloat16", "float16"),
-    "eval_crops": ("center", "ten"),
+    "eval_crops": aug.EVAL_CROPS,
+    "color_augment": aug.COLOR_AUGMENTS,
     "augment": aug.AUGMENTS,
     "normalization": aug.NORMALIZATIONS,
     "shortcut": ("", "A", "B", "C"),
     "stride_placement": ("", "v1", "v1.5"),
     "lr_schedule": ("step", "cosine", "linear", "constant"),
-    "warmup_mode": ("linear", "constant"),
+    "warmup_mode": ("linear", "constant", "error"),
     "lr_scaling": ("none", "linear"),
     "momentum_style": ("optax", "caffe"),
     "weight_decay_mask": ("kernels", "all"),
@@ -36,7 +37,7 @@ NON_NEGATIVE = ("eval_every_steps", "checkpoint_every_steps", "bn_group_size", "
                 "num_classes", "image_size", "label_smoothing", "vectorize_max_members",
                 "validation_split", "data_threads", "prefetch_batches", "warmup_steps",
                 "grad_clip_norm", "weight_decay", "momentum", "learning_rate",
-                "warmup_learning_rate")
+                "warmup_learning_rate", "color_augment_std")
 # XLA:CPU library fusions (DebugOptions.LibraryFusionType) that `cpu_fusion` may name.
 CPU_FUSIONS = ("dot", "eltwise", "reduce")
 
@@ -103,6 +104,16 @@ def _data(config) -> None:
   spec = _data_spec(config)
   if spec is None:
     return  # a TFDS dataset we do not know: its metadata is checked as it opens
+  if config.eval_crops == "multiscale" and (not config.eval_scales or min(config.eval_scales) < 1):
+    _fail(f"eval_scales={config.eval_scales!r}: multiscale testing needs at least one positive side, "
+          "e.g. (224, 256, 384, 480, 640).")
+  if config.color_augment == "pca":
+    if spec.image_shape[-1] != 3:
+      _fail(f"color_augment='pca' shifts RGB colours; {config.dataset} images have "
+            f"{spec.image_shape[-1]} channel(s). Set color_augment='none'.")
+    if spec.in_memory or config.data_on_device:
+      _fail("color_augment='pca' runs in the host's TFDS pipeline (ImageNet's); set "
+            "color_augment='none' for in-memory or on-device data.")
   if spec.fixed_size:
     if config.eval_crops != "center":
       _fail(f"eval_crops={config.eval_crops!r} crops variable-size images (ImageNet); "
@@ -141,6 +152,11 @@ def _schedule(config) -> None:
   # Strictly increasing: a repeated boundary would be an ambiguous double drop.
   if any(a >= b for a, b in zip(boundaries, boundaries[1:])):
     _fail(f"lr_decay_steps must be strictly increasing, got {boundaries!r}.")
+  if config.warmup_mode == "error" and not (config.warmup_steps > 0
+                                            and 0 < config.warmup_error_threshold < 1):
+    _fail(f"warmup_mode='error' holds warmup_learning_rate until the training error is below "
+          f"warmup_error_threshold (in (0, 1); got {config.warmup_error_threshold}), for at most "
+          f"warmup_steps (> 0; got {config.warmup_steps}) steps.")
   if config.warmup_steps > config.total_steps:
     _fail(f"warmup_steps ({config.warmup_steps}) must not exceed total_steps ({config.total_steps}).")
   if config.lr_schedule in ("cosine", "linear") and config.warmup_steps == config.total_steps:
