@@ -48,6 +48,11 @@ that status (1 non-finite loss, 2 bad input; see the log).
 EOF
 }
 
+# --dry-run may come before the command too (`--dry-run create ...`).
+while [[ ${1:-} == --dry-run ]]; do
+  dry_run=1
+  shift
+done
 command=${1:-}
 check_command "$command"
 shift

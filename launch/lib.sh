@@ -23,14 +23,17 @@ say() {
   echo "${0##*/}: $*" >&2
 }
 
-# The VM scripts' subcommand ($1): usage for -h, an error for a missing or unknown one. `usage` is
-# the sourcing script's.
+# The VM scripts' subcommand ($1): usage for -h, an error for a missing or unknown one; $2 names a
+# command of the sourcing script's own (tpu_vm.sh: check). `usage` is the sourcing script's.
 check_command() {
   case "$1" in
     "") usage >&2; exit 2 ;;
     -h | --help) usage; exit 0 ;;
     create | setup | run | watch | logs | delete) ;;
-    *) die "unknown command '$1'; one of create, setup, run, watch, logs, delete (see -h)" ;;
+    *)
+      [[ -n ${2:-} && $1 == "$2" ]] ||
+        die "unknown command '$1'; one of create, setup, run, watch, logs, delete${2:+, $2} (see -h)"
+      ;;
   esac
 }
 
@@ -120,23 +123,29 @@ remote_logs_command() {
   echo "tail -n 200 -F ~/$REMOTE_LOG"
 }
 
-# The resnet-jax arguments after `--`; a leading option means the `train` command. resnet-jax has no
-# --dry-run, so one written after `--` (easy to do when appending it to a long command) is ours: it
-# turns dry-run on here rather than reaching resnet-jax while gcloud runs for real.
+# The resnet-jax arguments after `--`, untouched; a leading option means the `train` command.
 resnet_jax_args() {
-  local args=() arg
-  for arg in "$@"; do
-    if [[ $arg == --dry-run ]]; then
-      dry_run=1
-    else
-      args+=("$arg")
-    fi
-  done
-  set -- ${args[@]+"${args[@]}"}
   if (($# == 0)) || [[ $1 == -* ]]; then
     set -- train "$@"
   fi
   RESNET_JAX_ARGS=("$@")
+}
+
+# `resnet-jax compile` for the train run in RESNET_JAX_ARGS, on topology $1: the same config and
+# overrides, without the workdir (compiling writes nothing). In COMPILE_ARGS.
+compile_args() {
+  local args=("${RESNET_JAX_ARGS[@]}")
+  [[ ${args[0]} == train ]] ||
+    die "check compiles a train run's step; got '${args[0]}' (pass -- train --config ...)"
+  COMPILE_ARGS=(compile --topology "$1")
+  local i=1
+  while ((i < ${#args[@]})); do
+    case "${args[i]}" in
+      --workdir) i=$((i + 2)) ;;
+      --workdir=*) i=$((i + 1)) ;;
+      *) COMPILE_ARGS+=("${args[i]}"); i=$((i + 1)) ;;
+    esac
+  done
 }
 
 # Whether the arguments name a gs:// workdir: a preempted TPU VM loses its disk, so only a bucket

@@ -6,11 +6,12 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: launch/local.sh [--devices-per-process K] [--port PORT] [--dry-run] N [resnet-jax args...]
+Usage: launch/local.sh [options] N [options] [--] [resnet-jax args...]
 
 Starts N processes of `resnet-jax` on this machine, each with K CPU devices (default 1), joined by
-jax.distributed (gloo collectives), as the processes of N hosts would be. Arguments after N go to
-resnet-jax; when they start with an option the command is `train`:
+jax.distributed (gloo collectives), as the processes of N hosts would be. This script's options may
+come before or after N; the resnet-jax arguments start at the first argument that is not one of them
+(or after `--`) and go to resnet-jax untouched; when they start with an option the command is `train`:
 
   launch/local.sh 2 --config configs/quickstart.py --workdir runs/two_processes
   launch/local.sh 2 eval --workdir runs/two_processes
@@ -42,6 +43,7 @@ die() {
 devices=1
 port=""
 dry_run=0
+num_processes=""
 while (($# > 0)); do
   case "$1" in
     -h | --help) usage; exit 0 ;;
@@ -50,18 +52,15 @@ while (($# > 0)); do
     --port) [[ $# -ge 2 ]] || die "$1 needs a value"; port=$2; shift 2 ;;
     --port=*) port=${1#*=}; shift ;;
     --dry-run) dry_run=1; shift ;;
-    *) break ;;
+    --) shift; break ;;  # everything after it is resnet-jax's, untouched
+    *)
+      [[ -z $num_processes ]] || break  # the first resnet-jax argument
+      num_processes=$1
+      shift
+      ;;
   esac
 done
-(($# > 0)) || { usage >&2; exit 2; }
-num_processes=$1
-shift
-# resnet-jax has no --dry-run: one among its arguments (easy to write at the end of the line) is ours.
-args=()
-for arg in "$@"; do
-  if [[ $arg == --dry-run ]]; then dry_run=1; else args+=("$arg"); fi
-done
-set -- ${args[@]+"${args[@]}"}
+[[ -n $num_processes ]] || { usage >&2; exit 2; }
 [[ $num_processes =~ ^[1-9][0-9]*$ ]] || die "N='$num_processes' must be a positive number of processes (see -h)"
 [[ $devices =~ ^[1-9][0-9]*$ ]] || die "--devices-per-process '$devices' must be a positive integer"
 if (($# == 0)) || [[ $1 == -* ]]; then

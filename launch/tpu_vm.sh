@@ -11,6 +11,9 @@ usage() {
 Usage: launch/tpu_vm.sh COMMAND --name NAME [options] [-- resnet-jax args...]
 
 Commands:
+  check    before renting: compile the run's exact step for --accelerator-type here, on this
+           machine's CPU (resnet-jax compile; needs the tpu extra): HBM fit, FLOPs, all-reduce,
+           an images/s estimate; exits 0 fits, 1 does not fit, 2 bad input. --name is not needed
   create   create the TPU VM or slice (on demand; --spot; --queued waits in a queued resource)
   setup    copy this checkout to every worker; install it with jax[tpu] in ~/venv
   run      start `resnet-jax ARGS` on every worker, detached; log in ~/resnet-jax-run/train.log
@@ -36,8 +39,10 @@ Options:
 
 The resnet-jax arguments after `--` start with its command (train, sweep, eval); a leading option
 means train. Use a gs:// --workdir: a preempted TPU VM loses its disk, and every worker of a slice
-must see the same checkpoints. Example (v4-8):
+must see the same checkpoints. Example (v4-8), checked first:
 
+  launch/tpu_vm.sh check --accelerator-type v4-8 -- \
+      train --config configs/imagenet.py:resnet50 --workdir gs://BUCKET/runs/resnet50
   launch/tpu_vm.sh watch --name r50 --zone us-central2-b --accelerator-type v4-8 --spot -- \
       train --config configs/imagenet.py:resnet50 --workdir gs://BUCKET/runs/resnet50
 
@@ -47,8 +52,13 @@ exits with that status (1 non-finite loss, 2 bad input; see the log).
 EOF
 }
 
+# --dry-run may come before the command too (`--dry-run create ...`).
+while [[ ${1:-} == --dry-run ]]; do
+  dry_run=1
+  shift
+done
 command=${1:-}
-check_command "$command"
+check_command "$command" check
 shift
 
 name="" zone="" project="" accelerator="v4-8" version="" spot=0 queued=0 worker=0 poll=60
@@ -75,14 +85,14 @@ while (($# > 0)); do
     *) die "unknown option '$1' (resnet-jax arguments go after --; see -h)" ;;
   esac
 done
-[[ -n $name ]] || die "--name is required (the TPU's name)"
+[[ -n $name || $command == check ]] || die "--name is required (the TPU's name)"
 [[ $poll =~ ^[1-9][0-9]*$ ]] || die "--poll '$poll' must be a positive number of seconds"
-if [[ $command == run || $command == watch ]]; then
+if [[ $command == run || $command == watch || $command == check ]]; then
   (($# > 0)) || die "$command needs the resnet-jax arguments after --, e.g. -- train --config ... --workdir gs://..."
 fi
 resnet_jax_args "$@"
 
-if [[ -z $version ]]; then
+if [[ -z $version && $command != check ]]; then
   case "$accelerator" in
     v4-*) version=tpu-ubuntu2204-base ;;
     v5litepod-* | v5e-*) version=v2-alpha-tpuv5-lite ;;
@@ -199,6 +209,7 @@ watch() {
 }
 
 case "$command" in
+  check) compile_args "$accelerator"; run resnet-jax "${COMPILE_ARGS[@]}" ;;
   create) create ;;
   setup) setup ;;
   run) start_run ;;

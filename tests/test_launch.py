@@ -67,6 +67,21 @@ def test_bad_input_is_an_error_naming_the_fix(args, message):
   assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
+def test_tpu_check_compiles_the_run_for_the_slice_before_renting_it():
+  # The run's own arguments, as `run` and `watch` take them; the workdir is dropped (nothing is
+  # written), the config and every override kept; no --name is needed.
+  (line,) = commands("launch/tpu_vm.sh", "check", "--accelerator-type", "v3-8", "--", *TRAIN)
+  assert line == ["resnet-jax", "compile", "--topology", "v3-8", "--config",
+                  "configs/imagenet.py:resnet50", "--config.lr_decay_steps=(30, 60)"]
+  (line,) = commands("launch/tpu_vm.sh", "check", "--accelerator-type", "v5litepod-16", "--",
+                     "--config", "c.py", "--workdir=gs://b/r")
+  assert line == ["resnet-jax", "compile", "--topology", "v5litepod-16", "--config", "c.py"]
+  result = sh(*dry("launch/tpu_vm.sh", "check", "--", "sweep", "--config", "s.py"), check=False)
+  assert result.returncode == 2 and "check compiles a train run's step" in result.stderr
+  result = sh("launch/gpu_vm.sh", "check", "--name", "x", check=False)
+  assert result.returncode == 2 and "unknown command 'check'" in result.stderr
+
+
 def test_local_dry_run():
   lines = commands("launch/local.sh", "--devices-per-process", "2", "--port", "4321", "2",
                    "--config", "configs/quickstart.py", "--workdir", "runs/mp")
@@ -136,9 +151,9 @@ def test_local_sh_forwards_sigterm_and_stops_the_others_on_failure(tmp_path):
     ("launch/gpu_vm.sh", "watch", "--name", "c10", "--zone", "z", "--", *TRAIN),
     ("launch/local.sh", "--port", "4321", "2", *TRAIN),
 ])
-def test_dry_run_anywhere_on_the_line_runs_nothing(tmp_path, args):
-  """--dry-run after `--` (or after local.sh's N) is the script's own, not passed to resnet-jax: the
-  printed commands are the same, and no gcloud (nor resnet-jax) is started."""
+def test_dry_run_before_or_after_the_command_and_nothing_taken_after_the_separator(tmp_path, args):
+  """--dry-run is the script's before or after its command (local.sh: before or after N); what
+  follows `--` (local.sh: the resnet-jax arguments) goes to resnet-jax untouched, --dry-run too."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   called = tmp_path / "called"
@@ -146,11 +161,16 @@ def test_dry_run_anywhere_on_the_line_runs_nothing(tmp_path, args):
     (bin_dir / tool).write_text(f"#!/usr/bin/env bash\necho {tool} >> {called}\nexit 0\n")
     (bin_dir / tool).chmod(0o755)
   env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
-         "TARBALL": str(tmp_path / "checkout.tar.gz")}  # the same path in both dry runs
-  at_the_end = sh(*args, "--dry-run", env=env)
-  assert not called.exists(), called.read_text()
+         "TARBALL": str(tmp_path / "checkout.tar.gz")}  # the same path in every dry run
   expected = sh(*dry(*args), env=env).stdout
-  assert at_the_end.stdout == expected and "--dry-run" not in at_the_end.stdout
+  first = sh(args[0], "--dry-run", *args[1:], env=env)  # before the command (before N)
+  assert first.returncode == 0 and first.stdout == expected, first.stderr
+  assert not called.exists(), called.read_text()
+  # After the separator it is resnet-jax's: the printed resnet-jax command carries it.
+  passed = sh(*dry(*args), "--dry-run", env=env).stdout
+  assert passed != expected and "--dry-run" in passed
+  resnet_jax_lines = [line for line in passed.splitlines() if "resnet-jax" in line or "start" in line]
+  assert any("--dry-run" in line for line in resnet_jax_lines), passed
 
 
 def test_tpu_dry_run_commands():

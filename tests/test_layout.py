@@ -109,6 +109,7 @@ ALLOWED = {
     "training": {"models", "data", "config", "run"},
     "experiments": {"models", "data", "config", "training", "run"},
     "bench": {"models", "data", "config", "training", "run"},
+    "targets": {"models", "data", "config", "training", "run"},
     # The torchvision conversion and downloads use models only; `pretrained.convert` writes a run
     # (a trainer built from shapes: data.DataSpec).
     "pretrained": {"models", "data", "config", "training", "run"},

@@ -1,6 +1,7 @@
 """What each `resnet-jax` command does: parsed arguments in, library calls, results out."""
 
 import json
+import os
 import sys
 
 from resnet_jax.run import errors, extras, process
@@ -172,6 +173,8 @@ def needs(args) -> tuple[str, ...]:
     modules += ("matplotlib",)
   if command == "prepare":
     modules += ("tensorflow",)
+  if command == "compile":
+    modules += ("libtpu",)
   if command == "convert":
     source = str(args.source)
     if source.endswith(".safetensors"):
@@ -181,5 +184,49 @@ def needs(args) -> tuple[str, ...]:
   return modules
 
 
-COMMANDS = {"models": _models, "train": _train, "sweep": _sweep, "report": _report, "eval": _eval,
+def _compile(args) -> int:
+  from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax.targets import compile as target  # pylint: disable=g-import-not-at-top
+
+  # libtpu compiles for the slice from its description alone; the host's own TPU backend (none here,
+  # or a TPU VM's chips, busy with a run) is not needed, and probing for it only prints warnings.
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  config = config_lib.load(args.config, split_overrides(args.overrides))
+  say = lambda text: print(text, file=sys.stderr, flush=True)
+  if args.max_batch:
+    batch, result = target.max_batch(config, args.topology, say=say)
+    result["max_batch_per_chip"] = batch
+    say(f"largest batch per chip that fits: {batch}")
+  else:
+    result = target.compile_for(config, args.topology)
+  say(describe_compile(result))
+  print(json.dumps(result))  # last line: machine-readable
+  return 0 if result["hbm"]["fits"] else 1
+
+
+def describe_compile(r: dict) -> str:
+  """The human-readable report of `resnet-jax compile` (its JSON has every figure)."""
+  gib, hbm, f, e, h = 2**30, r["hbm"], r["flops"], r["estimate"], r["host"]
+  per_chip = r["devices_per_chip"]  # memory analyses are per device
+  comms = ", ".join(f"{k} x{v['count']} {v['bytes'] / 1e6:.2f} MB" for k, v in r["collectives"].items())
+  verdict = (f"fits, {hbm['margin'] / gib:.2f} GiB to spare" if hbm["fits"]
+             else f"does NOT fit, {-hbm['margin'] / gib:.2f} GiB short")
+  return "\n".join([
+      f"{r['model']} ({r['dtype']}) on {r['topology']} ({r['libtpu_topology']}): {r['chips']} x "
+      f"{r['chip']} on {r['hosts']} host(s), batch {r['batch_size']} ({r['batch_per_chip']} per chip)",
+      f"  HBM per chip: {hbm['needed'] / gib:.2f} GiB needed of {hbm['chip'] / gib:.0f} GiB: {verdict} "
+      f"(train step {per_chip * hbm['train']['needed'] / gib:.2f} GiB, eval step "
+      f"{per_chip * hbm['eval']['needed'] / gib:.2f})",
+      f"  FLOPs per step per chip: XLA {f['xla_per_step']:.3g}, counted {f['counted_per_step']:.3g} "
+      f"(ratio {f['ratio']:.2f}: {f['note']})",
+      f"  collectives per step: {comms or 'none'} (parameters: {r['param_bytes'] / 1e6:.2f} MB)",
+      f"  ESTIMATE (a roofline from published peaks, not a measurement): {e['step_ms']:.2f} ms per "
+      f"step, {e['images_per_sec_per_chip']:,.0f} images/s per chip, bound by {e['bound']} (compute "
+      f"{e['compute_ms']:.2f} ms, HBM {e['hbm_ms']:.2f} ms, interconnect {e['interconnect_ms']:.2f} ms)",
+      f"  host input: {h['input']}; {h['cores_needed']:.0f} cores per host needed, its TPU VM has "
+      f"{h['vcpus']:.0f} vCPUs",
+      f"  compiled in {r['compile_s']['train']:.1f} s (train) + {r['compile_s']['eval']:.1f} s (eval)"])
+
+
+COMMANDS = {"models": _models, "compile": _compile, "train": _train, "sweep": _sweep, "report": _report, "eval": _eval,
             "convert": _convert, "bench": _bench, "prepare": _prepare, "data-bench": _data_bench}

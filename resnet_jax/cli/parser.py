@@ -33,6 +33,8 @@ EXIT = {  # command -> its exit codes
     "prepare": (f"0 prepared (or already prepared); 2 a missing or corrupt file (named; nothing is "
                 f"left behind); {BUG}."),
     "data-bench": f"0 timed; 2 bad input or data; {BUG}.",
+    "compile": (f"0 the step fits the chip's HBM; 1 it does not (or {BUG[2:]}); 2 bad input (an "
+                "unknown topology: the known ones are listed; no libtpu: the extra to install)."),
 }
 
 
@@ -55,11 +57,13 @@ def build_parser(commands) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="resnet-jax", formatter_class=_formatter,
       description=textwrap.fill("Residual and plain networks (He et al. 2015) in JAX: train, sweep, "
-                                "report, evaluate, convert torchvision weights, benchmark.", WIDTH),
+                                "report, evaluate, convert torchvision weights, benchmark, compile for a "
+                                "TPU slice.", WIDTH),
       epilog="`resnet-jax COMMAND --help` describes each command, its options and exit codes.")
   parser.add_argument("--version", action="version", version=f"resnet-jax {__version__}")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-  for add in (_models, _train, _sweep, _report, _eval, _convert, _bench, _prepare, _data_bench):
+  for add in (_models, _train, _sweep, _report, _eval, _convert, _bench, _compile, _prepare,
+              _data_bench):
     add(sub, commands)
   return parser
 
@@ -141,9 +145,11 @@ def _bench(sub, commands):
   p.add_argument("--model", default="resnet20", help="a name from `resnet-jax models`")
   p.add_argument("--batch-size", type=int, default=128, help="global batch")
   p.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up steps)")
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                 help="compute dtype of the model (parameters stay float32)")
   p.add_argument("--image-size", type=int, default=0, help="0 = the model's default")
-  p.add_argument("--parallelism", default="jit", choices=["jit", "pmap"])
+  p.add_argument("--parallelism", default="jit", choices=["jit", "pmap"],
+                 help="jax.jit over a device mesh, or jax.pmap")
   p.add_argument("--num-devices", type=int, default=0, help="0 = all devices")
   p.add_argument("--scan-blocks", action="store_true", help="nn.scan over identical blocks")
   p.add_argument("--remat-blocks", action="store_true", help="rematerialise blocks in the backward pass")
@@ -153,6 +159,26 @@ def _bench(sub, commands):
   p.add_argument("--data-on-device", action="store_true",
                  help="draw and augment (pad-crop-flip) each batch inside the compiled step")
   p.set_defaults(func=commands["bench"])
+
+
+def _compile(sub, commands):
+  p = _add(sub, "compile", "compile a run's exact step for a TPU slice, without a TPU", OVERRIDES,
+           "The trainer is built as the run would build it (model, optimizer, shardings, K steps per "
+           "dispatch, on-device data, remat, scan, dtype) from the data's shapes alone, and the train "
+           "and eval steps are compiled by libtpu for the slice's devices (pip install "
+           "'resnet-jax[tpu]'; no TPU needed). Prints per chip: the HBM needed against the chip's, "
+           "XLA's FLOPs against the counted ones, the collectives, a roofline estimate of step time "
+           "and images/s from the chip's published peaks (an estimate, not a measurement), the host "
+           "cores that decoding needs, and the compile time; then one JSON line.")
+  p.add_argument("--topology", required=True,
+                 help="a Cloud TPU slice (v5e-8, v4-8, v5p-8, v6e-8, v4-16, v5e-16, ...) or its libtpu "
+                      "topology (v5e:2x4)")
+  p.add_argument("--config", required=True, metavar="FILE[:ARG]",
+                 help="the run's config file, e.g. configs/imagenet.py:resnet50")
+  p.add_argument("--max-batch", action="store_true",
+                 help="find the largest per-chip batch that fits (doubling, then bisection: one "
+                      "compile each)")
+  p.set_defaults(func=commands["compile"], overrides=[])
 
 
 def _prepare(sub, commands):
