@@ -61,3 +61,52 @@ def test_report_says_each_phase_and_the_paths_it_wrote(tmp_path):
   report.write_report(str(root / "solo"), plots=False, log=lambda _: None)
   with open(root / "solo" / "summary.md") as f:
     assert "| solo |" in f.read()
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_on_a_terminal_a_phase_counts_its_seconds_and_the_bar_redraws_between_steps():
+  import time
+  out = _Terminal()
+  con = console.Console(stream=out, redraw_s=0.05)
+  with con.phase("compiling the train step"):
+    time.sleep(0.3)  # nothing calls the console meanwhile: the ticker redraws
+    con.say("a line said meanwhile")
+    time.sleep(0.1)
+  text = out.getvalue()
+  assert text.count("resnet-jax: compiling the train step (") >= 3, text
+  assert "\r\033[Kresnet-jax: a line said meanwhile\n" in text  # above the live line
+  assert text.endswith(" s)\n")  # the phase's last redraw stays, with its seconds
+
+  out = _Terminal()
+  with console.ProgressBar(total=10, start=0, stream=out, redraw_s=0.05) as bar:
+    bar.update(1)
+    before = out.getvalue().count("step 1/10")
+    time.sleep(0.3)  # one slow step: no update, the bar is redrawn anyway
+    assert out.getvalue().count("step 1/10") >= before + 3
+    with bar.phase("evaluating at step 1"):
+      time.sleep(0.2)
+    assert re.search(r"step 1/10 .* \| evaluating at step 1 \(0 s\)", out.getvalue())
+  assert out.getvalue().endswith("\n")  # the last bar is left on screen
+
+
+def test_a_quick_phase_says_nothing_a_slow_one_is_named_and_logs_get_one_line(monkeypatch):
+  import time
+  monkeypatch.setattr(console, "QUIET_PHASE_S", 0.1)
+  out = io.StringIO()  # a log file
+  con = console.Console(stream=out, redraw_s=0.05)
+  with con.phase("saving", announce=False):
+    pass
+  assert out.getvalue() == ""
+  with con.phase("saving slowly", announce=False):
+    time.sleep(0.4)
+  with con.phase("loading the data"):
+    time.sleep(0.2)
+  assert out.getvalue() == "resnet-jax: saving slowly\nresnet-jax: loading the data\n"
+  lines = []
+  with console.phase(lines.append, "plotting"):  # any other callable hears the phase once
+    pass
+  assert lines == ["plotting"]

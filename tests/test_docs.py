@@ -39,3 +39,174 @@ def test_relative_links_resolve(path):
     if file and not os.path.exists(os.path.join(os.path.dirname(path), file)):
       missing.append(target)
   assert not missing, f"{os.path.relpath(path, ROOT)} links to missing files: {missing}"
+
+
+# --- README's command reference is the parser's own help, and its extras table is pyproject's. ---
+
+README = os.path.join(ROOT, "README.md")
+REFERENCE = "## Command reference"
+HELP_COLUMNS = "100"  # argparse wraps at the terminal's width: the reference is at this one
+
+
+def help_text(command: str | None) -> str:
+  """`resnet-jax [COMMAND] --help` as printed at HELP_COLUMNS columns."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  from resnet_jax import cli  # pylint: disable=g-import-not-at-top
+
+  columns = os.environ.get("COLUMNS")
+  os.environ["COLUMNS"] = HELP_COLUMNS
+  out = io.StringIO()
+  try:
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+      cli.main([command, "--help"] if command else ["--help"])
+  finally:
+    if columns is None:
+      os.environ.pop("COLUMNS")
+    else:
+      os.environ["COLUMNS"] = columns
+  return out.getvalue().rstrip("\n")
+
+
+def commands() -> list[str]:
+  from resnet_jax.cli.commands import COMMANDS  # pylint: disable=g-import-not-at-top
+
+  return list(COMMANDS)
+
+
+def reference_section() -> str:
+  """The README section these tests expect, from the parser."""
+  parts = [REFERENCE, "",
+           f"`resnet-jax --help` and each `resnet-jax COMMAND --help`, verbatim at {HELP_COLUMNS} "
+           "columns. `tests/test_docs.py` compares them with the parser, and `python -m "
+           "tests.test_docs` rewrites this section after a change to it.", ""]
+  for command in [None] + commands():
+    title = f"resnet-jax {command + ' ' if command else ''}--help"
+    parts += [f"<details><summary><code>{title}</code></summary>", "", "```text",
+              help_text(command), "```", "", "</details>", ""]
+  return "\n".join(parts)
+
+
+def _readme_section(text: str, heading: str) -> str:
+  start = text.index(heading)
+  end = text.find("\n## ", start + len(heading))
+  return text[start:] if end < 0 else text[start:end + 1]
+
+
+def test_readme_command_reference_is_the_help_of_every_command():
+  text = open(README, encoding="utf-8").read()
+  assert REFERENCE in text, "README has no command reference: run python -m tests.test_docs"
+  assert _readme_section(text, REFERENCE).rstrip() == reference_section().rstrip(), (
+      "README's command reference differs from --help: run python -m tests.test_docs")
+
+
+def test_every_help_names_its_exit_codes_and_every_option_is_described():
+  for command in commands():
+    text = help_text(command)
+    assert "exit codes:" in text, command
+    # An option without a description: its line ends at its metavar, and no indented line follows.
+    lines = text.splitlines() + [""]
+    bare = [line.strip() for line, after in zip(lines, lines[1:])
+            if re.fullmatch(r"  -[^ ].*?(?: [A-Z_\[\]:/.]+)?", line) and "  " not in line.strip()
+            and not re.match(r" {10,}\S", after)]
+    assert not bare, f"{command}: options without a description: {bare}"
+  for command in ("train", "sweep", "compile"):
+    text = help_text(command)
+    assert "--config.KEY=VALUE" in text and "FILE:ARG" in text, command
+
+
+def test_version_prints_the_package_version(capsys):
+  from resnet_jax import __version__, cli  # pylint: disable=g-import-not-at-top
+
+  with pytest.raises(SystemExit) as stop:
+    cli.main(["--version"])
+  assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"resnet-jax {__version__}"
+
+
+def _extras() -> dict[str, list[str]]:
+  import tomllib  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    return tomllib.load(f)["project"]["optional-dependencies"]
+
+
+def test_readme_extras_table_lists_every_extra_of_pyproject():
+  text = open(README, encoding="utf-8").read()
+  table = re.search(r"\| extra \| adds \| for \|\n\|---\|---\|---\|\n((?:\|.*\|\n)+)", text)
+  assert table, "README has no extras table (| extra | adds | for |)"
+  listed = re.findall(r"^\| `([\w-]+)` \|", table.group(1), re.M)
+  assert sorted(listed) == sorted(_extras()), (listed, sorted(_extras()))
+
+
+def test_readme_first_command_installs_the_smallest_extra_its_job_needs():
+  from resnet_jax.run import extras  # pylint: disable=g-import-not-at-top
+
+  import shlex  # pylint: disable=g-import-not-at-top
+  from resnet_jax.cli import commands as commands_lib, parser  # pylint: disable=g-import-not-at-top
+
+  first = open(README, encoding="utf-8").read().split("```bash\n", 1)[1].splitlines()[0]
+  installed = re.search(r"pip install -e '\.\[(\w+)\]'", first).group(1)
+  args, _ = parser.build_parser(commands_lib.COMMANDS).parse_known_args(
+      shlex.split(first.split("resnet-jax ", 1)[1]))
+  needed = {extras.PACKAGES[m] for m in commands_lib.needs(args)}
+  smallest = [e for e in needed if not any(e in extras.INCLUDES.get(o, ()) for o in needed)]
+  assert [installed] == smallest, (first, needed)
+  heavy = {"torch", "torchvision", "tensorflow", "tensorflow-cpu", "libtpu", "jax[tpu]",
+           "jax[cuda12]", "jax[cuda13]"}
+  closure, todo = set(), [installed]
+  while todo:  # the extra's requirements, through the extras it includes
+    for req in _extras()[todo.pop()]:
+      inner = re.match(r"resnet-jax\[([\w,]+)\]", req)
+      if inner:
+        todo += [e for e in inner.group(1).split(",") if e not in closure]
+        closure.update(inner.group(1).split(","))
+      else:
+        name = re.match(r"[\w.-]+(\[[\w,]+\])?", req.lower()).group(0)
+        assert name not in heavy and not name.startswith("nvidia"), f"[{installed}] pulls in {req}"
+
+
+# --- Numbers in the presets' comments are the presets' own. ---
+
+TRAIN_SIZES = {"digits": 1497, "cifar10": 50_000, "imagenet2012": 1_281_167}
+# (config, a pattern in its file with named groups: epochs, and steps / batch where the text gives
+# them; mine: whether those steps are the config's own total_steps, not the paper's).
+CLAIMS = [
+    ("configs/quickstart.py", r"~(?P<epochs>\d+) epochs in (?P<steps>[\d,]+) steps of (?P<batch>\d+)", True),
+    ("configs/sweeps/degradation_digits.py", r"~(?P<epochs>\d+) epochs of the 1,497", True),
+    ("configs/sweeps/seeds_digits.py", r"~(?P<epochs>\d+) epochs of the 1,497", True),
+    ("configs/sweeps/degradation_cifar10.py", r"for (?P<steps>[\d,]+) steps \((?P<epochs>[\d.]+) epochs\)",
+     True),
+    ("configs/imagenet.py:resnet50", r"\"up to (?P<steps>60e4) iterations\" \((?P<epochs>\d+) epochs\)", False),
+    ("configs/cifar10_fast.py", r"total_steps (?P<steps>[\d,]+) \((?P<epochs>[\d.]+) epochs\)", True),
+]
+
+
+@pytest.mark.parametrize("spec,pattern,mine", CLAIMS, ids=[c[0] for c in CLAIMS])
+def test_epochs_and_steps_in_preset_comments_match_the_preset(spec, pattern, mine):
+  from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(ROOT, spec.split(":")[0])
+  match = re.search(pattern, open(path, encoding="utf-8").read())
+  assert match, f"{path}: the comment this test checks is gone: {pattern}"
+  config = config_lib.load(os.path.join(ROOT, spec))
+  claim = match.groupdict()
+  steps = float(claim["steps"].replace(",", "")) if claim.get("steps") else config.total_steps
+  batch = int(claim["batch"]) if claim.get("batch") else config.batch_size
+  if mine:
+    assert (steps, batch) == (config.total_steps, config.batch_size), (claim, config.total_steps)
+  epochs = steps * batch / TRAIN_SIZES[config.dataset]
+  decimals = len(claim["epochs"].partition(".")[2])
+  assert abs(epochs - float(claim["epochs"])) <= 0.5 * 10 ** -decimals, (claim, epochs)
+
+
+if __name__ == "__main__":  # rewrites README's command reference from the parser
+  with open(README, encoding="utf-8") as f:
+    readme = f.read()
+  section = reference_section()
+  if REFERENCE in readme:
+    readme = readme.replace(_readme_section(readme, REFERENCE), section.rstrip() + "\n")
+  else:
+    readme = readme.rstrip("\n") + "\n\n" + section.rstrip() + "\n"
+  with open(README, "w", encoding="utf-8") as f:
+    f.write(readme)
+  print(f"rewrote {REFERENCE!r} in {README}")

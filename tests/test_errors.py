@@ -131,3 +131,13 @@ def test_a_failed_prepare_leaves_nothing_behind(tmp_path, cifar10_source, capsys
   assert cli.main(["prepare", "cifar10", "--source", str(src), "--data-dir", str(existing)]) == 2
   assert os.listdir(existing) == ["other_dataset"]  # what was there stays; nothing was added
   assert np.all([os.path.exists(src / n) for n in os.listdir(src)])
+
+
+def test_no_library_warning_before_our_error_for_a_folder_without_the_dataset(tmp_path, caplog):
+  from resnet_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+
+  (tmp_path / "imagenet2012" / "5.1.0").mkdir(parents=True)  # a variant folder without its files
+  caplog.set_level("DEBUG")
+  with pytest.raises(tfds_builder.DataUnavailableError, match="imagenet2012 is not prepared in"):
+    tfds_builder.open_builder("imagenet2012", str(tmp_path), download=False)
+  assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")], caplog.text

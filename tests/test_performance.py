@@ -60,11 +60,8 @@ def test_cpu_fusion_keeps_the_numerics_and_reaches_the_compiled_step():
   with_fusion, without = hlo("eltwise"), hlo("")
   assert with_fusion.count("__ynn_fusion") > without.count("__ynn_fusion")
   assert with_fusion.count("transpose") < without.count("transpose")
-  assert parallel.cpu_compiler_options("", jax.devices()) == {}
-
-  class Gpu:
-    platform = "gpu"
-  assert parallel.cpu_compiler_options("eltwise", [Gpu()]) == {}  # CPU-only option
+  assert parallel.cpu_compiler_options("", "cpu") == {}
+  assert parallel.cpu_compiler_options("eltwise", "cuda") == {}  # CPU-only option
   with pytest.raises(ValueError, match="unknown fusion \\['conv'\\].*dot.*eltwise.*reduce"):
     loop.Trainer(small_config(cpu_fusion="eltwise,conv"))
 
@@ -163,6 +160,20 @@ def test_command_line_reexecs_with_huge_pages():
   expected = runtime.hugepage_environment(env)
   tunables = json.loads(out.stdout.strip().splitlines()[-1])["glibc_tunables"]
   assert tunables == ("" if expected is None else expected["GLIBC_TUNABLES"])
+
+
+def test_no_tpu_probe_where_libtpu_is_installed_but_no_chip_is(tmp_path):
+  present = lambda *names: (lambda name: object() if name in names else None)
+  no_chip = (str(tmp_path / "accel*"),)
+  assert runtime.platforms_without_tpu_probe({}, present("libtpu"), no_chip) == "cpu"
+  # A TPU VM (a chip's device file), a CUDA plugin, a user's choice, or no libtpu: left alone.
+  (tmp_path / "accel0").touch()
+  assert runtime.platforms_without_tpu_probe({}, present("libtpu"), no_chip) is None
+  assert runtime.platforms_without_tpu_probe({}, present("libtpu", "jax_cuda12_plugin"),
+                                             (str(tmp_path / "none*"),)) is None
+  assert runtime.platforms_without_tpu_probe({"JAX_PLATFORMS": "tpu"}, present("libtpu"),
+                                             (str(tmp_path / "none*"),)) is None
+  assert runtime.platforms_without_tpu_probe({}, present(), (str(tmp_path / "none*"),)) is None
 
 
 def test_compilation_cache_folder_from_the_key_the_environment_or_the_default(tmp_path):

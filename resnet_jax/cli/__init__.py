@@ -14,9 +14,12 @@ from resnet_jax.run import errors, extras, process
 def main(argv=None) -> int:
   parser = build_parser(COMMANDS)
   args, extra = parser.parse_known_args(argv)
-  if extra and args.command not in ("train", "sweep", "convert"):
+  if extra and args.command not in ("train", "sweep", "convert", "compile"):
     parser.error(f"unrecognised arguments: {' '.join(extra)}")
   args.overrides = extra
+  quiet = process.platforms_without_tpu_probe(os.environ)
+  if quiet is not None:
+    os.environ["JAX_PLATFORMS"] = quiet
   try:
     extras.require(args.command, needs(args))
     return args.func(args)

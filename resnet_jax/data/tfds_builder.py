@@ -6,6 +6,7 @@ download for minutes, leaves no empty folders behind a failed download, and mirr
 dataset to local disk (array_record reads only local files). `tfds_source` reads what it opens.
 """
 
+import contextlib
 import os
 import socket
 
@@ -22,6 +23,20 @@ def tfds_module():
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   return tfds
+
+
+@contextlib.contextmanager
+def quiet_absl():
+  """absl's warnings off while TFDS looks for a dataset: for a folder that does not hold it, TFDS
+  logs "Variant folder ... has no dataset_info.json" before our own, clearer error."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(verbosity)
 
 
 def base_name(name: str) -> str:
@@ -58,12 +73,14 @@ def open_builder(name: str, data_dir: str = "", cache_dir: str = "", download: b
 
   tfds = tfds_module()
   try:
-    builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
+    with quiet_absl():
+      builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
+      prepared = builder.is_prepared()
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ConfigError(f"dataset={name!r} is not 'digits', 'synthetic' or a TFDS dataset name "
                      f"(e.g. cifar10, cifar100, imagenet2012). TFDS said: {e}") from None
   where = data_dir or "the TFDS default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
-  if not builder.is_prepared():
+  if not prepared:
     if not download or jax.process_count() > 1:
       raise DataUnavailableError(
           f"{name} is not prepared in {where}. Prepare it before the run (one process): "

@@ -16,7 +16,7 @@ from etils import epath
 import numpy as np
 
 from resnet_jax.experiments import curves, responses as responses_lib
-from resnet_jax.run import metrics_log
+from resnet_jax.run import console, metrics_log
 
 
 def _plt():
@@ -32,19 +32,19 @@ def _family_depth(model: str) -> tuple[str, int]:
 
 
 def _load(run_dirs):
+  """Every run with metrics, grouped by (family, depth), seeds in order: [{..., "seeds": [runs]}]."""
   runs = []
   for d in run_dirs:
     config = json.loads((epath.Path(d) / "config.json").read_text())
     family, depth = _family_depth(config["model"])
-    runs.append({"dir": d, "config": config, "family": family, "depth": depth,
-                 "rows": metrics_log.read_metrics(d)})
-  # One curve per (family, depth): the first seed, so the figures stay readable.
-  seen, unique = set(), []
+    rows = metrics_log.read_metrics(d)
+    if rows:
+      runs.append({"dir": d, "config": config, "family": family, "depth": depth, "rows": rows})
+  groups = {}
   for r in sorted(runs, key=lambda r: (r["family"], r["depth"], r["config"]["seed"])):
-    if (r["family"], r["depth"]) not in seen and r["rows"]:
-      seen.add((r["family"], r["depth"]))
-      unique.append(r)
-  return unique
+    groups.setdefault((r["family"], r["depth"]), []).append(r)
+  # One entry per (family, depth): its first seed's fields, and every seed's run.
+  return [{**seeds[0], "seeds": seeds} for seeds in groups.values()]
 
 
 def _colors(depths):
@@ -54,26 +54,37 @@ def _colors(depths):
   return {d: cmap(0.85 * i / max(1, len(depths) - 1)) for i, d in enumerate(depths)}
 
 
+def _seeds_label(group) -> str:
+  seeds = [r["config"]["seed"] for r in group["seeds"]]
+  return f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds"
+
+
 def plot_curves(runs, path):
+  """Fig. 1/6: training error (dashed) and test error (bold, a marker at each evaluation) per depth,
+  plain and residual side by side; every seed of a net is drawn, one line each, in its colour."""
   plt = _plt()
   families = sorted({r["family"] for r in runs}, key=lambda f: (f != "plain", f))
   colors = _colors([r["depth"] for r in runs])
   fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4), sharey=True,
                            squeeze=False)
   for ax, family in zip(axes[0], families):
-    for r in (r for r in runs if r["family"] == family):
-      label = f"{family}-{r['depth']}"
-      steps, err = curves.train_error_curve(r["rows"])
-      ax.plot(steps, err, "--", color=colors[r["depth"]], lw=1.2, label=f"{label} train")
-      steps, err = curves.test_error_curve(r["rows"])
-      if len(steps):
-        ax.plot(steps, err, "-", color=colors[r["depth"]], lw=2.5, label=f"{label} test")
+    for group in (g for g in runs if g["family"] == family):
+      label, color = f"{family}-{group['depth']} ({_seeds_label(group)})", colors[group["depth"]]
+      for i, r in enumerate(group["seeds"]):
+        alpha = 1.0 if len(group["seeds"]) == 1 else 0.6
+        steps, err = curves.train_error_curve(r["rows"])
+        ax.plot(steps, err, "--", color=color, lw=1.0, alpha=alpha,
+                label=f"{label} train" if i == 0 else None)
+        steps, err = curves.test_error_curve(r["rows"])
+        if len(steps):
+          ax.plot(steps, err, "-o", color=color, lw=2.2, ms=4, alpha=alpha,
+                  label=f"{label} test" if i == 0 else None)
     ax.set_title({"plain": "plain networks", "resnet": "ResNets"}.get(family, family))
     ax.set_xlabel("iteration")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel("error (%)")
-  fig.suptitle("Training (dashed) and test (bold) error, as He et al. 2015 Fig. 1/6")
+  fig.suptitle("Training (dashed) and test (bold, dots: evaluations) error, as He et al. 2015 Fig. 1/6")
   fig.tight_layout()
   _save(fig, path)
 
@@ -85,18 +96,22 @@ def _smooth(x, w):
 
 
 def plot_grad_norms(runs, path):
-  """For each depth run both plain and residual: one panel each, a line per block, log scale."""
+  """Every block's gradient norm over training, one line per block coloured from the stem (dark) to
+  the head (light) with a colour bar naming the stages; plain and residual of a depth side by side
+  on shared axes, so their scales compare at a glance. The first seed of each net."""
   plt = _plt()
   depths = sorted({r["depth"] for r in runs if r["family"] == "plain"} &
                   {r["depth"] for r in runs if r["family"] == "resnet"})
   if not depths:
     depths = sorted({r["depth"] for r in runs})
-  fig, axes = plt.subplots(len(depths), 2, figsize=(11, 3.6 * len(depths)), squeeze=False)
+  fig, axes = plt.subplots(len(depths), 2, figsize=(12, 3.8 * len(depths)), squeeze=False,
+                           sharex="row", sharey="row")
   cmap = plt.get_cmap("viridis")
   for row, depth in zip(axes, depths):
     for ax, family in zip(row, ("plain", "resnet")):
       match = [r for r in runs if r["family"] == family and r["depth"] == depth]
-      ax.set_title(f"{family}-{depth}")
+      ax.set_title(f"{family}-{depth}" + (f" ({_seeds_label({'seeds': match[0]['seeds'][:1]})})"
+                                          if match else ": no run"))
       ax.set_yscale("log")
       ax.set_xlabel("iteration")
       ax.grid(alpha=0.3)
@@ -108,13 +123,27 @@ def plot_grad_norms(runs, path):
       steps = _smooth(np.array([r["step"] for r in rows], np.float64), w)
       for i, key in enumerate(keys):
         values = _smooth(np.array([r[key] for r in rows], np.float64), w)
-        ax.plot(steps, values, color=cmap(i / max(1, len(keys) - 1)), lw=1,
-                label=key.split("/")[1] if i in (0, len(keys) - 1) else None)
-      ax.legend(fontsize=7, title="input side -> output side", title_fontsize=7)
-    row[0].set_ylabel("gradient norm")
-  fig.suptitle("Per-block gradient norms (stem = dark, head = light)")
+        ax.plot(steps, values, color=cmap(i / max(1, len(keys) - 1)), lw=1)
+      _block_colorbar(fig, ax, keys, cmap)
+    row[0].set_ylabel("gradient norm (log)")
+  fig.suptitle("Per-block gradient norms, stem (dark) to head (light); shared axes per depth")
   fig.tight_layout()
   _save(fig, path)
+
+
+def _block_colorbar(fig, ax, keys, cmap) -> None:
+  """A colour bar for a panel's block lines: ticks at the stem, each stage's first block, the head."""
+  import matplotlib as mpl  # pylint: disable=g-import-not-at-top
+
+  names = [k.split("/", 1)[1] for k in keys]
+  norm = mpl.colors.Normalize(0, max(1, len(keys) - 1))
+  bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01)
+  ticks = [i for i, n in enumerate(names) if n in ("stem", "head") or n.endswith("_block1")
+           or n.endswith("_layer1")]
+  bar.set_ticks(ticks)
+  bar.set_ticklabels([names[i].replace("_block1", "").replace("_layer1", "") for i in ticks],
+                     fontsize=7)
+  bar.set_label("block", fontsize=8)
 
 
 def _block_keys(row) -> list[str]:
@@ -167,16 +196,17 @@ def write_all(root, run_dirs, responses: bool = True, log=None) -> list[epath.Pa
   out = epath.Path(root)
   written = []
   if runs:
-    log(f"plotting {out / 'curves.png'} (Fig. 1/6) and {out / 'grad_norms.png'}")
-    plot_curves(runs, out / "curves.png")
-    plot_grad_norms(runs, out / "grad_norms.png")
+    with console.phase(log, f"plotting {out / 'curves.png'} (Fig. 1/6) and {out / 'grad_norms.png'}"):
+      plot_curves(runs, out / "curves.png")
+      plot_grad_norms(runs, out / "grad_norms.png")
     written += [out / "curves.png", out / "grad_norms.png"]
   if responses:
     stds = {}
     for r in runs:
       if r["family"] in ("plain", "resnet"):
-        log(f"Fig. 7: layer responses of {r['family']}{r['depth']} from its checkpoint ({r['dir']})")
-        values = responses_lib.response_stds(r["dir"])
+        with console.phase(log, f"Fig. 7: layer responses of {r['family']}{r['depth']} from its "
+                           f"checkpoint ({r['dir']})"):
+          values = responses_lib.response_stds(r["dir"])
         if values:
           stds[f"{r['family']}{r['depth']}"] = values
     if stds:

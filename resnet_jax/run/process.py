@@ -1,9 +1,11 @@
-"""Process-level set-up of the `resnet-jax` command: glibc huge pages for XLA:CPU's allocations, and
-JAX's persistent compilation cache.
+"""Process-level set-up of the `resnet-jax` command: glibc huge pages for XLA:CPU's allocations,
+JAX's persistent compilation cache, and no TPU probe on a host without TPU chips.
 
 Library users who want the same speed set the tunable and the cache themselves (docs/PERFORMANCE.md).
 """
 
+import glob
+import importlib.util
 import os
 import platform
 import sys
@@ -39,6 +41,30 @@ def hugepage_environment(environ, libc=None) -> dict | None:
   env["GLIBC_TUNABLES"] = f"{tunables}:{_HUGETLB}=1" if tunables else f"{_HUGETLB}=1"
   env[HUGEPAGES_ENV] = "0"  # the re-executed process must not do it again
   return env
+
+
+# Where a TPU VM's chips appear: /dev/accel* (v2-v4), /dev/vfio/<n> (v5e, v5p, v6e).
+TPU_DEVICE_FILES = ("/dev/accel*", "/dev/vfio/[0-9]*")
+
+
+def platforms_without_tpu_probe(environ, find_spec=importlib.util.find_spec,
+                                device_files=TPU_DEVICE_FILES) -> str | None:
+  """The JAX_PLATFORMS value that spares a host without TPU chips libtpu's probe, or None.
+
+  With libtpu installed (the `tpu` extra, also in `test`: `resnet-jax compile` uses it), JAX
+  initialises it at the first device query; on a host with no TPU chips that prints a screen of
+  warnings from libtpu ("could not determine TPU accelerator type", a source-location trace) before
+  falling back to the CPU. Where no chip's device file exists, JAX_PLATFORMS=cpu skips the probe.
+  Nothing changes where JAX_PLATFORMS is set, libtpu is absent, a chip is present, or a CUDA plugin
+  is installed (its GPUs must stay visible).
+  """
+  if environ.get("JAX_PLATFORMS") or find_spec("libtpu") is None:
+    return None
+  if any(find_spec(cuda) is not None for cuda in ("jax_cuda12_plugin", "jax_cuda13_plugin")):
+    return None
+  if any(glob.glob(pattern) for pattern in device_files):
+    return None
+  return "cpu"
 
 
 # The persistent compilation cache: where the command keeps compiled programs between runs.

@@ -50,8 +50,9 @@ class Member:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains one run (resuming from `workdir` if it holds a checkpoint); returns the last metrics row."""
   say = console.Console(enabled=jax.process_index() == 0).say
-  say(f"{workdir}: {config.model} on {config.dataset}, {config.total_steps} steps; loading the data")
-  trainer = Trainer(config)
+  with console.phase(say, f"{workdir}: {config.model} on {config.dataset}, {config.total_steps} "
+                     "steps; loading the data"):
+    trainer = Trainer(config)
   (member,) = train(trainer, [Member(config, str(workdir))], say)
   if member.error is not None:
     raise member.error
@@ -72,9 +73,9 @@ def train_group(configs: list, workdirs: list, say: Optional[Callable] = None,
   grouping.check_group(configs)
   say = say or console.Console(enabled=jax.process_index() == 0).say
   base = configs[0]
-  say(f"vectorised group of {len(configs)}: {base.model} on {base.dataset}, {base.total_steps} "
-      f"steps; loading the data")
-  trainer = Trainer(base, members=configs)
+  with console.phase(say, f"vectorised group of {len(configs)}: {base.model} on {base.dataset}, "
+                     f"{base.total_steps} steps; loading the data"):
+    trainer = Trainer(base, members=configs)
   cap = base.vectorize_max_members or memory.members_that_fit(trainer)
   if cap < len(configs):
     say(f"at most {cap} members fit in one group here (vectorize_max_members="
@@ -101,23 +102,27 @@ def train(trainer: Trainer, members: list[Member], say: Callable) -> list[Member
     for m in members:
       m.files = stack.enter_context(RunFiles(m.config, m.workdir))
     template = trainer.abstract_state()  # restoring compiles nothing
-    for m in members:
-      m.state, m.step = m.files.restore(template, trainer.strategy.state_sharding)
-      if m.state is None:
-        m.state = trainer.first_state(m.config.seed)
-      else:
-        say(f"{m.prefix}resumed from step {m.step} (checkpoint {m.files.ckpt.directory}/{m.step})")
-      rows = m.files.start(trainer, m.step)
-      m.last = rows[-1] if rows else {"step": m.step}
-      m.elapsed = m.last.get("perf/elapsed_s", 0.0)  # wall time carries across resumes
+    with console.phase(say, "restoring the last checkpoint or initialising the model",
+                       announce=False):
+      for m in members:
+        m.state, m.step = m.files.restore(template, trainer.strategy.state_sharding)
+        if m.state is None:
+          m.state = trainer.first_state(m.config.seed)
+        else:
+          say(f"{m.prefix}resumed from step {m.step} (checkpoint {m.files.ckpt.directory}/{m.step})")
+        rows = m.files.start(trainer, m.step)
+        m.last = rows[-1] if rows else {"step": m.step}
+        m.elapsed = m.last.get("perf/elapsed_s", 0.0)  # wall time carries across resumes
     total = members[0].config.total_steps
     if all(m.step >= total for m in members):
       for m in members:
         say(f"{m.prefix or m.workdir + ': '}already finished ({m.step}/{total} steps); nothing to do.")
       return members
     _run(trainer, members, say)
-    for m in members:
-      m.files.wait()
+    with console.phase(say, "saving: waiting for the last checkpoint to be written",
+                       announce=False):
+      for m in members:
+        m.files.wait()
   return members
 
 
@@ -150,48 +155,53 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
   cadence = Cadence.from_config(c)
   if grouped:
     trainer.bind_members([m.config for m in segment])
-    say(f"compiling the group's train step (first call); training {len(segment)} members from "
-        f"step {start + 1}")
-  else:
-    say(f"compiling the train step (first call); training from step {start + 1}")
+  what = (f"the group's train step (first call); training {len(segment)} members" if grouped
+          else "the train step (first call); training")
   state = strategy.put_state(strategy.stack([m.state for m in segment]))
   lead = segment[0].files.lead
-  progress = console.ProgressBar(c.total_steps, start) if lead else None
-  inflight = collections.deque()  # (step, a metric array) of dispatched steps not yet seen done
   pending, t_log, n_log = [], time.perf_counter(), start
   n, n_pending = start, 0
-  while n < until and any(m.error is None for m in segment):
+  with console.phase(say, f"compiling {what} from step {start + 1}"):
+    # The first dispatch compiles; its end is the end of compilation, so the bar shows from step 1.
     k = cadence.dispatch_size(n, until)
     state, metrics = trainer.dispatch(state, n, k)
-    pending.append(metrics)
-    n, n_pending = n + k, n_pending + k
-    if progress is not None:
-      # Progress from host-side counts of finished steps, at every step: no device sync, but for
-      # the first dispatch, whose end is the end of compilation: the bar shows from step 1.
-      inflight.append((n, next(iter(metrics.values()))))
-      if n - k == start:
-        inflight[0][1].block_until_ready()
-      while inflight and inflight[0][1].is_ready():
-        progress.update(inflight.popleft()[0])
-    act = cadence.after(n, stopping=stop.reached(n, k), segment_end=n == until)
-    if not act.log:
-      continue
-    fetched = strategy.fetch(pending)  # one transfer: per metric a scalar, [M], [K] or [K, M]
-    now = time.perf_counter()
-    rows = _record(trainer, segment, state, fetched, (n - n_pending + 1, n), act.evaluate,
-                   seconds=now - t_log, images=(n - n_log) * c.batch_size, progress=progress, say=say)
-    pending, n_pending, t_log, n_log = [], 0, now, n
-    if progress is not None:
+    jax.block_until_ready(metrics)
+  first = (k, metrics)
+  progress = console.ProgressBar(c.total_steps, start) if lead else None
+  with progress or contextlib.nullcontext():
+    inflight = collections.deque()  # (step, a metric array) of dispatched steps not yet seen done
+    while n < until and any(m.error is None for m in segment):
+      if first is not None:
+        (k, metrics), first = first, None
+      else:
+        k = cadence.dispatch_size(n, until)
+        state, metrics = trainer.dispatch(state, n, k)
+      pending.append(metrics)
+      n, n_pending = n + k, n_pending + k
+      if progress is not None:
+        # Progress from host-side counts of finished steps, at every step: no device sync.
+        inflight.append((n, next(iter(metrics.values()))))
+        while inflight and inflight[0][1].is_ready():
+          progress.update(inflight.popleft()[0])
+      act = cadence.after(n, stopping=stop.reached(n, k), segment_end=n == until)
+      if not act.log:
+        continue
+      fetched = strategy.fetch(pending)  # one transfer: per metric a scalar, [M], [K] or [K, M]
+      now = time.perf_counter()
+      rows = _record(trainer, segment, state, fetched, (n - n_pending + 1, n), act.evaluate,
+                     seconds=now - t_log, images=(n - n_log) * c.batch_size, progress=progress,
+                     say=say)
+      pending, n_pending, t_log, n_log = [], 0, now, n
       inflight.clear()  # everything up to n is done: its metrics were fetched
-    if act.checkpoint:
-      for i in rows:
-        segment[i].files.save(n, strategy.member_state(state, i))
-    if act.stop:
-      for i in rows:
-        segment[i].files.wait()
-      where = ("in each member's workdir" if grouped else f"in {segment[0].files.ckpt.directory}")
-      raise StoppedEarly(f"stopped early by {stop.reason} at step {n}; checkpoint saved {where}. "
-                         "Re-run the same command to resume.")
+      if act.checkpoint:
+        for i in rows:
+          segment[i].files.save(n, strategy.member_state(state, i))
+      if act.stop:
+        for i in rows:
+          segment[i].files.wait()
+        where = ("in each member's workdir" if grouped else f"in {segment[0].files.ckpt.directory}")
+        raise StoppedEarly(f"stopped early by {stop.reason} at step {n}; checkpoint saved {where}. "
+                           "Re-run the same command to resume.")
   for i, m in enumerate(segment):
     if m.error is None:
       m.state, m.step = strategy.member_state(state, i), until
@@ -207,9 +217,9 @@ def _record(trainer: Trainer, segment: list[Member], state, fetched: list, steps
   if evaluate and rows:
     if progress is not None:
       progress.update(n)  # the fetch waited for every step up to n
-      members = f"{len(segment)} members " if segment[0].prefix else ""
-      progress.note(f"evaluating {members}at step {n}")
-    evals = trainer.evaluate(state)
+    members = f"{len(segment)} members " if segment[0].prefix else ""
+    with progress.phase(f"evaluating {members}at step {n}") if progress else contextlib.nullcontext():
+      evals = trainer.evaluate(state)
     for i, member_rows in rows.items():
       member_rows[-1].update(evals[i])
   for i, member_rows in rows.items():
