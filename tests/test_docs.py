@@ -2,6 +2,7 @@
 and every relative link in README.md and docs/ points at a file that exists."""
 
 import glob
+import importlib.util
 import os
 import re
 
@@ -210,3 +211,17 @@ if __name__ == "__main__":  # rewrites README's command reference from the parse
   with open(README, "w", encoding="utf-8") as f:
     f.write(readme)
   print(f"rewrote {REFERENCE!r} in {README}")
+
+
+def test_converged_run_page_tables_are_derived_from_its_stored_logs():
+  """docs/results/cifar10_resnet20's tables are what its plot script computes from the stored runs."""
+  folder = os.path.join(ROOT, "docs", "results", "cifar10_resnet20")
+  spec = importlib.util.spec_from_file_location("cifar10_resnet20_plot", os.path.join(folder, "plot.py"))
+  plot = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(plot)
+  seeds = sorted(glob.glob(os.path.join(folder, "seed*")))
+  assert seeds, "no stored seed runs"
+  page = open(os.path.join(folder, "README.md"), encoding="utf-8").read()
+  missing = [line for line in plot.markdown([plot.read_run(d) for d in seeds]).splitlines()
+             if line and line not in page]
+  assert not missing, f"the page does not show what plot.py derives: {missing}"
