@@ -3,49 +3,61 @@
   python benchmarks/tpu_compile.py --out docs/results/tpu_compile [--jobs 2] [--only resnet50]
 
 Each row is one `resnet-jax compile` in its own process (JAX_PLATFORMS=cpu: libtpu compiles, no TPU
-is used), its JSON kept in OUT/rows/<name>.json, so the script resumes where it stopped and a row can
-be recompiled by deleting its file. Then OUT/table.md is written from every row. Compile times
-are left out of the table: with several compiles at once they time the machine's load, not the
-compiler (time one alone with `resnet-jax compile`). Rows:
+is used), its JSON kept in OUT/rows/<name>.json and what it printed in <name>.txt, so the script
+resumes where it stopped and a row can be recompiled by deleting its file. Then OUT/table.md is
+written from every row there. Compile times are left out of the table: with several compiles at
+once they time the machine's load, not the compiler (time one alone with `resnet-jax compile`).
+Rows, in the order they run:
 
-- ImageNet, the paper's preset (configs/imagenet.py:NAME) at 128 images per chip, bf16 and f32:
-  ResNet-50 and ResNet-152 on v4-8, v5e-8, v5p-8 and v6e-8, and ResNet-50 on the multi-host v5e-16;
-- CIFAR-10, section 4.2's preset (configs/cifar10.py:NAME, batch 128 in all) on the same four;
+- the largest per-chip batch of ResNet-50 bf16 that fits a v5e chip (`--max-batch`: several
+  compiles);
 - ResNet-50 "-modern" (bf16, batch 1024) on v3-8: the setting of the Flax ImageNet example, whose
   measured training time (its README) is the published figure the estimate is set beside;
-- the largest per-chip batch of ResNet-50 bf16 that fits a v5e chip (`--max-batch`).
+- ImageNet, the paper's preset (configs/imagenet.py:NAME) at 128 images per chip (a v4-8 or v5p-8
+  is 4 chips, a v5e-8 or v6e-8 is 8): ResNet-50 bf16 on v4-8, v5e-8, v5p-8, v6e-8 and the
+  multi-host v5e-16, ResNet-50 f32 on v4-8 and v5e-8, ResNet-152 bf16 on v5e-8 and v5p-8;
+- CIFAR-10, section 4.2's preset (configs/cifar10.py:NAME, batch 128 in all): ResNet-20, 56 and 110
+  on v4-8 and v5e-8.
+
+A ResNet-50 row takes 2-7 minutes of a 2-core host (each compile is mostly one core), the whole
+matrix a few hours; `resnet-jax compile` takes any other preset, dtype and slice.
 """
 
 import argparse
 import concurrent.futures
 import json
+import math
 import os
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from resnet_jax.targets import chips as chips_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SLICES = ("v4-8", "v5e-8", "v5p-8", "v6e-8")
 
 
 def rows() -> list[dict]:
-  out = []
-  for model in ("resnet50", "resnet152"):
-    for dtype in ("bfloat16", "float32"):
-      for topology in SLICES + (("v5e-16",) if model == "resnet50" else ()):
-        chips = int(topology.split("-")[1])
-        out.append({"name": f"{model}-{dtype}-{topology}", "topology": topology,
-                    "config": f"configs/imagenet.py:{model}",
-                    "overrides": [f"--config.dtype={dtype}", f"--config.batch_size={128 * chips}",
-                                  f"--config.eval_batch_size={16 * chips}"]})
+  def imagenet(model, dtype, topology):
+    chips = math.prod(int(d) for d in chips_lib.find(topology).topology.split(":")[1].split("x"))
+    return {"name": f"{model}-{dtype}-{topology}", "topology": topology,
+            "config": f"configs/imagenet.py:{model}",
+            "overrides": [f"--config.dtype={dtype}", f"--config.batch_size={128 * chips}",
+                          f"--config.eval_batch_size={16 * chips}"]}
+
+  out = [{"name": "resnet50-bfloat16-v5e-8-max-batch", "topology": "v5e-8",
+          "config": "configs/imagenet.py:resnet50",
+          "overrides": ["--config.dtype=bfloat16", "--config.batch_size=1024",
+                        "--config.eval_batch_size=128", "--max-batch"]},
+         {"name": "resnet50-modern-v3-8", "topology": "v3-8",
+          "config": "configs/imagenet.py:resnet50-modern", "overrides": []}]
+  out += [imagenet("resnet50", "bfloat16", t) for t in SLICES + ("v5e-16",)]
+  out += [imagenet("resnet50", "float32", t) for t in ("v4-8", "v5e-8")]
+  out += [imagenet("resnet152", "bfloat16", t) for t in ("v5e-8", "v5p-8")]
   for model in ("resnet20", "resnet56", "resnet110"):
-    for topology in SLICES:
+    for topology in ("v4-8", "v5e-8"):
       out.append({"name": f"{model}-cifar-{topology}", "topology": topology,
                   "config": f"configs/cifar10.py:{model}", "overrides": ["--config.eval_batch_size=512"]})
-  out.append({"name": "resnet50-modern-v3-8", "topology": "v3-8",
-              "config": "configs/imagenet.py:resnet50-modern", "overrides": []})
-  out.append({"name": "resnet50-bfloat16-v5e-8-max-batch", "topology": "v5e-8",
-              "config": "configs/imagenet.py:resnet50",
-              "overrides": ["--config.dtype=bfloat16", "--config.batch_size=1024",
-                            "--config.eval_batch_size=128", "--max-batch"]})
   return out
 
 
@@ -62,9 +74,13 @@ def compile_row(row: dict, folder: str) -> str:
     return f"{row['name']}: FAILED ({proc.returncode}): {proc.stderr.strip().splitlines()[-3:]}"
   result = json.loads(lines[-1])
   result["command"] = "resnet-jax " + " ".join(cmd[3:])
+  with open(os.path.join(folder, f"{row['name']}.txt"), "w") as f:  # what the command printed
+    f.write(f"$ {result['command']}\n{proc.stderr}")
   with open(path + ".tmp", "w") as f:
     json.dump(result, f, indent=1)
   os.replace(path + ".tmp", path)
+  if "estimate" not in result:
+    return f"{row['name']}: does not fit"
   return f"{row['name']}: {result['estimate']['images_per_sec_per_chip']:.0f} images/s/chip estimated"
 
 
@@ -78,6 +94,10 @@ def table(folder: str) -> str:
     if not os.path.exists(path):
       continue
     r = json.load(open(path))
+    if "flops" not in r:  # the compiler refused it for want of HBM
+      lines.append(f"| {r['model']} | {r['dtype']} | {r['topology']} | {r['batch_per_chip']} | "
+                   f"{r['hbm']['needed'] / gib:.2f} / {r['hbm']['chip'] / gib:.0f} | NO |" + " - |" * 6)
+      continue
     reduced = r["collectives"].get("all-reduce", {}).get("bytes", 0) * r["devices_per_chip"]
     e, h = r["estimate"], r["host"]
     lines.append(

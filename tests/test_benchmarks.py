@@ -1,6 +1,7 @@
 """Smoke tests for the reference train steps in benchmarks/ (tiny, CPU)."""
 
 import importlib.util
+import json
 import math
 import os
 
@@ -132,3 +133,40 @@ def test_twin_compare_table_reads_the_spike_and_the_plateau_exit(tmp_path):
   assert table[3].split(" | ")[7].startswith("nan")  # the twin never left it
   twin_compare.plot(results, str(tmp_path / "twin.png"))
   assert (tmp_path / "twin.png").stat().st_size > 10_000
+
+
+def test_twin_lockstep_starts_the_twin_from_our_weights():
+  """Step 1 from our weights copied into the twin is the same computation: equal up to rounding."""
+  pytest.importorskip("torch")
+  from resnet_jax.config import default_config  # pylint: disable=g-import-not-at-top
+  config = default_config()
+  config.update(model="resnet8", dataset="synthetic", batch_size=8, learning_rate=0.01,
+                num_devices=1)
+  first = _load("twin_lockstep").run(config, steps=1, report_steps=set())[0]
+  assert first["step"] == 1
+  assert abs(first["loss_ours"] - first["loss_twin"]) < 1e-5 * first["loss_twin"]
+  for kind in ("grad_norm", "weights", "bn_affine", "running_stats"):
+    assert first[kind] < 1e-3, (kind, first[kind])
+
+
+def test_tpu_compile_rows_are_128_images_per_chip_and_tabulate(tmp_path):
+  tpu_compile = _load("tpu_compile")
+  rows = {r["name"]: r for r in tpu_compile.rows()}
+  # v4-8 and v5p-8 are 4 chips (8 TensorCores), v5e-8 and v6e-8 are 8; v5e-16 is 4 hosts of 4.
+  for name, batch in (("resnet50-bfloat16-v4-8", 512), ("resnet50-bfloat16-v5p-8", 512),
+                      ("resnet50-bfloat16-v5e-8", 1024), ("resnet50-bfloat16-v5e-16", 2048)):
+    assert f"--config.batch_size={batch}" in rows[name]["overrides"], name
+  folder = tmp_path / "rows"
+  folder.mkdir()
+  row = {"model": "resnet50", "dtype": "bfloat16", "topology": "v5e-8", "hosts": 1,
+         "batch_per_chip": 128, "devices_per_chip": 1,
+         "hbm": {"needed": 5 * 2**30, "chip": 16 * 2**30, "fits": True},
+         "flops": {"ratio": 0.98}, "collectives": {"all-reduce": {"count": 2, "bytes": 55.6e6}},
+         "param_bytes": 102.2e6,
+         "estimate": {"step_ms": 60.7, "bound": "HBM bandwidth", "images_per_sec_per_chip": 2109.0},
+         "host": {"cores_needed": 38.0, "vcpus": 224.0}}
+  (folder / "resnet50-bfloat16-v5e-8.json").write_text(json.dumps(row))
+  lines = tpu_compile.table(str(folder)).splitlines()
+  assert len(lines) == 3 and lines[0].count("|") == lines[2].count("|")
+  assert lines[2] == ("| resnet50 | bfloat16 | v5e-8 (1 host) | 128 | 5.00 / 16 | yes | 0.98 | "
+                      "55.6 (102.2) | 60.7 | HBM bandwidth | 2,109 | 38 / 224 |")

@@ -2,11 +2,14 @@
 about a minute on 2 cores), the roofline and HLO reading on hand-made numbers, the CUDA lowering."""
 
 import json
+import types
 
 import pytest
 
 from resnet_jax import cli
+from resnet_jax.cli import commands
 from resnet_jax.config import default_config
+from resnet_jax.run import process
 from resnet_jax.run.errors import ConfigError
 from resnet_jax.targets import analysis, chips
 from resnet_jax.targets import compile as target
@@ -48,8 +51,37 @@ def test_known_slices_and_names():
   assert chips.find("v5e-8").topology == "v5e:2x4" and chips.find("v5litepod-8").name == "v5e-8"
   assert chips.find("v4:2x2x1").name == "v4-8" and chips.find("v4-8").megacore
   assert chips.find("v9-8") is None
+  assert chips.find("v5e-16").cloud_name == "v5litepod-16" and chips.find("v4-8").cloud_name == "v4-8"
   with pytest.raises(ConfigError, match=r"unknown TPU topology 'v9-8'; known: v3-8 \(v3:2x2\)"):
     target.find_slice("v9-8")
+
+
+def test_libtpu_is_told_of_a_host_without_chips_and_nothing_else_changes(tmp_path):
+  # Off a TPU VM libtpu would warn that it cannot describe the host; on one, it reads the metadata.
+  none = [str(tmp_path / "accel*")]
+  assert process.libtpu_host_defaults({}, "v5litepod-16", none) == {
+      "TPU_ACCELERATOR_TYPE": "v5litepod-16", "TPU_WORKER_HOSTNAMES": "localhost"}
+  assert process.libtpu_host_defaults({"TPU_WORKER_HOSTNAMES": "h0,h1"}, "v4-8", none) == {
+      "TPU_ACCELERATOR_TYPE": "v4-8"}
+  (tmp_path / "accel0").touch()
+  assert process.libtpu_host_defaults({}, "v4-8", none) == {}
+
+
+def test_a_step_the_compiler_refuses_for_want_of_hbm_is_reported_as_not_fitting(monkeypatch):
+  # libtpu does not compile a program larger than HBM: it raises, and that is the answer "no".
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+             "temporaries (16.46G) exceeds available HBM (15.75G).")
+  monkeypatch.setattr(target, "devices_of", lambda slice_: [types.SimpleNamespace(process_index=0)] * 8)
+  monkeypatch.setattr(target, "build", lambda config, devices: None)
+  monkeypatch.setattr(target, "compile_step", lambda trainer: (_ for _ in ()).throw(RuntimeError(message)))
+  r = target.compile_for(_tiny(batch_size=4096), "v5e-8")
+  assert (r["hbm"]["fits"], r["batch_per_chip"], r["chips"]) == (False, 512, 8)
+  assert r["hbm"]["needed"] == pytest.approx(16.46 * 2**30)
+  text = commands.describe_compile(r)
+  assert "does NOT fit, 16.46 GiB needed of 16 GiB" in text and "RESOURCE_EXHAUSTED" in text
+  monkeypatch.setattr(target, "compile_step", lambda trainer: (_ for _ in ()).throw(RuntimeError("other")))
+  with pytest.raises(RuntimeError, match="other"):  # any other failure is not an answer
+    target.compile_for(_tiny(batch_size=4096), "v5e-8")
 
 
 def test_max_batch_doubles_then_bisects_in_multiples_of_8(monkeypatch):
@@ -94,11 +126,14 @@ def test_bad_input_is_exit_2_with_the_fix(capsys, monkeypatch):
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("topology,hosts", [("v5e-4", 1), ("v5e-16", 4)])
-def test_resnet8_compiles_for_a_single_and_a_multi_host_slice(topology, hosts, capsys):
+def test_resnet8_compiles_for_a_single_and_a_multi_host_slice(topology, hosts, capfd, monkeypatch):
+  for name in ("ALLOW_MULTIPLE_LIBTPU_LOAD", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(name, raising=False)  # the command sets them; they go with the test
   n = int(topology.split("-")[1])  # chips
   assert cli.main(["compile", "--topology", topology, "--config", "configs/cifar10.py:resnet8",
                    f"--config.batch_size={32 * n}", f"--config.eval_batch_size={64 * n}"]) == 0  # fits
-  out = capsys.readouterr()
+  out = capfd.readouterr()  # libtpu writes to the file descriptor, not sys.stderr
+  assert "could not determine TPU" not in out.err and "Source Location Trace" not in out.err
   r = json.loads(out.out.strip().splitlines()[-1])
   assert (r["hosts"], r["batch_per_chip"], r["chip"]) == (hosts, 32, "TPU v5e")
   assert r["hbm"]["fits"] and 0 < r["hbm"]["needed"] < r["hbm"]["chip"]

@@ -186,11 +186,18 @@ def needs(args) -> tuple[str, ...]:
 
 def _compile(args) -> int:
   from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax.targets import chips  # pylint: disable=g-import-not-at-top
   from resnet_jax.targets import compile as target  # pylint: disable=g-import-not-at-top
 
   # libtpu compiles for the slice from its description alone; the host's own TPU backend (none here,
   # or a TPU VM's chips, busy with a run) is not needed, and probing for it only prints warnings.
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  # Nor does it claim the host's chips, so it skips libtpu's one-process lock
+  # (/tmp/libtpu_lockfile): a compile beside a running job, or two at once, would fail on it.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  slice_ = chips.find(args.topology)
+  if slice_ is not None:  # an unknown name is refused, with the known ones, by compile_for
+    os.environ.update(process.libtpu_host_defaults(os.environ, slice_.cloud_name))
   config = config_lib.load(args.config, split_overrides(args.overrides))
   say = lambda text: print(text, file=sys.stderr, flush=True)
   if args.max_batch:
@@ -206,14 +213,19 @@ def _compile(args) -> int:
 
 def describe_compile(r: dict) -> str:
   """The human-readable report of `resnet-jax compile` (its JSON has every figure)."""
-  gib, hbm, f, e, h = 2**30, r["hbm"], r["flops"], r["estimate"], r["host"]
+  gib, hbm = 2**30, r["hbm"]
+  head = (f"{r['model']} ({r['dtype']}) on {r['topology']} ({r['libtpu_topology']}): {r['chips']} x "
+          f"{r['chip']} on {r['hosts']} host(s), batch {r['batch_size']} ({r['batch_per_chip']} per chip)")
+  if "flops" not in r:  # the compiler refused it for want of HBM: nothing else to report
+    return "\n".join([head, f"  HBM per chip: does NOT fit, {hbm['needed'] / gib:.2f} GiB needed of "
+                             f"{hbm['chip'] / gib:.0f} GiB (the compiler: {hbm['compiler']})"])
+  f, e, h = r["flops"], r["estimate"], r["host"]
   per_chip = r["devices_per_chip"]  # memory analyses are per device
   comms = ", ".join(f"{k} x{v['count']} {v['bytes'] / 1e6:.2f} MB" for k, v in r["collectives"].items())
   verdict = (f"fits, {hbm['margin'] / gib:.2f} GiB to spare" if hbm["fits"]
              else f"does NOT fit, {-hbm['margin'] / gib:.2f} GiB short")
   return "\n".join([
-      f"{r['model']} ({r['dtype']}) on {r['topology']} ({r['libtpu_topology']}): {r['chips']} x "
-      f"{r['chip']} on {r['hosts']} host(s), batch {r['batch_size']} ({r['batch_per_chip']} per chip)",
+      head,
       f"  HBM per chip: {hbm['needed'] / gib:.2f} GiB needed of {hbm['chip'] / gib:.0f} GiB: {verdict} "
       f"(train step {per_chip * hbm['train']['needed'] / gib:.2f} GiB, eval step "
       f"{per_chip * hbm['eval']['needed'] / gib:.2f})",

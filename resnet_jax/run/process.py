@@ -67,6 +67,22 @@ def platforms_without_tpu_probe(environ, find_spec=importlib.util.find_spec,
   return "cpu"
 
 
+def libtpu_host_defaults(environ, accelerator_type: str,
+                         device_files=TPU_DEVICE_FILES) -> dict[str, str]:
+  """What libtpu is told of the host where it compiles for a slice without chips, or nothing.
+
+  Loading libtpu (to compile for `accelerator_type`) also makes it describe the host it runs on,
+  from a TPU VM's metadata; off a TPU VM it prints a screen of warnings (no accelerator type, no
+  worker hostnames, a source-location trace) before the compile's own report. Where no chip's device
+  file exists, naming the slice and this one host keeps it quiet; a value already set is kept, and
+  on a TPU VM nothing is changed.
+  """
+  if any(glob.glob(pattern) for pattern in device_files):
+    return {}
+  wanted = {"TPU_ACCELERATOR_TYPE": accelerator_type, "TPU_WORKER_HOSTNAMES": "localhost"}
+  return {k: v for k, v in wanted.items() if not environ.get(k)}
+
+
 # The persistent compilation cache: where the command keeps compiled programs between runs.
 CACHE_ENV = "RESNET_JAX_CACHE"                     # root of every cache of ours (weights, tfds, jax)
 COMPILATION_CACHE_ENV = "RESNET_JAX_COMPILATION_CACHE"  # this cache alone: a folder, or "off"

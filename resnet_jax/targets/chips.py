@@ -63,6 +63,11 @@ class Slice:
   def chip(self) -> Chip:
     return CHIPS[self.generation]
 
+  @property
+  def cloud_name(self) -> str:
+    """The accelerator type `gcloud` creates it by (and libtpu reads): v5e's is v5litepod-N."""
+    return self.name.replace("v5e-", "v5litepod-")
+
   def topology_kwargs(self) -> dict:
     kwargs = {"chips_per_host_bounds": self.chips_per_host}
     if self.megacore:

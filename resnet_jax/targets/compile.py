@@ -11,6 +11,7 @@ decoding images would keep up.
 
 import importlib.util
 import math
+import re
 import time
 from typing import Optional
 
@@ -168,7 +169,41 @@ def compile_for(config: ml_collections.ConfigDict, topology: str,
     config = config.copy_and_resolve_references()
     config.batch_size = per_chip_batch * len(devices)
   trainer = build(config, devices)
-  return report(config, slice_, devices, trainer, compile_step(trainer))
+  try:
+    compiled = compile_step(trainer)
+  except Exception as e:  # pylint: disable=broad-except
+    if not out_of_hbm(str(e)):
+      raise
+    return not_fitting(config, slice_, devices, str(e))
+  return report(config, slice_, devices, trainer, compiled)
+
+
+# libtpu refuses to compile a program whose buffers exceed the chip's HBM, instead of compiling it:
+# "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries
+# (16.46G) exceeds available HBM (15.75G)". That is the answer "does not fit", not a failure.
+_OUT_OF_HBM = re.compile(r"\(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)")
+
+
+def out_of_hbm(message: str) -> bool:
+  return "RESOURCE_EXHAUSTED" in message and "HBM" in message
+
+
+def not_fitting(config: ml_collections.ConfigDict, slice_: chips.Slice, devices: list,
+                message: str) -> dict:
+  """The report of a step the compiler refused for want of HBM: what it needed, per chip, if said."""
+  n = len(devices) // slice_.devices_per_chip
+  found = _OUT_OF_HBM.search(message)
+  # The compiler's figures are per device (per TensorCore on v3), in GiB.
+  needed = slice_.devices_per_chip * float(found.group(1)) * 2**30 if found else math.nan
+  line = next((l.strip() for l in message.splitlines() if "RESOURCE_EXHAUSTED" in l), message)
+  return {"topology": slice_.name, "libtpu_topology": slice_.topology, "chip": slice_.chip.name,
+          "chips": n, "devices_per_chip": slice_.devices_per_chip,
+          "hosts": len({d.process_index for d in devices}), "model": config.model,
+          "dtype": config.dtype, "batch_size": config.batch_size,
+          "batch_per_chip": config.batch_size // n, "steps_per_dispatch": config.steps_per_dispatch,
+          "hbm": {"needed": needed, "chip": slice_.chip.hbm_bytes, "fits": False,
+                  "margin": slice_.chip.hbm_bytes - needed, "compiler": line},
+          "chip_source": slice_.chip.source}
 
 
 def max_batch(config: ml_collections.ConfigDict, topology: str, say=print) -> tuple[int, dict]:
