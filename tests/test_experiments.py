@@ -224,3 +224,47 @@ def test_imagenet_paper_preset_is_the_papers_network_and_testing():
   from resnet_jax.models import flops  # pylint: disable=g-import-not-at-top
   macs = flops.count_macs(models.get_model("resnet50", stride_placement=paper.stride_placement), 224)
   assert round(macs / 1e9, 1) == 3.9 and abs(macs - 3.8e9) / 3.8e9 < 0.02
+
+
+def _fake_run(root, name, model, seed, steps=40, eval_every=10):
+  """A run folder with config.json and metrics.jsonl, as a finished run leaves them."""
+  d = root / name
+  d.mkdir(parents=True)
+  (d / "config.json").write_text(json.dumps({"model": model, "seed": seed, "dataset": "digits"}))
+  blocks = ["stem", "stage1_block1", "stage2_block1", "stage3_block1", "head"]
+  with open(d / metrics_log.METRICS_FILE, "w") as f:
+    for step in range(1, steps + 1):
+      row = {"step": step, "train/loss": 2.0 / step, "train/accuracy": min(1.0, step / steps),
+             **{f"grad_norm/{b}": 1.0 + i for i, b in enumerate(blocks)}}
+      if step % eval_every == 0:
+        row.update({"eval/loss": 1.0, "eval/accuracy": 0.5 + seed / 100})
+      f.write(json.dumps(row) + "\n")
+  return str(d)
+
+
+def test_figures_draw_every_seed_mark_evaluations_and_name_the_blocks(tmp_path, monkeypatch):
+  from resnet_jax.experiments import plots  # pylint: disable=g-import-not-at-top
+
+  dirs = [_fake_run(tmp_path, f"{m}-seed{s}", m, s) for m in ("plain8", "resnet8") for s in (1, 0)]
+  runs = plots._load(dirs)  # pylint: disable=protected-access
+  assert [(r["family"], r["depth"], [x["config"]["seed"] for x in r["seeds"]]) for r in runs] == [
+      ("plain", 8, [0, 1]), ("resnet", 8, [0, 1])]
+  figures = {}
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(os.path.basename(path), fig))
+  plots.plot_curves(runs, "curves.png")
+  plots.plot_grad_norms(runs, "grad_norms.png")
+
+  plain, residual = figures["curves.png"].axes
+  test_lines = [l for l in plain.get_lines() if l.get_linestyle() == "-"]
+  assert len(test_lines) == 2 and all(l.get_marker() == "o" for l in test_lines)  # both seeds, dots
+  assert len(test_lines[0].get_xdata()) == 4  # one point per evaluation
+  labels = [t.get_text() for t in plain.get_legend().get_texts()]
+  assert labels == ["plain-8 (2 seeds) train", "plain-8 (2 seeds) test"]
+
+  panels = [ax for ax in figures["grad_norms.png"].axes if ax.get_title()]
+  assert [ax.get_title() for ax in panels] == ["plain-8 (seed 0)", "resnet-8 (seed 0)"]
+  assert len(panels[0].get_lines()) == 5  # every block, stem to head
+  assert panels[0].get_shared_y_axes().joined(panels[0], panels[1])  # one scale per depth
+  bars = [ax for ax in figures["grad_norms.png"].axes if not ax.get_title()]
+  assert [t.get_text() for t in bars[0].get_yticklabels()] == ["stem", "stage1", "stage2", "stage3",
+                                                               "head"]

@@ -383,3 +383,19 @@ def test_kill_9_at_random_points_three_times_then_bit_identical(tmp_path):
   assert kills >= 2, "the run finished too fast to be killed; slow it down"
   assert max_abs_diff(final_params(workdir)[0], final_params(reference)[0]) == 0.0
   assert steps_logged(workdir) == list(range(1, steps + 1))
+
+
+def test_an_unwritable_workdir_is_named_with_its_reason(tmp_path):
+  """Each reason a workdir cannot be written, in the words the error gives the user."""
+  why = workdir_lib._why_not  # pylint: disable=protected-access
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  assert why(str(blocker), OSError(errno.EEXIST, "exists")) == "it is a file, not a folder"
+  assert why(str(blocker / "run"), OSError(errno.ENOTDIR, "x")) == f"{blocker} is a file, not a folder"
+  run = str(tmp_path / "run")
+  assert why(run, OSError(errno.ENOSPC, "x")) == f"no space left on the disk holding {tmp_path}"
+  assert why(run, OSError(errno.EROFS, "x")) == f"{tmp_path} is on a read-only file system"
+  assert why(run, OSError(errno.EACCES, "x")) == (
+      f"{tmp_path} is read-only for this user (no permission to write there)")
+  assert why(run, OSError(errno.EINVAL, "x")) == (
+      f"{run} does not exist, and {tmp_path} does not accept new folders")
