@@ -62,9 +62,12 @@ def platforms_without_tpu_probe(environ, find_spec=importlib.util.find_spec,
     return None
   if any(find_spec(cuda) is not None for cuda in ("jax_cuda12_plugin", "jax_cuda13_plugin")):
     return None
-  if any(glob.glob(pattern) for pattern in device_files):
-    return None
-  return "cpu"
+  return None if has_tpu_chips(device_files) else "cpu"
+
+
+def has_tpu_chips(device_files=TPU_DEVICE_FILES) -> bool:
+  """Whether a TPU chip's device file exists on this host (a TPU VM)."""
+  return any(glob.glob(pattern) for pattern in device_files)
 
 
 def libtpu_host_defaults(environ, accelerator_type: str,
@@ -77,7 +80,7 @@ def libtpu_host_defaults(environ, accelerator_type: str,
   file exists, naming the slice and this one host keeps it quiet; a value already set is kept, and
   on a TPU VM nothing is changed.
   """
-  if any(glob.glob(pattern) for pattern in device_files):
+  if has_tpu_chips(device_files):
     return {}
   wanted = {"TPU_ACCELERATOR_TYPE": accelerator_type, "TPU_WORKER_HOSTNAMES": "localhost"}
   return {k: v for k, v in wanted.items() if not environ.get(k)}

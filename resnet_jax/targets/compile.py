@@ -104,9 +104,7 @@ def report(config: ml_collections.ConfigDict, slice_: chips.Slice, devices: list
   param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(
       trainer.abstract_state().params))
   return {
-      "topology": slice_.name, "libtpu_topology": slice_.topology, "chip": chip.name, "chips": n,
-      "devices_per_chip": per_device, "hosts": hosts, "model": config.model, "dtype": config.dtype, "batch_size": config.batch_size,
-      "batch_per_chip": per_chip, "steps_per_dispatch": k,
+      **_header(config, slice_, devices),
       "hbm": {"needed": needed, "chip": chip.hbm_bytes, "fits": needed <= chip.hbm_bytes,
               "margin": chip.hbm_bytes - needed, "train": train_mem, "eval": eval_mem},
       "flops": {"xla_per_step": xla_flops, "counted_per_step": counted,
@@ -119,6 +117,16 @@ def report(config: ml_collections.ConfigDict, slice_: chips.Slice, devices: list
       "host": _host(config, slice_, images_per_s, n // hosts),
       "compile_s": compiled["compile_s"], "chip_source": chip.source,
   }
+
+
+def _header(config: ml_collections.ConfigDict, slice_: chips.Slice, devices: list) -> dict:
+  """What was compiled, for where: the fields every report starts with."""
+  n = len(devices) // slice_.devices_per_chip  # chips
+  return {"topology": slice_.name, "libtpu_topology": slice_.topology, "chip": slice_.chip.name,
+          "chips": n, "devices_per_chip": slice_.devices_per_chip,
+          "hosts": len({d.process_index for d in devices}), "model": config.model,
+          "dtype": config.dtype, "batch_size": config.batch_size,
+          "batch_per_chip": config.batch_size // n, "steps_per_dispatch": config.steps_per_dispatch}
 
 
 def _per_step(cost: dict, comms: dict, k: int) -> tuple[float, float, float]:
@@ -167,7 +175,7 @@ def compile_for(config: ml_collections.ConfigDict, topology: str,
   devices = devices_of(slice_)
   if per_chip_batch is not None:
     config = config.copy_and_resolve_references()
-    config.batch_size = per_chip_batch * len(devices)
+    config.batch_size = per_chip_batch * (len(devices) // slice_.devices_per_chip)
   trainer = build(config, devices)
   try:
     compiled = compile_step(trainer)
@@ -191,16 +199,11 @@ def out_of_hbm(message: str) -> bool:
 def not_fitting(config: ml_collections.ConfigDict, slice_: chips.Slice, devices: list,
                 message: str) -> dict:
   """The report of a step the compiler refused for want of HBM: what it needed, per chip, if said."""
-  n = len(devices) // slice_.devices_per_chip
   found = _OUT_OF_HBM.search(message)
   # The compiler's figures are per device (per TensorCore on v3), in GiB.
   needed = slice_.devices_per_chip * float(found.group(1)) * 2**30 if found else math.nan
   line = next((l.strip() for l in message.splitlines() if "RESOURCE_EXHAUSTED" in l), message)
-  return {"topology": slice_.name, "libtpu_topology": slice_.topology, "chip": slice_.chip.name,
-          "chips": n, "devices_per_chip": slice_.devices_per_chip,
-          "hosts": len({d.process_index for d in devices}), "model": config.model,
-          "dtype": config.dtype, "batch_size": config.batch_size,
-          "batch_per_chip": config.batch_size // n, "steps_per_dispatch": config.steps_per_dispatch,
+  return {**_header(config, slice_, devices),
           "hbm": {"needed": needed, "chip": slice_.chip.hbm_bytes, "fits": False,
                   "margin": slice_.chip.hbm_bytes - needed, "compiler": line},
           "chip_source": slice_.chip.source}
@@ -209,7 +212,8 @@ def not_fitting(config: ml_collections.ConfigDict, slice_: chips.Slice, devices:
 def max_batch(config: ml_collections.ConfigDict, topology: str, say=print) -> tuple[int, dict]:
   """The largest per-chip batch whose step fits the chip's HBM: doubling, then bisection over
   compiles (multiples of 8, TPU's sublane tile). Returns (batch per chip, its report)."""
-  n = len(devices_of(find_slice(topology)))
+  slice_ = find_slice(topology)
+  n = len(devices_of(slice_)) // slice_.devices_per_chip  # chips (a v3 chip is two devices)
   fits = {}
 
   def fit(b: int) -> bool:
