@@ -356,7 +356,7 @@ def _train_cmd(workdir, steps):
 @pytest.mark.timeout(900)
 def test_kill_9_at_random_points_three_times_then_bit_identical(tmp_path):
   """Frequent asynchronous saves, killed outright at random moments; the re-runs lose nothing."""
-  steps = 16
+  steps = 24
   env = {**os.environ, "RESNET_JAX_HUGEPAGES": "0", "JAX_PLATFORMS": "cpu"}
   reference = str(tmp_path / "reference")
   subprocess.run(_train_cmd(reference, steps), cwd=REPO_ROOT, env=env, check=True,
@@ -367,12 +367,14 @@ def test_kill_9_at_random_points_three_times_then_bit_identical(tmp_path):
   while kills < 3:
     proc = subprocess.Popen(_train_cmd(workdir, steps), cwd=REPO_ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    before = len(steps_logged(workdir))
+    # Wait until this segment has trained 1-3 steps, then a random moment within the next step or
+    # save. Counted in steps, not seconds: with a warm compilation cache a whole run can take less
+    # than a fixed wait, and it would finish before the kills.
+    target = len(steps_logged(workdir)) + rng.randint(1, 3)
     deadline = time.monotonic() + 240
-    # Wait until this segment has trained at least one step, then a random moment more.
-    while len(steps_logged(workdir)) <= before and proc.poll() is None and time.monotonic() < deadline:
-      time.sleep(0.05)
-    time.sleep(rng.uniform(0.0, 1.5))
+    while len(steps_logged(workdir)) < target and proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 0.25))
     if proc.poll() is not None:
       break  # it finished before the kill: fine, the final check still holds
     proc.send_signal(signal.SIGKILL)
