@@ -1,5 +1,7 @@
 """Helpers shared by several test modules: small configs, comparisons, reference implementations."""
 
+import importlib.util
+
 import jax
 import numpy as np
 
@@ -42,3 +44,11 @@ def reference_batch(images: np.ndarray, labels: np.ndarray, seed: int, step: int
         image = image[:, ::-1]
     out.append(image)
   return {"image": np.stack(out), "label": labels[idx]}
+
+
+def load_script(path: str, name: str):
+  """A script of a folder that is not a package (benchmarks/, a results page's), imported by path."""
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -1,6 +1,5 @@
 """Smoke tests for the reference train steps in benchmarks/ (tiny, CPU)."""
 
-import importlib.util
 import json
 import math
 import os
@@ -8,17 +7,14 @@ import os
 import numpy as np
 import pytest
 
+from tests.helpers import load_script
+
 BENCH_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
 def _load(name):
-  # benchmarks/ is a folder of scripts, not a package: import by path.
-  spec = importlib.util.spec_from_file_location(
-      f"benchmarks_{name}", os.path.join(BENCH_DIR, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script(os.path.join(BENCH_DIR, f"{name}.py"), f"benchmarks_{name}")
 
 
 def _check(figures):
