@@ -2,7 +2,6 @@
 and every relative link in README.md and docs/ points at a file that exists."""
 
 import glob
-import importlib.util
 import os
 import re
 
@@ -213,15 +212,48 @@ if __name__ == "__main__":  # rewrites README's command reference from the parse
   print(f"rewrote {REFERENCE!r} in {README}")
 
 
+def _page_script(name: str):
+  from tests.helpers import load_script  # pylint: disable=g-import-not-at-top
+  return load_script(os.path.join(ROOT, "docs", "results", "cifar10_resnet20", name),
+                     f"cifar10_resnet20_{name[:-3]}")
+
+
 def test_converged_run_page_tables_are_derived_from_its_stored_logs():
   """docs/results/cifar10_resnet20's tables are what its plot script computes from the stored runs."""
   folder = os.path.join(ROOT, "docs", "results", "cifar10_resnet20")
-  spec = importlib.util.spec_from_file_location("cifar10_resnet20_plot", os.path.join(folder, "plot.py"))
-  plot = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(plot)
+  plot = _page_script("plot.py")
   seeds = sorted(glob.glob(os.path.join(folder, "seed*")))
   assert seeds, "no stored seed runs"
   page = open(os.path.join(folder, "README.md"), encoding="utf-8").read()
   missing = [line for line in plot.markdown([plot.read_run(d) for d in seeds]).splitlines()
              if line and line not in page]
   assert not missing, f"the page does not show what plot.py derives: {missing}"
+
+
+def test_bn_check_reestimates_the_running_statistics_from_the_weights_alone(tmp_path):
+  """The page's BN check: zero batches leave the checkpoint as it was evaluated; enough batches
+  forget the saved statistics (any starting values end at the same place, set by the weights)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from resnet_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from resnet_jax.training.trainer import restore  # pylint: disable=g-import-not-at-top
+  from tests.helpers import max_abs_diff, small_config  # pylint: disable=g-import-not-at-top
+
+  bn_check = _page_script("bn_check.py")
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(small_config(total_steps=4, eval_every_steps=4), workdir)
+  (row,) = bn_check.check(workdir, [4], num_batches=0)
+  assert row["saved"] == row["reestimated"] == row["logged"] == loop.evaluate_checkpoint(workdir)[
+      "eval/accuracy"]
+
+  trainer, state = restore(workdir, 4, num_devices=1)
+  scrambled = state.replace(batch_stats=jax.tree_util.tree_map(lambda x: 5.0 * x + 1.0,
+                                                               state.batch_stats))
+  a = bn_check.reestimate(trainer, state, 80)
+  b = bn_check.reestimate(trainer, scrambled, 80)
+  assert max_abs_diff(state.batch_stats, scrambled.batch_stats) > 0.5
+  assert max_abs_diff(a.batch_stats, b.batch_stats) < 1e-2  # 0.9**80 of a difference of ~5
+  assert max_abs_diff(a.params, state.params) == 0.0
+  assert max_abs_diff(a.batch_stats, state.batch_stats) > 1e-3  # it did move them
+  assert np.isfinite(bn_check.test_accuracy(trainer, a))
+  assert "| 4 |" in bn_check.markdown([row], 0)
