@@ -257,3 +257,19 @@ def test_bn_check_reestimates_the_running_statistics_from_the_weights_alone(tmp_
   assert max_abs_diff(a.batch_stats, state.batch_stats) > 1e-3  # it did move them
   assert np.isfinite(bn_check.test_accuracy(trainer, a))
   assert "| 4 |" in bn_check.markdown([row], 0)
+
+
+def test_validation_tables_are_derived_from_the_stored_held_out_runs():
+  """The recipe check's tables come from runs that held out 5,000 training images, and the script
+  refuses a run evaluated on the test set (a seed run here), so no test figure can pass as one."""
+  folder = os.path.join(ROOT, "docs", "results", "cifar10_resnet20")
+  validation = _page_script("validation.py")
+  runs = [validation.plot.read_run(d)
+          for d in sorted(glob.glob(os.path.join(folder, "validation", "*", "")))]
+  assert runs, "no stored validation runs"
+  assert all(r["config"]["validation_split"] == 5000 for r in runs)
+  page = open(os.path.join(folder, "README.md"), encoding="utf-8").read()
+  missing = [line for line in validation.markdown(runs).splitlines() if line and line not in page]
+  assert not missing, f"the page does not show what validation.py derives: {missing}"
+  with pytest.raises(SystemExit, match="validation_split is 0"):
+    validation.markdown([validation.plot.read_run(os.path.join(folder, "seed0"))])
