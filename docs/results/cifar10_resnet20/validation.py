@@ -60,13 +60,11 @@ def markdown(runs: list[dict]) -> str:
                  f"{err:.2f} |")
   names = " / ".join(os.path.basename(r["dir"].rstrip("/")) for r in runs)
   lines += ["", f"| step | validation acc % ({names}) |", "|---|---|"]
-  steps = [r["step"] for r in runs[0]["rows"] if "eval/accuracy" in r]
-  for step in steps:
-    accs = []
-    for run in runs:
-      at = [r for r in run["rows"] if r["step"] == step and "eval/accuracy" in r]
-      accs.append(f"{100 * at[0]['eval/accuracy']:.2f}" if at else "-")
-    lines.append(f"| {step:,} | {' / '.join(accs)} |")
+  evals = [{r["step"]: r["eval/accuracy"] for r in run["rows"] if "eval/accuracy" in r}
+           for run in runs]
+  for step in evals[0]:
+    accs = " / ".join(f"{100 * e[step]:.2f}" if step in e else "-" for e in evals)
+    lines.append(f"| {step:,} | {accs} |")
   return "\n".join(lines)
 
 
