@@ -26,7 +26,7 @@ from resnet_jax import models
 from resnet_jax.data import on_device
 from resnet_jax.run import workdir as workdir_lib
 from resnet_jax.run.errors import WorkdirError
-from resnet_jax.training import checkpoints, optim, parallel, validation
+from resnet_jax.training import checkpoints, derived, optim, parallel, validation
 from resnet_jax.training.group_step import GroupJit
 from resnet_jax.training.init_from import seed_from
 from resnet_jax.training.step import TrainState, create_train_state
@@ -58,6 +58,7 @@ class Trainer:
     for member in self.members:
       validation.validate(member, devices)  # before anything is read, made or compiled
     self.devices = devices or parallel.select_devices(config.num_devices)
+    self.derived = derived.derive(config, self.devices)
     image_size = models.default_image_size(config.model)
     self.dataset = data_lib.get_dataset(config, image_size) if data is None else data
     self.image_shape = tuple(self.dataset.image_shape)
@@ -156,16 +157,15 @@ class Trainer:
 
   def abstract_eval_batch(self) -> dict:
     """An evaluation batch's shapes: images (B[, views], H, W, C), labels and the mask."""
-    c, sharding = self.config, self.strategy.sharded
+    c, sharding, size = self.config, self.strategy.sharded, self.derived.eval_batch_size
     views = (10,) if c.eval_crops == "ten" else ()
-    image = jax.ShapeDtypeStruct((c.eval_batch_size, *views) + self.image_shape, jnp.float32,
-                                 sharding=sharding)
+    image = jax.ShapeDtypeStruct((size, *views) + self.image_shape, jnp.float32, sharding=sharding)
     if c.eval_crops == "multiscale":
-      image = tuple(jax.ShapeDtypeStruct((c.eval_batch_size, s, s, self.image_shape[-1]),
-                                         jnp.float32, sharding=sharding) for s in c.eval_scales)
+      image = tuple(jax.ShapeDtypeStruct((size, s, s, self.image_shape[-1]), jnp.float32,
+                                         sharding=sharding) for s in c.eval_scales)
     return {"image": image,
-            "label": jax.ShapeDtypeStruct((c.eval_batch_size,), jnp.int32, sharding=sharding),
-            "mask": jax.ShapeDtypeStruct((c.eval_batch_size,), jnp.float32, sharding=sharding)}
+            "label": jax.ShapeDtypeStruct((size,), jnp.int32, sharding=sharding),
+            "mask": jax.ShapeDtypeStruct((size,), jnp.float32, sharding=sharding)}
 
   def dispatch(self, state, step: int, k: int):
     """Runs the k steps of one dispatch from `step`: (state, metrics), asynchronously."""
@@ -175,7 +175,7 @@ class Trainer:
   def evaluate(self, state) -> list[dict[str, float]]:
     """Each member's loss and accuracy over the whole test split, each example counted once."""
     totals = None
-    for batch in self.dataset.eval_batches(self.config.eval_batch_size):
+    for batch in self.dataset.eval_batches(self.derived.eval_batch_size):
       sums = self.strategy.eval_step(state, self.strategy.put_eval_batch(batch))
       totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     totals = self.strategy.fetch(totals)

@@ -1,0 +1,47 @@
+"""A run's derived facts, computed once from the validated config and the devices it runs on.
+
+Each fact here (the batch each device and process holds, the evaluation batch the compiled step
+takes) used to be worked out where it was needed; now the trainer derives them once
+(`Trainer.derived`) and every layer reads that value (STYLE.md, principle 15; MaxText's `pyconfig`
+derives its batch sizes the same way).
+"""
+
+import dataclasses
+import math
+
+
+@dataclasses.dataclass(frozen=True)
+class Derived:
+  """What a validated config means on given devices."""
+  num_devices: int          # devices the step runs on (all processes')
+  num_processes: int        # processes feeding them
+  batch_size: int           # the global training batch (config.batch_size; divisible by both)
+  eval_batch_size: int      # the global evaluation batch the step compiles for: config's, padded
+
+  @property
+  def per_device_batch(self) -> int:
+    return self.batch_size // self.num_devices
+
+  @property
+  def per_process_batch(self) -> int:
+    return self.batch_size // self.num_processes
+
+
+def eval_batch_size(requested: int, num_devices: int, num_processes: int) -> int:
+  """`requested` rounded up to a multiple of the devices and processes.
+
+  The evaluation split is already cut into padded, masked batches (`data.sampling.eval_plan`), so a
+  batch a few examples larger changes no result: every example is still counted once. Rounding up
+  lets every preset evaluate on 1, 4, 8 or 16 devices unchanged (ImageNet's 100 ten-crop images
+  become 104 on 8 devices), where requiring divisibility stopped each of them on an 8-device VM.
+  """
+  unit = math.lcm(num_devices, num_processes)
+  return -(-requested // unit) * unit
+
+
+def derive(config, devices: list) -> Derived:
+  """The derived facts of `config` (validated against `devices`) on `devices`."""
+  processes = len({d.process_index for d in devices})
+  n = config.num_devices or len(devices)
+  return Derived(num_devices=n, num_processes=processes, batch_size=config.batch_size,
+                 eval_batch_size=eval_batch_size(config.eval_batch_size, n, processes))
