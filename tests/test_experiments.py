@@ -73,8 +73,14 @@ SWEEP = textwrap.dedent('''
                log_every_steps=2, eval_every_steps=2, checkpoint_every_steps=2, num_devices=1)
       return c
 
+    def member_config(values):
+      c = get_config()
+      if values["model"] == "resnet20":  # valid, but fails as it starts: a member failing alone
+        c.init_from = "no_such_run"
+      return c
+
     def get_grid():
-      return {"model": ["resnet8", "resnet9", "plain8"], "seed": [0]}
+      return {"model": ["resnet8", "resnet20", "plain8"], "seed": [0]}
 ''')
 
 
@@ -93,37 +99,38 @@ def test_sweep_survives_failure_skips_finished_and_resumes(tmp_path, sweep_file)
     calls.append(os.path.basename(run_dir))
     return loop.train_and_evaluate(config, run_dir)
 
-  # Short first pass (2 steps), e.g. a sweep cut short: resnet9 is not a model and fails alone.
+  # Short first pass (2 steps), e.g. a sweep cut short: resnet20's init_from is not a run, so it
+  # fails alone as it starts (a bad value would have stopped the sweep before any member trained).
   results = sweep.run_sweep(sweep_file, workdir, overrides={"total_steps": "2"}, train_fn=counting_train,
                             log=lambda *_: None)
-  assert results == {"resnet8-seed0": "done", "resnet9-seed0": "failed", "plain8-seed0": "done"}
-  status = sweep.read_status(os.path.join(workdir, "resnet9-seed0"))
-  assert status["status"] == "failed" and "resnet9" in status["error"]
+  assert results == {"resnet8-seed0": "done", "resnet20-seed0": "failed", "plain8-seed0": "done"}
+  status = sweep.read_status(os.path.join(workdir, "resnet20-seed0"))
+  assert status["status"] == "failed" and "init_from='no_such_run'" in status["error"]
 
   # The full sweep: unfinished members resume from their step-2 checkpoints.
   calls.clear()
   results = sweep.run_sweep(sweep_file, workdir, train_fn=counting_train, log=lambda *_: None)
-  assert results["resnet8-seed0"] == "done" and calls == ["resnet8-seed0", "resnet9-seed0", "plain8-seed0"]
+  assert results["resnet8-seed0"] == "done" and calls == ["resnet8-seed0", "resnet20-seed0", "plain8-seed0"]
   rows = metrics_log.read_metrics(os.path.join(workdir, "resnet8-seed0"))
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
 
   # Re-run: finished members are skipped; only the failing one is retried.
   calls.clear()
   results = sweep.run_sweep(sweep_file, workdir, train_fn=counting_train, log=lambda *_: None)
-  assert calls == ["resnet9-seed0"] and results["plain8-seed0"] == "skipped"
+  assert calls == ["resnet20-seed0"] and results["plain8-seed0"] == "skipped"
 
   # --shard 1/3 runs only the second member.
   assert list(sweep.run_sweep(sweep_file, str(tmp_path / "shard"), shard="1/3", train_fn=lambda *a: None,
-                              log=lambda *_: None)) == ["resnet9-seed0"]
+                              log=lambda *_: None)) == ["resnet20-seed0"]
   with pytest.raises(ValueError, match="i/n"):
     sweep.parse_shard("1-3")
 
 
 def test_sweep_cli_exit_code_and_report_matches_metrics(tmp_path, sweep_file, capsys):
   workdir = str(tmp_path / "cli")
-  assert cli.main(["sweep", "--config", sweep_file, "--workdir", workdir]) == 1  # resnet9 failed
+  assert cli.main(["sweep", "--config", sweep_file, "--workdir", workdir]) == 1  # resnet20 failed
   out = capsys.readouterr()
-  assert "1 run(s) failed: resnet9-seed0" in out.err and "| resnet8-seed0 |" in out.out
+  assert "1 run(s) failed: resnet20-seed0" in out.err and "| resnet8-seed0 |" in out.out
   for png in ("curves.png", "grad_norms.png", "responses.png"):
     assert os.path.getsize(os.path.join(workdir, png)) > 1000, png
 

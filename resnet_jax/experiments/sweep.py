@@ -19,7 +19,7 @@ from resnet_jax import config as config_lib
 from resnet_jax.run import console, errors, metrics_log, storage
 from resnet_jax.run import workdir as workdir_lib
 from resnet_jax.run.errors import ConfigError
-from resnet_jax.training import grouping, loop
+from resnet_jax.training import grouping, lifecycle, loop, validation
 
 STATUS_FILE = "status.json"
 
@@ -136,6 +136,11 @@ def run_sweep(spec: str, workdir: str, shard: str = "0/1", overrides=None, train
   i, n = parse_shard(shard)
   members = load_members(spec, overrides)
   mine = members[i::n]
+  for member in mine:  # every member before the first trains: a bad value fails now, not hours in
+    try:
+      validation.validate(member.config)
+    except ConfigError as e:
+      raise ConfigError(f"{spec}, run {member.name}: {e}") from None
   root = epath.Path(workdir)
   root.mkdir(parents=True, exist_ok=True)
   log(f"sweep {spec}: {len(members)} runs, shard {i}/{n} runs {len(mine)}: "
@@ -153,6 +158,7 @@ def run_sweep(spec: str, workdir: str, shard: str = "0/1", overrides=None, train
         log(f"[{index}/{len(mine)} {member.name}] finished already; skipped")
         results[member.name] = "skipped"
       else:
+        lifecycle.check_resumable(member.config, str(root / member.name))  # before any trains
         todo.append((index, member))
     for group in _plan_groups(todo, vectorize, log):
       if len(group) > 1:
@@ -165,7 +171,8 @@ def run_sweep(spec: str, workdir: str, shard: str = "0/1", overrides=None, train
 
 
 # Endings that stop the whole sweep (a re-run resumes it); any other error fails one member.
-_STOPS = (errors.StoppedEarly, errors.DiskFullError, KeyboardInterrupt)
+_STOPS = (errors.StoppedEarly, errors.DiskFullError, errors.StorageUnavailableError,
+          KeyboardInterrupt)
 
 
 def _record_status(member: Member, run_dir: str, error: BaseException | None, tb: str = "") -> str:

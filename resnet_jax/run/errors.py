@@ -16,6 +16,7 @@ EXIT_BUG = 1               # an unexpected error: Python's own exit status, with
 EXIT_BAD_INPUT = 2         # config, workdir, data or install that cannot work; nothing was changed
 EXIT_IO_ERROR = 74         # sysexits.h EX_IOERR: e.g. the disk filled up; re-run once fixed
 EXIT_STOPPED_EARLY = 75    # sysexits.h EX_TEMPFAIL: SIGTERM or Ctrl-C, checkpoint saved; re-run resumes
+EXIT_TEMPFAIL = 75         # the same code: storage unavailable past the retries; re-run resumes
 EXIT_ABORTED = 130         # a second Ctrl-C: stopped at once (128 + SIGINT), no new checkpoint
 
 
@@ -63,6 +64,10 @@ class NonFiniteError(RuntimeError):
   """A loss or gradient norm was NaN or infinite; checkpoints from before it are kept."""
 
 
+class StorageUnavailableError(Exception):
+  """The workdir's storage kept failing for a transient reason past the retries; nothing was moved."""
+
+
 class DiskFullError(OSError):
   """The disk filled up while writing a checkpoint or metrics; earlier checkpoints are kept."""
 
@@ -75,6 +80,8 @@ def exit_code(error: BaseException) -> int | None:
     return EXIT_STOPPED_EARLY
   if isinstance(error, NonFiniteError):
     return EXIT_NON_FINITE
+  if isinstance(error, StorageUnavailableError):
+    return EXIT_TEMPFAIL
   if isinstance(error, DiskFullError):
     return EXIT_IO_ERROR
   if isinstance(error, UserError):

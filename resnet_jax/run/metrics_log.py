@@ -18,6 +18,9 @@ METRICS_FILE = "metrics.jsonl"
 
 
 TORN_FILE = METRICS_FILE + ".torn"  # lines that were not whole rows, kept aside
+# Rows past the step a run resumed from, which it recomputes: kept aside, never deleted (a resume
+# from an older checkpoint than expected must not erase the history it could not restore).
+SUPERSEDED_FILE = METRICS_FILE + ".superseded"
 
 
 def _parse(text: str) -> tuple[list[dict], list[str]]:
@@ -56,8 +59,9 @@ class MetricsLog:
   """Appends rows to metrics.jsonl and TensorBoard; on resume, drops rows past the restored step.
 
   Rows after the newest checkpoint were written by a run that then died; the resumed run recomputes
-  exactly those steps (resume is exact), so keeping them would only duplicate steps. A torn line is
-  appended to metrics.jsonl.torn (never lost) and dropped, with a warning.
+  exactly those steps (resume is exact), so keeping them in the log would only duplicate steps: they
+  are appended to metrics.jsonl.superseded instead (never lost), as a torn line is to
+  metrics.jsonl.torn, each with a warning.
 
   A bucket object cannot be appended to, so on a remote workdir the file is uploaded whole: at most
   every `upload_every_s` seconds (TensorBoard's own cadence), at `flush()`, which the loop calls at
@@ -69,12 +73,17 @@ class MetricsLog:
     self.path = epath.Path(workdir) / METRICS_FILE
     self.remote = storage.is_remote(workdir)
     rows, torn = _parse(self.path.read_text()) if self.path.exists() else ([], [])
-    if torn:
-      aside = epath.Path(workdir) / TORN_FILE
-      previous = aside.read_text() if aside.exists() else ""
-      storage.write_atomic(aside, previous + "".join(line + "\n" for line in torn))
-      warnings.warn(f"{self.path} had {len(torn)} torn line(s) (a crash in the middle of a write); "
-                    f"kept them in {aside} and dropped them from the log.", stacklevel=2)
+    superseded = [json.dumps(r) for r in rows if r["step"] > start_step]
+    for lines, name, what in ((torn, TORN_FILE, "torn line(s) (a crash in the middle of a write)"),
+                              (superseded, SUPERSEDED_FILE,
+                               f"row(s) past step {start_step}, which this run resumes from and "
+                               "recomputes")):
+      if lines:
+        aside = epath.Path(workdir) / name
+        previous = aside.read_text() if aside.exists() else ""
+        storage.write_atomic(aside, previous + "".join(line + "\n" for line in lines))
+        warnings.warn(f"{self.path} had {len(lines)} {what}; kept them in {aside} and dropped them "
+                      "from the log.", stacklevel=2)
     lines = [json.dumps(r) + "\n" for r in rows if r["step"] <= start_step]
     if self.remote:
       self.file, self.lines, self.upload_every_s = None, lines, upload_every_s

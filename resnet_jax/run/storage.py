@@ -4,6 +4,7 @@ Training, sweeps and reports all go through here, so a workdir works the same on
 in a bucket.
 """
 
+import errno
 import os
 
 from etils import epath
@@ -31,3 +32,32 @@ def write_atomic(path, text: str) -> None:
   tmp = path.parent / f".{path.name}.tmp.{os.getpid()}"
   tmp.write_text(text)
   os.replace(tmp, path)
+
+
+# HTTP statuses a storage service uses for "try again" (GCS: 408, 429 and 5xx; its retry guidance).
+TRANSIENT_HTTP = (408, 429, 500, 502, 503, 504)
+# How gRPC-style errors (tensorstore's, hence Orbax's) name transient failures in their text.
+TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
+TRANSIENT_ERRNO = {errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED,
+                   errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EPIPE}
+
+
+def is_transient(error: BaseException) -> bool:
+  """Whether `error` (or anything in its chain) is a storage failure worth retrying: a timeout, a
+  refused or reset connection, or a 408/429/5xx answer. A missing file, a full disk or a bug is not."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, (TimeoutError, ConnectionError)):
+      return True
+    if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNO:
+      return True
+    status = getattr(error, "code", None) or getattr(error, "status", None)
+    if isinstance(status, int) and status in TRANSIENT_HTTP:
+      return True
+    text = str(error)
+    if any(f"{code}:" in text for code in TRANSIENT_CODES) or any(
+        f"HTTP response code: {s}" in text or f"status {s}" in text for s in TRANSIENT_HTTP):
+      return True
+    error = error.__cause__ or error.__context__
+  return False

@@ -3,17 +3,23 @@
 The state is saved as a plain nested dict (flax.serialization), so a checkpoint does not depend on how
 many devices wrote it: it restores onto any mesh, e.g. written on 8 devices, resumed on 4.
 
-Resuming takes the newest checkpoint that restores. One that cannot be read (files truncated or
-missing after a crash of the disk or the VM) is damaged: it is moved, never deleted, to
-`<workdir>/damaged_checkpoints/` with a warning, and the one before it is tried. One whose metadata
-reads but holds a different tree of arrays, or whose intact metadata this Orbax cannot interpret
-(another version, another handler), is not damage: that is an error, and nothing is moved.
+Resuming takes the newest checkpoint that restores, and acts only on what is proven (STYLE.md,
+principle 16). A checkpoint is damaged only when its own files show it: its item folder or metadata
+missing, metadata that is not JSON, or files missing or of another size than when its save committed
+(each committed step's file sizes are recorded in `<workdir>/checkpoint_files.json`). Only then is it
+moved, never deleted, to `<workdir>/damaged_checkpoints/` with a warning, and the one before it
+tried. A restore that fails for a transient reason (a timeout, a reset connection, a 429 or 5xx from
+the bucket) is retried with backoff, then ends the run with `StorageUnavailableError` (exit 75:
+restart me); any other failure keeps its traceback. Neither moves anything. A checkpoint whose
+metadata reads but holds another tree of arrays, or whose intact metadata this Orbax cannot
+interpret, is refused (`IncompatibleCheckpointError`), and nothing is moved either.
 """
 
 import datetime
 import errno
 import json
 import os
+import time
 import warnings
 from typing import Any, Optional
 
@@ -23,11 +29,14 @@ import jax
 import orbax.checkpoint as ocp
 
 from resnet_jax.run import storage
-from resnet_jax.run.errors import IncompatibleCheckpointError
+from resnet_jax.run.errors import IncompatibleCheckpointError, StorageUnavailableError
 
 DAMAGED_DIR = "damaged_checkpoints"
 ITEM = "default"           # the folder Orbax keeps a step's single item in
 METADATA_FILE = "_METADATA"  # its tree of names, shapes and dtypes (JSON)
+SIZES_FILE = "checkpoint_files.json"  # {step: {file: bytes}} of each committed step: damage's proof
+# Restores retried after a transient failure, and the first wait (seconds; doubled each time).
+RESTORE_ATTEMPTS, RESTORE_BACKOFF_S = 4, 1.0
 
 
 class Checkpointer:
@@ -53,8 +62,35 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, force: bool = False) -> bool:
     """Starts an asynchronous save of `state` (host arrays or any sharding) at `step`."""
+    self.record_committed()  # the saves committed since the last call, before the next one starts
     return self.manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
                              force=force)
+
+  def record_committed(self) -> None:
+    """Records the file sizes of every committed step not recorded yet (process 0 only).
+
+    Orbax lists a step only once its save has committed (atomically renamed locally, its commit
+    marker written in a bucket), so what is recorded is what a good checkpoint holds; steps Orbax
+    has since deleted (max_to_keep) are dropped from the record.
+    """
+    if jax.process_index() != 0:
+      return
+    steps = self.all_steps()
+    record = self._read_sizes()
+    missing = [s for s in steps if str(s) not in record]
+    if not missing and set(record) == {str(s) for s in steps}:
+      return
+    record = {k: v for k, v in record.items() if int(k) in steps}
+    for step in missing:
+      record[str(step)] = _file_sizes(epath.Path(self.directory) / str(step))
+    storage.write_atomic(epath.Path(self.workdir) / SIZES_FILE, json.dumps(record, sort_keys=True))
+
+  def _read_sizes(self) -> dict:
+    path = epath.Path(self.workdir) / SIZES_FILE
+    try:
+      return json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:  # a torn record proves nothing about the checkpoints: start it again
+      return {}
 
   def restore(self, template: Any, sharding, step: Optional[int] = None) -> Any:
     """Restores the newest (or given) checkpoint into the structure of `template` on `sharding`.
@@ -73,30 +109,85 @@ class Checkpointer:
   def restore_newest_valid(self, template: Any, sharding) -> tuple[Any, Optional[int]]:
     """(state, step) from the newest checkpoint that restores; (None, None) if there is none.
 
-    Damaged checkpoints met on the way are moved aside with a warning naming them.
+    A checkpoint that fails to restore is moved aside (with a warning naming it) only when its own
+    files prove it damaged; then the one before it is tried. Otherwise nothing moves: a transient
+    failure that outlasts the retries raises StorageUnavailableError, anything else re-raises with
+    a note (a bug, or damage this cannot prove: its traceback is the evidence).
     """
     for step in reversed(self.all_steps()):
       try:
-        return self.restore(template, sharding, step), step
+        return self._restore_retrying(template, sharding, step), step
       except IncompatibleCheckpointError:
         raise
-      except Exception as e:  # pylint: disable=broad-except  # any read error means damage
+      except Exception as e:  # pylint: disable=broad-except  # sorted below: damage, transient, other
+        proof = self.damage(step)
+        if proof is None:
+          if storage.is_transient(e):
+            raise StorageUnavailableError(
+                f"the storage holding {self.directory} failed while restoring step {step} "
+                f"({type(e).__name__}: {_first_line(e)}) and kept failing over "
+                f"{RESTORE_ATTEMPTS} attempts; nothing was moved or deleted. Re-run the same command "
+                "to resume when it answers again.") from e
+          e.add_note(f"resnet-jax: the checkpoint at step {step} in {self.directory} could not be "
+                     "restored, but its files show no damage, so nothing was moved. If it is damaged, "
+                     "move that step's folder aside by hand and re-run to resume from the one before.")
+          raise
         moved = self._move_aside(step)
-        warnings.warn(f"the checkpoint at step {step} is damaged and cannot be restored "
-                      f"({type(e).__name__}: {_first_line(e)}); moved it to {moved} (not deleted) "
-                      "and resuming from the one before it.", stacklevel=2)
+        warnings.warn(f"the checkpoint at step {step} is damaged and cannot be restored ({proof}; "
+                      f"the restore raised {type(e).__name__}: {_first_line(e)}); moved it to {moved} "
+                      "(not deleted) and resuming from the one before it.", stacklevel=2)
     return None, None
+
+  def _restore_retrying(self, template: Any, sharding, step: int) -> Any:
+    wait = RESTORE_BACKOFF_S
+    for attempt in range(RESTORE_ATTEMPTS):
+      try:
+        return self.restore(template, sharding, step)
+      except Exception as e:  # pylint: disable=broad-except  # only transient errors are retried
+        if attempt == RESTORE_ATTEMPTS - 1 or not storage.is_transient(e) or self.damage(step):
+          raise
+        time.sleep(wait)
+        wait *= 2
+    raise AssertionError("unreachable")
+
+  def damage(self, step: int) -> Optional[str]:
+    """What the step's own files show is wrong with it, in words; None when they show nothing."""
+    root = epath.Path(self.directory) / str(step)
+    item = root / ITEM
+    if not item.exists():
+      return f"its {ITEM}/ folder is missing"
+    if not (item / METADATA_FILE).exists():
+      return f"its {ITEM}/{METADATA_FILE} file is missing"
+    if not self._metadata_is_intact(step):
+      return f"its {ITEM}/{METADATA_FILE} file is not valid JSON (cut short?)"
+    recorded = self._read_sizes().get(str(step))
+    actual = _file_sizes(root)
+    if recorded is None:  # committed, then the process died before recording it: less to go on
+      empty = sorted(name for name, size in actual.items() if size == 0)
+      return f"{len(empty)} of its files are empty ({empty[0]}, ...)" if empty else None
+    missing = sorted(set(recorded) - set(actual))
+    if missing:
+      return f"{len(missing)} of its {len(recorded)} files are missing ({missing[0]}, ...)"
+    changed = sorted(k for k in recorded if actual[k] != recorded[k])
+    if changed:
+      k = changed[0]
+      return (f"{len(changed)} of its files changed size since the save committed ({k}: "
+              f"{recorded[k]} -> {actual[k]} bytes, ...)")
+    return None
 
   def _check_compatible(self, step: int, target) -> None:
     """Compares the checkpoint's stored tree (names and shapes) with `target`.
 
-    Metadata that is missing, cut short or not JSON is damage, which the restore then finds; intact
-    JSON that Orbax cannot read as a tree was written by something else, which is refused.
+    Metadata that Orbax cannot read is damage when the step's files show it (`damage`), which the
+    restore then finds; intact files that Orbax cannot read as a tree were written by something
+    else, which is refused. A transient read error decides nothing: it propagates to the retries.
     """
     try:
       stored = self.manager.item_metadata(step)
     except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types
-      if self._metadata_is_intact(step):
+      if storage.is_transient(e):
+        raise  # not a verdict on the metadata: the restore's retries and diagnosis take it
+      if self.damage(step) is None:  # intact files that this Orbax cannot read: another writer
         raise IncompatibleCheckpointError(
             f"the checkpoint at step {step} in {self.directory} has metadata this version of Orbax "
             f"cannot read ({type(e).__name__}: {_first_line(e)}): it was written by another version "
@@ -123,9 +214,11 @@ class Checkpointer:
     path = epath.Path(self.directory) / str(step) / ITEM / METADATA_FILE
     try:
       json.loads(path.read_text())
-    except (OSError, ValueError):  # missing, unreadable, cut short: damage
+    except FileNotFoundError:
       return False
-    return True
+    except ValueError:  # cut short or overwritten: damage
+      return False
+    return True  # a transient read error propagates: it proves nothing either way
 
   def _move_aside(self, step: int) -> str:
     src = epath.Path(self.directory) / str(step)
@@ -162,10 +255,22 @@ class Checkpointer:
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
+    self.record_committed()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
+    self.record_committed()
     self.manager.close()
+
+
+def _file_sizes(root: epath.Path) -> dict[str, int]:
+  """{path relative to `root`: bytes} of every file under `root` (a few listings in a bucket)."""
+  sizes = {}
+  for folder, _, files in root.walk():
+    for name in files:
+      path = folder / name
+      sizes[str(path.relative_to(root))] = path.stat().length
+  return sizes
 
 
 def _shapes(tree) -> dict[str, tuple]:
@@ -179,13 +284,27 @@ def _first_line(error: BaseException) -> str:
   return text[0][:200] if text else ""
 
 
-def is_disk_full(error: BaseException) -> bool:
-  """Whether `error`, or anything in its chain, is 'No space left on device' (ENOSPC)."""
+# Why the storage refused a write, by errno: each is a wall the run can resume from once removed.
+REFUSALS = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota",
+            errno.EFBIG: "refused a file over the file-size limit (ulimit -f)"}
+
+
+def refusal(error: BaseException) -> Optional[str]:
+  """How the storage refused a write, if `error` (or anything in its chain) is such a refusal:
+  no space left, a quota, a file-size limit. None for anything else."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
-        "No space left on device" in str(error)):  # Orbax and TensorStore re-raise it as text
-      return True
+    if isinstance(error, OSError) and error.errno in REFUSALS:
+      return REFUSALS[error.errno]
+    text = str(error)  # Orbax and TensorStore re-raise these as text
+    for code, words in REFUSALS.items():
+      if os.strerror(code) in text:
+        return words
     error = error.__cause__ or error.__context__
-  return False
+  return None
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error`, or anything in its chain, is the storage refusing a write (`refusal`)."""
+  return refusal(error) is not None

@@ -9,10 +9,12 @@
   # leaving: waits for the last save and closes the log; a full disk becomes DiskFullError naming
   # the last good checkpoint; nothing is deleted, whatever happened.
 
-`StopFlag` turns SIGTERM, or a first Ctrl-C, into a step at which every process stops and saves.
+`StopFlag` turns SIGTERM, or a first Ctrl-C, into a step at which every process stops and saves;
+its signal handler only records the request (the loop speaks), so a signal never waits on a lock.
 """
 
 import json
+import os
 import shutil
 import signal
 from typing import Any, Optional
@@ -41,17 +43,16 @@ class RunFiles:
     self.ckpt: Optional[checkpoints.Checkpointer] = None
     self.log: Optional[metrics_log.MetricsLog] = None
     self._lock = None
+    self._created = False
 
   def __enter__(self) -> "RunFiles":
+    self._created = not epath.Path(self.workdir).exists()
     workdir_lib.check_writable(self.workdir)
     if self.lead:
       self._lock = workdir_lib.Lock(self.workdir)
       self._lock.__enter__()
     try:
-      saved = workdir_lib.read_config(self.workdir)
-      changed = resume.changed_keys(saved, self.config) if saved is not None else []
-      if changed:
-        raise WorkdirError(_resume_refusal(self.workdir, saved, self.config, changed))
+      check_resumable(self.config, self.workdir)  # again, now that no one else can write there
       self.ckpt = checkpoints.Checkpointer(self.workdir, keep=self.config.keep_checkpoints)
     except BaseException:
       self._release()
@@ -95,6 +96,8 @@ class RunFiles:
       raise
     finally:
       self._release()
+      if exc_type is not None and self._created and self.log is None:
+        _remove_skeleton(self.workdir)  # failed before writing anything: leave no empty workdir
     if exc is not None and not isinstance(exc, DiskFullError) and checkpoints.is_disk_full(exc):
       raise self.disk_full(exc) from exc
     return False
@@ -105,21 +108,48 @@ class RunFiles:
       self._lock = None
 
   def disk_full(self, error: BaseException) -> DiskFullError:
-    """The error a full disk becomes: the path, the free space, and the last good checkpoint."""
+    """The error a refused write becomes: the path, why, the free space, the last good checkpoint."""
     free = ""
     if not storage.is_remote(self.workdir):
       free = f" ({shutil.disk_usage(self.workdir).free / 2**20:.1f} MiB free there)"
     try:
       self.ckpt.wait()  # a save still in flight may yet complete: the message must name it if it does
-    except Exception:  # pylint: disable=broad-except  # it failed too: the full disk is the news
+    except Exception:  # pylint: disable=broad-except  # it failed too: the refusal is the news
       pass
     committed = sorted(int(p.name) for p in epath.Path(self.ckpt.directory).iterdir()
                        if p.name.isdigit())
     last = (f"The last good checkpoint is step {committed[-1]} in {self.ckpt.directory}"
             if committed else "No checkpoint was completed")
-    return DiskFullError(f"the disk holding {self.workdir} is full{free}: a checkpoint or metrics "
+    why = checkpoints.refusal(error) or "is full"
+    return DiskFullError(f"the disk holding {self.workdir} {why}{free}: a checkpoint or metrics "
                          f"write failed. {last}; nothing was deleted. Free some space (or give "
                          "keep_checkpoints a smaller value) and re-run the same command to resume.")
+
+
+def _remove_skeleton(workdir: str) -> None:
+  """Removes a workdir this run created if it holds only what opening it made (the lock file and an
+  empty checkpoints folder); anything else in it is left alone."""
+  if storage.is_remote(workdir):
+    return  # a bucket has no empty folders to leave behind
+  for root, dirs, files in os.walk(workdir):
+    if (root == workdir and set(files) - {workdir_lib.LOCK_FILE}) or (root != workdir and files) or (
+        root == workdir and set(dirs) - {"checkpoints"}) or (root != workdir and dirs):
+      return
+  shutil.rmtree(workdir, ignore_errors=True)
+
+
+def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Whether `config` may run in `workdir`, checked without taking it: the workdir is writable and
+  holds no run this config may not resume. Raises WorkdirError; called before any data is read."""
+  workdir_lib.check_writable(workdir)
+  check_resumable(config, workdir)
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+  saved = workdir_lib.read_config(workdir)
+  changed = resume.changed_keys(saved, config) if saved is not None else []
+  if changed:
+    raise WorkdirError(_resume_refusal(workdir, saved, config, changed))
 
 
 def _resume_refusal(workdir: str, saved: dict, config, changed: list[str]) -> str:
@@ -156,7 +186,7 @@ class StopFlag:
 
   def __init__(self, say):
     self.say = say
-    self.requested, self.reason = False, ""
+    self.requested, self.reason, self._announced = False, "", False
 
   def __enter__(self):
     # JAX's service installs its own SIGTERM handler; a Python one would replace it.
@@ -168,15 +198,22 @@ class StopFlag:
     return self
 
   def _handle(self, signum, frame):
+    # Only records the request: the handler runs between two bytecodes of the main thread, which
+    # may be inside the console's (non-reentrant) lock, so saying anything here could deadlock.
+    # `reached`, called by the loop after each dispatch, says it.
     del frame
     if signum == signal.SIGINT and self.requested:
       signal.signal(signal.SIGINT, self._old[signal.SIGINT])
       raise KeyboardInterrupt
     if not self.requested:
       self.reason = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-      hint = " (press Ctrl-C again to stop at once, without saving)" if signum == signal.SIGINT else ""
-      self.say(f"{self.reason}: finishing the current step, then saving a checkpoint{hint}")
     self.requested = True
+
+  def _announce(self) -> None:
+    if self.requested and not self._announced:
+      self._announced = True
+      hint = " (press Ctrl-C again to stop at once, without saving)" if self.reason == "Ctrl-C" else ""
+      self.say(f"{self.reason}: finishing the current step, then saving a checkpoint{hint}")
 
   def reached(self, step: int, steps: int = 1) -> bool:
     """Whether to stop after the dispatch that ran `steps` steps up to `step`; call after each one.
@@ -188,6 +225,7 @@ class StopFlag:
       for s in range(step - steps + 1, step + 1):
         if multihost_utils.reached_preemption_sync_point(s):
           self.requested, self.reason = True, self.reason or "SIGTERM"
+    self._announce()
     return self.requested
 
   def __exit__(self, *exc):

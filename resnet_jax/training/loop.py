@@ -1,8 +1,9 @@
 """The training loop: one for every run. A solo run is a group of one member; a vectorised group
 (sweep members that differ only in seed and optimizer values) trains several with one step.
 
-  config -> Trainer (data, model, optimizer, compiled step) -> each member's RunFiles (lock, resume
-  check, run files, metrics log) -> state (restored or new) -> the loop -> checkpoints
+  config (validated) -> each member's RunFiles (writable, locked, may resume: before any data is
+  read) -> Trainer (data, model, optimizer, compiled step) -> state (restored or new) -> the loop
+  (run files, metrics log) -> checkpoints
 
 The loop dispatches steps asynchronously and fetches metrics only when the `Cadence` says (log,
 evaluation or checkpoint steps); members move in lockstep, and those left behind by a crash between
@@ -27,10 +28,17 @@ import numpy as np
 
 from resnet_jax.run import console, metrics_log
 from resnet_jax.run.errors import NonFiniteError, StoppedEarly
-from resnet_jax.training import grouping, memory
+from resnet_jax.training import grouping, memory, validation
 from resnet_jax.training.cadence import Cadence
-from resnet_jax.training.lifecycle import RunFiles, StopFlag, host_int
+from resnet_jax.training.lifecycle import RunFiles, StopFlag, host_int, preflight
 from resnet_jax.training.trainer import Trainer, restore
+
+
+# Dispatches the host may queue ahead of the device. More buys no speed (one in flight already hides
+# the host's work behind the device's), and everything queued runs before a stop can save: with a
+# log interval's worth in flight, SIGTERM stopped the CIFAR preset ~100 steps (~30 s) later, as long
+# as a spot VM's whole notice.
+MAX_IN_FLIGHT = 2
 
 
 @dataclasses.dataclass
@@ -50,10 +58,13 @@ class Member:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains one run (resuming from `workdir` if it holds a checkpoint); returns the last metrics row."""
   say = console.Console(enabled=jax.process_index() == 0).say
-  with console.phase(say, f"{workdir}: {config.model} on {config.dataset}, {config.total_steps} "
-                     "steps; loading the data"):
-    trainer = Trainer(config)
-  (member,) = train(trainer, [Member(config, str(workdir))], say)
+  validation.validate(config)  # every check that needs no I/O, then the workdir's, then the data
+  member = Member(config, str(workdir))
+  with RunFiles(config, member.workdir) as member.files:  # writable, locked, may resume: or nothing
+    with console.phase(say, f"{workdir}: {config.model} on {config.dataset}, {config.total_steps} "
+                       "steps; loading the data"):
+      trainer = Trainer(config)
+    train(trainer, [member], say)
   if member.error is not None:
     raise member.error
   return member.last
@@ -66,11 +77,16 @@ def train_group(configs: list, workdirs: list, say: Optional[Callable] = None,
   Splits them into chunks of `vectorize_max_members` (0: as many as fit in device memory) and runs
   the chunks in turn. Returns, per member, None (finished) or the NonFiniteError that failed it;
   `on_done(index, error)` is also called as each chunk ends. Errors of the whole group (a bad
-  config, a workdir in use, a stop by SIGTERM, a full disk) raise, as `train_and_evaluate`'s do.
+  config, a workdir in use, a stop by SIGTERM, a full disk) raise, as `train_and_evaluate`'s do,
+  and every member's config and workdir is checked before the data loads.
   """
   if len(configs) != len(workdirs):
     raise ValueError(f"{len(configs)} configs but {len(workdirs)} workdirs.")
+  for config, workdir in zip(configs, workdirs):
+    validation.validate(config)
   grouping.check_group(configs)
+  for config, workdir in zip(configs, workdirs):
+    preflight(config, str(workdir))  # each chunk takes its workdirs' locks when it starts
   say = say or console.Console(enabled=jax.process_index() == 0).say
   base = configs[0]
   with console.phase(say, f"vectorised group of {len(configs)}: {base.model} on {base.dataset}, "
@@ -85,7 +101,11 @@ def train_group(configs: list, workdirs: list, say: Optional[Callable] = None,
     members = [Member(c, str(w), prefix=f"[{_name(w)}] ")
                for c, w in zip(configs[start:start + cap], workdirs[start:start + cap])]
     trainer.bind_members([m.config for m in members])
-    for i, member in enumerate(train(trainer, members, say), start):
+    with contextlib.ExitStack() as stack:
+      for m in members:
+        m.files = stack.enter_context(RunFiles(m.config, m.workdir))
+      train(trainer, members, say)
+    for i, member in enumerate(members, start):
       if on_done is not None:
         on_done(i, member.error)
       errors.append(member.error)
@@ -97,32 +117,28 @@ def _name(workdir) -> str:
 
 
 def train(trainer: Trainer, members: list[Member], say: Callable) -> list[Member]:
-  """The run lifecycle of every member around one loop: lock and resume each, train, close each."""
-  with contextlib.ExitStack() as stack:
+  """One loop around the members, whose RunFiles are open: restore or start each, train, wait for
+  the last saves."""
+  template = trainer.abstract_state()  # restoring compiles nothing
+  with console.phase(say, "restoring the last checkpoint or initialising the model", announce=False):
     for m in members:
-      m.files = stack.enter_context(RunFiles(m.config, m.workdir))
-    template = trainer.abstract_state()  # restoring compiles nothing
-    with console.phase(say, "restoring the last checkpoint or initialising the model",
-                       announce=False):
-      for m in members:
-        m.state, m.step = m.files.restore(template, trainer.strategy.state_sharding)
-        if m.state is None:
-          m.state = trainer.first_state(m.config.seed)
-        else:
-          say(f"{m.prefix}resumed from step {m.step} (checkpoint {m.files.ckpt.directory}/{m.step})")
-        rows = m.files.start(trainer, m.step)
-        m.last = rows[-1] if rows else {"step": m.step}
-        m.elapsed = m.last.get("perf/elapsed_s", 0.0)  # wall time carries across resumes
-    total = members[0].config.total_steps
-    if all(m.step >= total for m in members):
-      for m in members:
-        say(f"{m.prefix or m.workdir + ': '}already finished ({m.step}/{total} steps); nothing to do.")
-      return members
-    _run(trainer, members, say)
-    with console.phase(say, "saving: waiting for the last checkpoint to be written",
-                       announce=False):
-      for m in members:
-        m.files.wait()
+      m.state, m.step = m.files.restore(template, trainer.strategy.state_sharding)
+      if m.state is None:
+        m.state = trainer.first_state(m.config.seed)
+      else:
+        say(f"{m.prefix}resumed from step {m.step} (checkpoint {m.files.ckpt.directory}/{m.step})")
+      rows = m.files.start(trainer, m.step)
+      m.last = rows[-1] if rows else {"step": m.step}
+      m.elapsed = m.last.get("perf/elapsed_s", 0.0)  # wall time carries across resumes
+  total = members[0].config.total_steps
+  if all(m.step >= total for m in members):
+    for m in members:
+      say(f"{m.prefix or m.workdir + ': '}already finished ({m.step}/{total} steps); nothing to do.")
+    return members
+  _run(trainer, members, say)
+  with console.phase(say, "saving: waiting for the last checkpoint to be written", announce=False):
+    for m in members:
+      m.files.wait()
   return members
 
 
@@ -178,11 +194,14 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
         state, metrics = trainer.dispatch(state, n, k)
       pending.append(metrics)
       n, n_pending = n + k, n_pending + k
-      if progress is not None:
-        # Progress from host-side counts of finished steps, at every step: no device sync.
-        inflight.append((n, next(iter(metrics.values()))))
-        while inflight and inflight[0][1].is_ready():
-          progress.update(inflight.popleft()[0])
+      # Host-side counts of finished steps: the bar moves at every step without a device sync, and
+      # the host waits once more than MAX_IN_FLIGHT dispatches are queued.
+      inflight.append((n, next(iter(metrics.values()))))
+      while inflight and (len(inflight) > MAX_IN_FLIGHT or inflight[0][1].is_ready()):
+        done, ready = inflight.popleft()
+        ready.block_until_ready()
+        if progress is not None:
+          progress.update(done)
       act = cadence.after(n, stopping=stop.reached(n, k), segment_end=n == until)
       if not act.log:
         continue
