@@ -78,7 +78,8 @@ def twin(config, batch, seeds):
 
 
 def main(argv=None):
-  from resnet_jax import cli, config as config_lib, data, models  # pylint: disable=g-import-not-at-top
+  from resnet_jax import cli, config as config_lib, data  # pylint: disable=g-import-not-at-top
+  from resnet_jax.training import derived  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="resnet20,resnet56,resnet110")
@@ -89,7 +90,7 @@ def main(argv=None):
   rows = []
   for name in args.models.split(","):
     config = config_lib.load(os.path.join(ROOT, f"configs/cifar10.py:{name}"), overrides)
-    dataset = data.get_dataset(config, models.default_image_size(name))
+    dataset = data.get_dataset(config, derived.image_size(config))
     batch = dataset.train_batch(config.seed, 0, config.batch_size)
     new, old = ours(config, batch, seeds)
     torch_losses = twin(config, batch, seeds)

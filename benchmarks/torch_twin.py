@@ -29,7 +29,7 @@ sys.path.insert(0, HERE)
 
 import minimal_torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 from resnet_jax import cli, config as config_lib, data, models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from resnet_jax.training import optim  # pylint: disable=g-import-not-at-top, wrong-import-position
+from resnet_jax.training import derived, optim  # pylint: disable=g-import-not-at-top, wrong-import-position
 
 
 def check_config(config) -> int:
@@ -60,7 +60,7 @@ def run(config, steps: int, progress_every: int = 0) -> dict:
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
   depth = check_config(config)
-  dataset = data.get_dataset(config, models.default_image_size(config.model))
+  dataset = data.get_dataset(config, derived.image_size(config))
   if dataset.image_shape != (32, 32, 3) or dataset.num_classes != minimal_torch.NUM_CLASSES:
     raise ValueError(f"dataset {config.dataset!r} gives {dataset.image_shape} images and "
                      f"{dataset.num_classes} classes; the twin takes 32x32x3 and 10 (CIFAR-10).")

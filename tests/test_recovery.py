@@ -15,7 +15,6 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from resnet_jax.data import in_memory
@@ -50,7 +49,7 @@ def _data_files(tmp_path, step):
 
 def test_each_committed_step_has_its_file_sizes_recorded(tmp_path):
   _saved(tmp_path).close()
-  record = json.loads((tmp_path / checkpoints.SIZES_FILE).read_text())
+  record = json.loads((tmp_path / workdir_lib.CHECKPOINT_SIZES_FILE).read_text())
   assert sorted(record) == ["1", "2"]
   assert all(size > 0 for size in record["2"].values())
   assert f"{checkpoints.ITEM}/{checkpoints.METADATA_FILE}" in record["2"]
@@ -65,7 +64,7 @@ def test_a_truncated_data_file_is_proven_damage_and_moves_aside(tmp_path):
   with pytest.warns(UserWarning, match="step 2 is damaged .*changed size"):
     state, step = _restore(ckpt)
   assert step == 1 and float(state["w"][0]) == 1.0
-  assert len(os.listdir(tmp_path / checkpoints.DAMAGED_DIR)) == 1
+  assert len(os.listdir(tmp_path / workdir_lib.DAMAGED_DIR)) == 1
 
 
 @pytest.mark.parametrize("error", [ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
@@ -86,7 +85,7 @@ def test_transient_restore_errors_are_retried_then_exit_75_with_nothing_moved(tm
     _restore(ckpt)
   assert errors.exit_code(info.value) == 75
   assert len(calls) == checkpoints.RESTORE_ATTEMPTS  # step 2 only: step 1 was never touched
-  assert ckpt.all_steps() == [1, 2] and not (tmp_path / checkpoints.DAMAGED_DIR).exists()
+  assert ckpt.all_steps() == [1, 2] and not (tmp_path / workdir_lib.DAMAGED_DIR).exists()
 
 
 def test_a_transient_error_that_passes_is_retried_and_restores(tmp_path, monkeypatch):
@@ -128,7 +127,7 @@ def test_an_unknown_error_keeps_its_traceback_and_moves_nothing(tmp_path, monkey
   with pytest.raises(KeyError, match="a bug") as info:
     _restore(ckpt)
   assert any("files show no damage, so nothing was moved" in n for n in info.value.__notes__)
-  assert ckpt.all_steps() == [1, 2] and not (tmp_path / checkpoints.DAMAGED_DIR).exists()
+  assert ckpt.all_steps() == [1, 2] and not (tmp_path / workdir_lib.DAMAGED_DIR).exists()
 
 
 def test_transient_errors_are_told_from_others():

@@ -43,13 +43,16 @@ KNOWN_TFDS = {
 }
 
 
-def spec(config, default_image_size: int) -> Optional[DataSpec]:
-  """The DataSpec of `config.dataset`, or None for a TFDS dataset this table does not know."""
+def spec(config, image_size: int) -> Optional[DataSpec]:
+  """The DataSpec of `config.dataset`, or None for a TFDS dataset this table does not know.
+
+  `image_size` is the side the network sees (`training.derived.image_size`); fixed-size datasets
+  keep their own.
+  """
   if config.dataset == "digits":
     return DataSpec((8, 8, 1), 10, DIGITS_TRAIN, True, True)
   if config.dataset == "synthetic":
-    side = config.image_size or default_image_size
-    return DataSpec((side, side, config.synthetic_channels), config.num_classes or 10,
+    return DataSpec((image_size, image_size, config.synthetic_channels), config.num_classes or 10,
                     SYNTHETIC_TRAIN, True, True)
   from resnet_jax.data.tfds_builder import base_name  # pylint: disable=g-import-not-at-top
 
@@ -57,19 +60,20 @@ def spec(config, default_image_size: int) -> Optional[DataSpec]:
   if known is None:
     return None
   side, channels, classes, train = known
-  size = side or config.image_size or default_image_size
+  size = side or image_size
   return DataSpec((size, size, channels), classes, train, side is not None, False)
 
 
-def get_dataset(config, default_image_size: int):
-  """The dataset named by `config.dataset`: digits, synthetic, or a TFDS dataset name."""
+def get_dataset(config, image_size: int):
+  """The dataset named by `config.dataset`: digits, synthetic, or a TFDS dataset name (`image_size`
+  as for `spec`)."""
   if config.dataset == "digits":
     return load_digits(config.normalization, config.validation_split, config.augment)
   if config.dataset == "synthetic":
-    ds = make_synthetic(config.image_size or default_image_size, config.num_classes or 10,
+    ds = make_synthetic(image_size, config.num_classes or 10,
                         channels=config.synthetic_channels, seed=config.seed,
                         validation_split=config.validation_split)
     return dataclasses.replace(ds, augment=config.augment)
   from resnet_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  # TFDS is heavy
 
-  return tfds_source.TfdsDataset.from_config(config, default_image_size)
+  return tfds_source.TfdsDataset.from_config(config, image_size)

@@ -17,6 +17,7 @@ import numpy as np
 
 from resnet_jax.experiments import curves, responses as responses_lib
 from resnet_jax.run import console, metrics_log
+from resnet_jax.run import workdir as workdir_lib
 
 
 def _plt():
@@ -35,7 +36,7 @@ def _load(run_dirs):
   """Every run with metrics, grouped by (family, depth), seeds in order: [{..., "seeds": [runs]}]."""
   runs = []
   for d in run_dirs:
-    config = json.loads((epath.Path(d) / "config.json").read_text())
+    config = workdir_lib.read_config(d)
     family, depth = _family_depth(config["model"])
     rows = metrics_log.read_metrics(d)
     if rows:

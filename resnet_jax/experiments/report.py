@@ -12,7 +12,6 @@ Definitions (errors in %):
 
 import csv
 import io
-import json
 import math
 import re
 
@@ -23,6 +22,7 @@ from resnet_jax.run import storage
 from resnet_jax.experiments.curves import test_error_curve, train_error_curve
 from resnet_jax.experiments.plots import write_all as write_plots
 from resnet_jax.run import console, metrics_log
+from resnet_jax.run import workdir as workdir_lib
 from resnet_jax.run.errors import WorkdirError
 
 # He et al. 2015, Table 6: CIFAR-10 test error (%). ResNet-110: best of 5 runs (mean 6.61 +- 0.16).
@@ -31,10 +31,6 @@ PAPER_TABLE6 = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56"
 
 COLUMNS = ["run", "model", "dataset", "seed", "steps", "params", "macs", "final_train_error",
            "best_train_error", "final_test_error", "best_test_error", "paper_test_error", "wall_time_s"]
-
-
-# Folders of a run that hold no runs: not worth listing (a bucket lists each object).
-IGNORED = {"checkpoints", "tensorboard", "damaged_checkpoints"}
 
 
 def run_dirs(root) -> list[str]:
@@ -47,9 +43,10 @@ def run_dirs(root) -> list[str]:
     folder = todo.pop()
     entries = list(folder.iterdir())
     names = {p.name for p in entries}
-    if "config.json" in names and metrics_log.METRICS_FILE in names:
+    if workdir_lib.is_run(names):
       found.append(str(folder))
-    todo += [p for p in entries if p.name not in IGNORED and p.is_dir()]
+    # A run's own folders hold no runs: not worth listing (a bucket lists each object).
+    todo += [p for p in entries if p.name not in workdir_lib.RUN_SUBDIRS and p.is_dir()]
   return sorted(found)
 
 
@@ -62,12 +59,9 @@ def run_label(run_dir, root) -> str:
 
 
 def summarize_run(run_dir, root) -> dict:
-  run_path = epath.Path(run_dir)
-  config = json.loads((run_path / "config.json").read_text())
+  config = workdir_lib.read_config(run_dir)
   rows = metrics_log.read_metrics(run_dir)
-  info = {}
-  if (run_path / "model.json").exists():
-    info = json.loads((run_path / "model.json").read_text())
+  info = workdir_lib.read_model(run_dir)
   _, train_err = train_error_curve(rows) if rows else ([], [])
   _, test_err = test_error_curve(rows) if rows else ([], [])
   elapsed = [r["perf/elapsed_s"] for r in rows if "perf/elapsed_s" in r]
@@ -158,10 +152,10 @@ def write_report(root, plots: bool = True, responses: bool = True, log=None) -> 
   writer = csv.DictWriter(table, fieldnames=COLUMNS)
   writer.writeheader()
   writer.writerows(summaries)
-  storage.write_atomic(out / "summary.csv", table.getvalue())
-  storage.write_atomic(out / "summary.md", f"# Results: {epath.Path(storage.absolute(root)).name}\n\n"
+  written = [out / workdir_lib.SUMMARY_CSV, out / workdir_lib.SUMMARY_MD]
+  storage.write_atomic(written[0], table.getvalue())
+  storage.write_atomic(written[1], f"# Results: {epath.Path(storage.absolute(root)).name}\n\n"
                        + markdown(summaries, groups))
-  written = [out / "summary.csv", out / "summary.md"]
   if plots:
     written += write_plots(root, dirs, responses=responses, log=log)
   log("wrote " + ", ".join(str(p) for p in written))

@@ -21,7 +21,6 @@ from resnet_jax.run import workdir as workdir_lib
 from resnet_jax.run.errors import ConfigError
 from resnet_jax.training import grouping, lifecycle, loop, validation
 
-STATUS_FILE = "status.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +92,7 @@ def parse_shard(shard: str) -> tuple[int, int]:
 
 
 def read_status(run_dir) -> dict:
-  path = epath.Path(run_dir) / STATUS_FILE
+  path = epath.Path(run_dir) / workdir_lib.STATUS_FILE
   if not path.exists():
     return {}
   return json.loads(path.read_text())
@@ -101,7 +100,7 @@ def read_status(run_dir) -> dict:
 
 def _write_status(run_dir, status: dict) -> None:
   epath.Path(run_dir).mkdir(parents=True, exist_ok=True)
-  storage.write_atomic(epath.Path(run_dir) / STATUS_FILE, json.dumps(status, indent=2))
+  storage.write_atomic(epath.Path(run_dir) / workdir_lib.STATUS_FILE, json.dumps(status, indent=2))
 
 
 def is_finished(run_dir, config) -> bool:

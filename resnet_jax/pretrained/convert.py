@@ -5,18 +5,17 @@ continues training it (same classes), and `--config.init_from=DIR` seeds a new r
 (fine-tuning, any classes).
 """
 
-from etils import epath
 import jax
 import ml_collections
 
 from resnet_jax import config as config_lib
-from resnet_jax import data, models
+from resnet_jax import data
 from resnet_jax.models import stages
 from resnet_jax.pretrained.torchvision import NAMES
 from resnet_jax.run import storage
-from resnet_jax.run import workdir as workdir_lib
 from resnet_jax.run.errors import ConfigError, WeightsError, WorkdirError
-from resnet_jax.training import checkpoints
+from resnet_jax.training import derived
+from resnet_jax.training.lifecycle import RunFiles
 from resnet_jax.training.trainer import Trainer
 
 
@@ -73,7 +72,7 @@ def write(workdir: str, config: ml_collections.ConfigDict, variables: dict) -> d
   if config.scan_blocks:
     params, batch_stats = stages.to_scanned(params), stages.to_scanned(batch_stats)
   channels = int(jax.tree_util.tree_leaves(params["stem_conv"])[0].shape[-2])
-  size = config.image_size or models.default_image_size(config.model)  # parameters do not depend on it
+  size = derived.image_size(config)  # the parameters do not depend on it
   trainer = Trainer(config, data=data.DataSpec((size, size, channels), num_classes, 0, False, False))
   template = trainer.abstract_state()
   shapes = lambda tree: jax.tree_util.tree_map(lambda x: tuple(x.shape), tree)
@@ -81,19 +80,12 @@ def write(workdir: str, config: ml_collections.ConfigDict, variables: dict) -> d
       != shapes({"params": params, "batch_stats": batch_stats})):
     raise WeightsError(f"the converted variables do not fit model={config.model!r} with this config "
                        "(shortcut, stride_placement, width_multiplier?).")
-  if epath.Path(workdir, "checkpoints").exists():
-    ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
-    held = ckpt.latest_step()
-    ckpt.close()
-    if held is not None:
+  # A run's workdir, opened as a run opens it: writable, locked, and holding no other run.
+  with RunFiles(config, workdir) as files:
+    if files.ckpt.latest_step() is not None:
       raise WorkdirError(f"{workdir} already holds checkpoints; use a new --workdir.")
-  state = trainer.init_state(variables={"params": params, "batch_stats": batch_stats})
-  workdir_lib.check_writable(workdir)
-  workdir_lib.record_config(workdir, config, 0)  # config.json and the config history, as a run
-  ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
-  try:
-    ckpt.save(0, state, force=True)
-  finally:
-    ckpt.close()
+    state = trainer.init_state(variables={"params": params, "batch_stats": batch_stats})
+    files.record(trainer, 0)  # config.json, the config history and model.json, as a run's
+    files.save(0, state)
   return {"workdir": storage.absolute(workdir), "model": config.model, "num_classes": num_classes,
           "arrays": len(jax.tree_util.tree_leaves(variables)), "step": 0}

@@ -13,14 +13,7 @@ from etils import epath
 
 from resnet_jax.run import storage
 from resnet_jax.run.tensorboard import EventWriter
-
-METRICS_FILE = "metrics.jsonl"
-
-
-TORN_FILE = METRICS_FILE + ".torn"  # lines that were not whole rows, kept aside
-# Rows past the step a run resumed from, which it recomputes: kept aside, never deleted (a resume
-# from an older checkpoint than expected must not erase the history it could not restore).
-SUPERSEDED_FILE = METRICS_FILE + ".superseded"
+from resnet_jax.run.workdir import METRICS_FILE, SUPERSEDED_FILE, TENSORBOARD_DIR, TORN_FILE
 
 
 def _parse(text: str) -> tuple[list[dict], list[str]]:
@@ -96,7 +89,7 @@ class MetricsLog:
       self.file = open(self.path, "a")
     self.tb = None
     if tensorboard:
-      self.tb = EventWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
+      self.tb = EventWriter(os.path.join(workdir, TENSORBOARD_DIR), purge_step=start_step + 1)
 
   def _upload(self) -> None:
     self.path.write_text("".join(self.lines))

@@ -1,4 +1,8 @@
-"""A run's workdir: one writer at a time, writable before anything starts, and a config history.
+"""A run's workdir: its layout, one writer at a time, writable before anything starts, a config history.
+
+- The layout: every file and folder a run (or a sweep, or `convert`) writes in a workdir is named
+  here, once, and read through here (`read_config`, `read_model`, `is_run`); the other modules
+  import these names.
 
 - `Lock`: an exclusive `flock` on `<workdir>/.lock`, held for the whole run. The kernel releases it
   when the process dies, even by kill -9, so a lock is never stale; the file names the holder (pid,
@@ -24,9 +28,34 @@ from etils import epath
 from resnet_jax.run import storage
 from resnet_jax.run.errors import WorkdirError, WorkdirInUseError
 
-LOCK_FILE = ".lock"
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "config_history.jsonl"
+# --- The layout of a run's workdir. ---
+LOCK_FILE = ".lock"                       # the writer's flock, naming it
+CONFIG_FILE = "config.json"               # the resolved config of the newest segment
+HISTORY_FILE = "config_history.jsonl"     # every segment's config, with its first step
+MODEL_FILE = "model.json"                 # the model's name, input shape, parameters and FLOPs
+METRICS_FILE = "metrics.jsonl"            # one JSON row per step
+TORN_FILE = METRICS_FILE + ".torn"        # lines cut short by a crash, kept aside
+SUPERSEDED_FILE = METRICS_FILE + ".superseded"  # rows past a resumed step, recomputed, kept aside
+TENSORBOARD_DIR = "tensorboard"           # TensorBoard event files
+CHECKPOINTS_DIR = "checkpoints"           # Orbax's: one folder per step
+CHECKPOINT_SIZES_FILE = "checkpoint_files.json"  # each committed step's file sizes: damage's proof
+DAMAGED_DIR = "damaged_checkpoints"       # checkpoints proven damaged, moved here, never deleted
+STATUS_FILE = "status.json"               # a sweep member's: done (wall time) or failed (error)
+# A sweep's (or `report`'s) folder: the tables of every run under it.
+SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
+# Folders of a run that hold no runs (`report` does not descend into them).
+RUN_SUBDIRS = (TENSORBOARD_DIR, CHECKPOINTS_DIR, DAMAGED_DIR)
+
+
+def is_run(names) -> bool:
+  """Whether a folder holding the files `names` is a run's (it wrote its config and metrics)."""
+  return CONFIG_FILE in names and METRICS_FILE in names
+
+
+def read_model(workdir: str) -> dict:
+  """The run's model.json ({} if it has none yet)."""
+  path = epath.Path(workdir) / MODEL_FILE
+  return json.loads(path.read_text()) if path.exists() else {}
 
 
 class Lock:

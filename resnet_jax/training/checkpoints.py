@@ -29,12 +29,11 @@ import jax
 import orbax.checkpoint as ocp
 
 from resnet_jax.run import storage
+from resnet_jax.run.workdir import CHECKPOINT_SIZES_FILE, CHECKPOINTS_DIR, DAMAGED_DIR
 from resnet_jax.run.errors import IncompatibleCheckpointError, StorageUnavailableError
 
-DAMAGED_DIR = "damaged_checkpoints"
 ITEM = "default"           # the folder Orbax keeps a step's single item in
 METADATA_FILE = "_METADATA"  # its tree of names, shapes and dtypes (JSON)
-SIZES_FILE = "checkpoint_files.json"  # {step: {file: bytes}} of each committed step: damage's proof
 # Restores retried after a transient failure, and the first wait (seconds; doubled each time).
 RESTORE_ATTEMPTS, RESTORE_BACKOFF_S = 4, 1.0
 
@@ -47,7 +46,7 @@ class Checkpointer:
       raise ValueError(f"keep_checkpoints={keep} must be >= 1 (the newest checkpoint is what resumes).")
     # Orbax reads and writes bucket URLs (gs://...) directly; local paths must be absolute.
     self.workdir = storage.absolute(workdir)
-    self.directory = os.path.join(self.workdir, "checkpoints")
+    self.directory = os.path.join(self.workdir, CHECKPOINTS_DIR)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
                                            create=True)
     # Naming the item's handler lets `item_metadata` read a step's tree without restoring it.
@@ -83,10 +82,11 @@ class Checkpointer:
     record = {k: v for k, v in record.items() if int(k) in steps}
     for step in missing:
       record[str(step)] = _file_sizes(epath.Path(self.directory) / str(step))
-    storage.write_atomic(epath.Path(self.workdir) / SIZES_FILE, json.dumps(record, sort_keys=True))
+    storage.write_atomic(epath.Path(self.workdir) / CHECKPOINT_SIZES_FILE,
+                         json.dumps(record, sort_keys=True))
 
   def _read_sizes(self) -> dict:
-    path = epath.Path(self.workdir) / SIZES_FILE
+    path = epath.Path(self.workdir) / CHECKPOINT_SIZES_FILE
     try:
       return json.loads(path.read_text()) if path.exists() else {}
     except ValueError:  # a torn record proves nothing about the checkpoints: start it again

@@ -8,6 +8,9 @@ derives its batch sizes the same way).
 
 import dataclasses
 import math
+from typing import Optional
+
+from resnet_jax import data, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +40,16 @@ def eval_batch_size(requested: int, num_devices: int, num_processes: int) -> int
   """
   unit = math.lcm(num_devices, num_processes)
   return -(-requested // unit) * unit
+
+
+def image_size(config) -> int:
+  """The side of the images the network sees: `image_size`, or the model's own (0 = the model's)."""
+  return config.image_size or models.default_image_size(config.model)
+
+
+def data_spec(config) -> Optional[data.DataSpec]:
+  """What the run knows of its dataset without reading it (None: a TFDS dataset not in the table)."""
+  return data.spec(config, image_size(config))
 
 
 def derive(config, devices: list) -> Derived:

@@ -13,7 +13,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax.data import on_device
-from resnet_jax.training import optim, parallel
+from resnet_jax.training import parallel
 from resnet_jax.training import step as step_lib
 from resnet_jax.training.grouping import HPARAMS
 
@@ -30,10 +30,7 @@ class GroupJit(parallel.MeshJit):
     def member_step(state, batch, hparams):
       # The optimizer is built from this member's traced values: the same chain, so the same
       # opt_state tree, as a solo run's (its checkpoints restore as one).
-      step = parallel.bind_step(model, optim.create_optimizer(config, hparams),
-                                optim.create_learning_rate_fn(config, hparams),
-                                hparams["label_smoothing"], config.freeze_bn_stats)
-      return step(state, batch)
+      return parallel.config_step(model, config, hparams)(state, batch)
 
     self._group_step = jax.vmap(member_step)
     super().__init__(devices, self._group_step, model, compiler_options, platform)

@@ -13,6 +13,7 @@ import jax
 
 from resnet_jax import config as config_lib
 from resnet_jax.models import stages
+from resnet_jax.run import workdir as workdir_lib
 from resnet_jax.run.errors import ConfigError, WorkdirError
 from resnet_jax.training import checkpoints
 from resnet_jax.training.step import TrainState
@@ -21,8 +22,8 @@ from resnet_jax.training.step import TrainState
 def seed_from(trainer, source: str, state: TrainState) -> TrainState:
   """`state` with params and batch_stats from `source`'s newest checkpoint, a fresh optimizer state,
   and its own (random) head where the class count differs or `init_new_head` asks for one."""
-  config_path = epath.Path(source) / "config.json"
-  if not (config_path.exists() and (epath.Path(source) / "checkpoints").exists()):
+  config_path = epath.Path(source) / workdir_lib.CONFIG_FILE
+  if not (config_path.exists() and (epath.Path(source) / workdir_lib.CHECKPOINTS_DIR).exists()):
     raise WorkdirError(f"init_from={source!r} is not the workdir of a run or of `resnet-jax convert` "
                        "(it needs config.json and checkpoints/).")
   theirs = config_lib.from_json(str(config_path))

@@ -68,12 +68,18 @@ class RunFiles:
     """Writes the run files and opens the metrics log at `step`; returns the rows logged so far."""
     if not self.lead:
       return []
-    workdir_lib.record_config(self.workdir, self.config, step)
-    storage.write_atomic(epath.Path(self.workdir) / "model.json", json.dumps(
-        {"model": self.config.model, "image_shape": list(trainer.image_shape),
-         **flops.profile(trainer.model, trainer.image_shape[0], trainer.image_shape[-1])}))
+    self.record(trainer, step)
     self.log = metrics_log.MetricsLog(self.workdir, step)
     return metrics_log.read_metrics(self.workdir)
+
+  def record(self, trainer, step: int) -> None:
+    """Writes config.json (appending it to the history, from `step`) and model.json."""
+    if not self.lead:
+      return
+    workdir_lib.record_config(self.workdir, self.config, step)
+    storage.write_atomic(epath.Path(self.workdir) / workdir_lib.MODEL_FILE, json.dumps(
+        {"model": self.config.model, "image_shape": list(trainer.image_shape),
+         **flops.profile(trainer.model, trainer.image_shape[0], trainer.image_shape[-1])}))
 
   def save(self, step: int, state) -> None:
     """Starts an asynchronous save; makes every row logged so far durable with it."""
@@ -133,7 +139,7 @@ def _remove_skeleton(workdir: str) -> None:
     return  # a bucket has no empty folders to leave behind
   for root, dirs, files in os.walk(workdir):
     if (root == workdir and set(files) - {workdir_lib.LOCK_FILE}) or (root != workdir and files) or (
-        root == workdir and set(dirs) - {"checkpoints"}) or (root != workdir and dirs):
+        root == workdir and set(dirs) - {workdir_lib.CHECKPOINTS_DIR}) or (root != workdir and dirs):
       return
   shutil.rmtree(workdir, ignore_errors=True)
 

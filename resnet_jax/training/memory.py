@@ -55,9 +55,8 @@ def members_that_fit(trainer) -> int:
   binds them) buys the estimate. At least 1.
   """
   c = trainer.config
-  solo = parallel.MeshJit(trainer.devices, parallel.bind_step(
-      trainer.model, trainer.tx, trainer.learning_rate_fn, c.label_smoothing, c.freeze_bn_stats),
-                          trainer.model, trainer.strategy.compiler_options)
+  solo = parallel.MeshJit(trainer.devices, parallel.config_step(trainer.model, c), trainer.model,
+                          trainer.strategy.compiler_options)
   batch = {"image": jax.ShapeDtypeStruct((c.batch_size, *trainer.image_shape), jnp.float32),
            "label": jax.ShapeDtypeStruct((c.batch_size,), jnp.int32)}
   per_member = step_memory(solo.train_step.lower(trainer.abstract_state(), batch).compile())

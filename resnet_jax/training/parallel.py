@@ -1,7 +1,7 @@
 """Data parallelism: one pure step, compiled with `jax.jit` over a device mesh or with `jax.pmap`.
 
-Every strategy (these two, and the vectorised group of `group_step`) binds the step one way
-(`bind_step`) and gives the loop one interface, for the members it trains (a solo run is one):
+Every strategy (these two, and the vectorised group of `group_step`), the memory estimate, `bench`
+and `compile` bind the step one way (`config_step`) and give the loop one interface, for the members it trains (a solo run is one):
 
 - `bind_members(configs)`: the per-member values a dispatch needs (a solo run: its seed);
 - `stack(states)` / `put_state(state)` / `member_state(state, i)`: the members' states to the
@@ -23,16 +23,22 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from resnet_jax.data import on_device
+from resnet_jax.training import optim
 from resnet_jax.training.step import eval_step, train_step
 
 AXIS = "data"
 
 
-def bind_step(model, tx, learning_rate_fn: Callable, label_smoothing=0.0, freeze_bn_stats=False,
-              axis_name=None) -> Callable:
-  """`train_step(state, batch)` with everything else bound: the one way every strategy binds it."""
-  return functools.partial(train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-                           label_smoothing=label_smoothing, freeze_bn_stats=freeze_bn_stats,
+def config_step(model, config, hparams: dict | None = None, axis_name=None) -> Callable:
+  """`train_step(state, batch)` of `config`, with everything else bound: the one place a step is made.
+
+  The optimizer and schedule come from the config, with a vectorised member's (traced) `hparams`
+  replacing its TRACEABLE values; each member's chain then has a solo run's tree.
+  """
+  smoothing = config.label_smoothing if hparams is None else hparams["label_smoothing"]
+  return functools.partial(train_step, model=model, tx=optim.create_optimizer(config, hparams),
+                           learning_rate_fn=optim.create_learning_rate_fn(config, hparams),
+                           label_smoothing=smoothing, freeze_bn_stats=config.freeze_bn_stats,
                            axis_name=axis_name)
 
 

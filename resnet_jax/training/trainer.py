@@ -26,7 +26,7 @@ from resnet_jax import models
 from resnet_jax.data import on_device
 from resnet_jax.run import workdir as workdir_lib
 from resnet_jax.run.errors import WorkdirError
-from resnet_jax.training import checkpoints, derived, optim, parallel, validation
+from resnet_jax.training import checkpoints, derived, parallel, validation
 from resnet_jax.training.group_step import GroupJit
 from resnet_jax.training.init_from import seed_from
 from resnet_jax.training.step import TrainState, create_train_state
@@ -59,24 +59,22 @@ class Trainer:
       validation.validate(member, devices)  # before anything is read, made or compiled
     self.devices = devices or parallel.select_devices(config.num_devices)
     self.derived = derived.derive(config, self.devices)
-    image_size = models.default_image_size(config.model)
-    self.dataset = data_lib.get_dataset(config, image_size) if data is None else data
+    self.dataset = (data_lib.get_dataset(config, derived.image_size(config)) if data is None
+                    else data)
     self.image_shape = tuple(self.dataset.image_shape)
     self.num_classes = self.dataset.num_classes
     axis_name = parallel.AXIS if config.parallelism == "pmap" else None
     self.model = build_model(config, self.num_classes, axis_name)
-    # The optimizer, built once: the states of every member have its tree.
-    self.tx = optim.create_optimizer(config)
-    self.learning_rate_fn = optim.create_learning_rate_fn(config)
+    self.step = parallel.config_step(self.model, config, axis_name=axis_name)
+    # The optimizer the step was bound with: every member's state has its tree.
+    self.tx = self.step.keywords["tx"]
     self.platform = platform or self.devices[0].platform
     options = parallel.cpu_compiler_options(config.cpu_fusion, self.platform)
     if members is not None:
       self.strategy = GroupJit(self.devices, self.model, config, options, self.platform)
     else:
-      step = parallel.bind_step(self.model, self.tx, self.learning_rate_fn, config.label_smoothing,
-                                config.freeze_bn_stats, axis_name)
-      self.strategy = parallel.create(config.parallelism, self.devices, step, self.model, options,
-                                      self.platform)
+      self.strategy = parallel.create(config.parallelism, self.devices, self.step, self.model,
+                                      options, self.platform)
     self.strategy.bind_members(self.members)
     self._device_data = None  # the training set on the devices, with data_on_device
 

@@ -12,9 +12,10 @@ trainer, sweeps, conversions and benchmarks call it first, so an error never wai
 import jax
 import ml_collections
 
-from resnet_jax import data, models
+from resnet_jax import models
 from resnet_jax.data import augment as aug
 from resnet_jax.run.errors import ConfigError
+from resnet_jax.training import derived
 
 CHOICES = {
     "dtype": ("float32", "bfloat16", "float16"),
@@ -96,12 +97,8 @@ def _model(config) -> None:
     _fail("scan_blocks=True scans identical residual blocks; vgg19 has none. Set scan_blocks=False.")
 
 
-def _data_spec(config):
-  return data.spec(config, models.default_image_size(config.model))
-
-
 def _data(config) -> None:
-  spec = _data_spec(config)
+  spec = derived.data_spec(config)
   if spec is None:
     return  # a TFDS dataset we do not know: its metadata is checked as it opens
   if config.eval_crops == "multiscale" and (not config.eval_scales or min(config.eval_scales) < 1):
