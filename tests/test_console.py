@@ -296,3 +296,49 @@ def test_warnings_print_once_each_as_resnet_jax_warning(tmp_path):
     with console.routed_warnings(console.Console(stream=stream).say):
       warnings.warn("x", UserWarning)
   assert out[0] == "\r\033[Kresnet-jax: warning: x\r\n"
+
+
+def test_the_command_prints_a_bucket_workdirs_warning_once_without_its_source_line(monkeypatch, capsys):
+  from resnet_jax import cli  # pylint: disable=g-import-not-at-top
+  from resnet_jax.run import workdir  # pylint: disable=g-import-not-at-top
+
+  def two_members(args):  # a sweep locks each member's workdir: the same warning, twice
+    del args
+    for _ in range(2):
+      with workdir.Lock("gs://bucket/run"):
+        pass
+    return 0
+
+  monkeypatch.setitem(cli.COMMANDS, "models", two_members)
+  assert cli.main(["models"]) == 0
+  assert capsys.readouterr().err == ("resnet-jax: warning: gs://bucket/run is a bucket: it cannot be "
+                                     "locked, so make sure no other job writes into it.\n")
+
+
+class _Output:
+  """A stand-in for a dispatched step's output array: ready once the fake device says so."""
+
+  def __init__(self):
+    self.ready = threading.Event()
+
+  def is_ready(self):
+    return self.ready.is_set()
+
+
+def test_the_bar_counts_tracked_steps_while_the_loop_is_blocked():
+  """A fetch blocks the loop's thread until every dispatched step is done; the bar still follows
+  the steps as they finish (its ticker polls them), so it never sits at step 1 meanwhile."""
+  outputs = {step: _Output() for step in range(1, 21)}
+  with pseudo_terminal(80) as (stream, out):
+    with console.ProgressBar(total=20, start=0, stream=stream, redraw_s=0.02) as bar:
+      for step, output in outputs.items():  # 20 asynchronous dispatches: nothing done yet
+        bar.track(step, output)
+      assert bar._step == 0  # pylint: disable=protected-access
+      for step in range(1, 11):  # the device finishes ten of them while the loop waits in a fetch
+        outputs[step].ready.set()
+      time.sleep(0.2)
+      assert bar._step == 10  # pylint: disable=protected-access
+      for step in range(11, 21):
+        outputs[step].ready.set()
+      time.sleep(0.1)
+  assert "step 10/20" in out[0] and re.search(r"step 20/20 .* step/s", out[0]), out[0]

@@ -16,6 +16,7 @@ that no phase names is named after what the main thread is doing (`doing`). Pyth
 our libraries', print as `resnet-jax: warning: ...`, each text once (`routed_warnings`).
 """
 
+import collections
 import contextlib
 import math
 import os
@@ -70,10 +71,11 @@ def fit(head: str, text: str, tail: str, width: int | None, mark: str = "~") -> 
 
 def wrap(text: str, width: int | None) -> str:
   """A line that stays on screen, wrapped at spaces within `width - 1` columns (paths are not cut)."""
-  if width is None or len(text) < width:
+  if width is None:
     return text
-  return "\n".join(textwrap.wrap(text, width - 1, subsequent_indent="  ", break_long_words=False,
-                                 break_on_hyphens=False))
+  return "\n".join("\n".join(textwrap.wrap(line, width - 1, subsequent_indent="  ",
+                                           break_long_words=False, break_on_hyphens=False))
+                   if len(line) >= width else line for line in text.split("\n"))
 
 
 class _Ticker:
@@ -182,7 +184,9 @@ class ProgressBar:
 
   `update(step)` is called for every finished step (host-side counts: no device sync), so the rate
   does not depend on how often metrics are fetched; `update(step, row)` also shows the row's loss,
-  accuracy and test accuracy. The rate starts at the first finished step, so compilation is left out.
+  accuracy and test accuracy. `track(step, array)` hands over a dispatched step's output instead:
+  the bar counts the step when the array is ready, also while the loop's thread is blocked (a
+  metrics fetch waits for every step dispatched before it: tens of seconds for a vectorised group). The rate starts at the first finished step, so compilation is left out.
   On a terminal the bar is one line redrawn in place, fitted to the terminal's width, every second
   between updates, with the phase under way (`phase(text)`) or, when no step has finished for
   `QUIET_PHASE_S` and no phase is named, what the thread that made the bar is doing (`doing`); use it
@@ -205,6 +209,8 @@ class ProgressBar:
     self._thread = threading.get_ident()  # the loop's thread: a stall is named from its stack
     self._lock = _WRITE_LOCK
     self._ticker = None
+    self._inflight = collections.deque()  # (step, an output array) of steps dispatched, not yet seen done
+    self._state = threading.RLock()  # taken before _WRITE_LOCK, never after
 
   def __enter__(self):
     if self.tty:
@@ -218,7 +224,22 @@ class ProgressBar:
       self._write(self._fitted(time.perf_counter()), "\n")  # leave the last bar on screen, once
     return False
 
+  def track(self, step: int, output) -> None:
+    """Counts `step` as finished once `output` (a jax array it computes) is ready: checked now and
+    at every redraw, without waiting on the device (`is_ready`)."""
+    self._inflight.append((step, output))
+    self._poll()
+
+  def _poll(self) -> None:
+    with self._state:  # the loop's thread and the ticker's both poll
+      done = None
+      while self._inflight and self._inflight[0][1].is_ready():
+        done = self._inflight.popleft()[0]
+      if done is not None:
+        self.update(done)
+
   def _tick(self) -> None:
+    self._poll()
     if self.rate_from is not None or self._phase is not None:
       now = time.perf_counter()
       stall = None
@@ -233,16 +254,17 @@ class ProgressBar:
     return (self._step - self.rate_from[0]) / (now - self.rate_from[1])
 
   def update(self, step: int, metrics: dict | None = None, force: bool = False) -> None:
-    now = time.perf_counter()
-    if step > self._step:
-      self._step, self._moved = step, now
-    if self.rate_from is None:
-      self.rate_from = (step, now)
-      force = True  # the first step after compilation is worth a line
-    if metrics:
-      self.metrics = metrics
-    if force or now - self._last_print >= self.interval_s or self._step == self.total:
-      self._print(self._fitted(now))
+    with self._state:
+      now = time.perf_counter()
+      if step > self._step:
+        self._step, self._moved = step, now
+      if self.rate_from is None:
+        self.rate_from = (step, now)
+        force = True  # the first step after compilation is worth a line
+      if metrics:
+        self.metrics = metrics
+      if force or now - self._last_print >= self.interval_s or self._step == self.total:
+        self._print(self._fitted(now))
 
   @contextlib.contextmanager
   def phase(self, text: str):
