@@ -12,7 +12,6 @@ every member; a full disk is reported with the last good checkpoint (`lifecycle`
 stopping has its exit code (`resnet_jax.run.errors`).
 """
 
-import collections
 import contextlib
 import dataclasses
 import math
@@ -169,7 +168,6 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
   first = (k, metrics)
   progress = console.ProgressBar(c.total_steps, start) if lead else None
   with progress or contextlib.nullcontext():
-    inflight = collections.deque()  # (step, a metric array) of dispatched steps not yet seen done
     while n < until and any(m.error is None for m in segment):
       if first is not None:
         (k, metrics), first = first, None
@@ -179,10 +177,9 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
       pending.append(metrics)
       n, n_pending = n + k, n_pending + k
       if progress is not None:
-        # Progress from host-side counts of finished steps, at every step: no device sync.
-        inflight.append((n, next(iter(metrics.values()))))
-        while inflight and inflight[0][1].is_ready():
-          progress.update(inflight.popleft()[0])
+        # Progress from host-side counts of finished steps, at every step: no device sync; the
+        # bar's ticker keeps counting them while a fetch below waits for the device.
+        progress.track(n, next(iter(metrics.values())))
       act = cadence.after(n, stopping=stop.reached(n, k), segment_end=n == until)
       if not act.log:
         continue
@@ -192,7 +189,6 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
                      seconds=now - t_log, images=(n - n_log) * c.batch_size, progress=progress,
                      say=say)
       pending, n_pending, t_log, n_log = [], 0, now, n
-      inflight.clear()  # everything up to n is done: its metrics were fetched
       if act.checkpoint:
         for i in rows:
           segment[i].files.save(n, strategy.member_state(state, i))
