@@ -342,3 +342,40 @@ def test_the_bar_counts_tracked_steps_while_the_loop_is_blocked():
         outputs[step].ready.set()
       time.sleep(0.1)
   assert "step 10/20" in out[0] and re.search(r"step 20/20 .* step/s", out[0]), out[0]
+
+
+def run_on_pty(argv: list[str], width: int) -> str:
+  """What `argv` prints on a terminal `width` columns wide (stdout and stderr), COLUMNS unset."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  master, slave = os.openpty()
+  fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, width, 0, 0))
+  env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+  env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                               if p])
+  proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT)
+  os.close(slave)
+  chunks = []
+  while True:
+    try:
+      chunk = os.read(master, 65536)
+    except OSError:  # the child closed the terminal
+      break
+    if not chunk:
+      break
+    chunks.append(chunk)
+  proc.wait(timeout=60)
+  os.close(master)
+  return b"".join(chunks).decode("utf-8").replace("\r\n", "\n")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_help_wraps_to_the_terminal(width):
+  text = run_on_pty([sys.executable, "-m", "resnet_jax.cli", "sweep", "--help"], width)
+  lines = text.rstrip("\n").splitlines()
+  assert "exit codes:" in text and len(lines) > 10, text
+  assert max(map(len, lines)) <= min(width, 100), text  # past 100 columns it reads as at 100
+  assert max(map(len, lines)) > min(width, 100) - 15, text  # and it uses the width it has

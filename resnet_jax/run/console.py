@@ -240,8 +240,10 @@ class ProgressBar:
 
   def _tick(self) -> None:
     self._poll()
+    now = time.perf_counter()
+    if now - self._last_print < 0.5 * self.redraw_s:
+      return  # the poll has just drawn it
     if self.rate_from is not None or self._phase is not None:
-      now = time.perf_counter()
       stall = None
       if self._phase is None and now - self._moved > QUIET_PHASE_S:
         stall = (doing(self._thread), self._moved)
