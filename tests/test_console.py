@@ -3,6 +3,7 @@
 import contextlib
 import fcntl
 import io
+import logging
 import os
 import re
 import struct
@@ -296,6 +297,20 @@ def test_warnings_print_once_each_as_resnet_jax_warning(tmp_path):
     with console.routed_warnings(console.Console(stream=stream).say):
       warnings.warn("x", UserWarning)
   assert out[0] == "\r\033[Kresnet-jax: warning: x\r\n"
+  lines.clear()
+  library = logging.getLogger("a_library.core")  # no handler of its own: Python prints its bare text
+  own = logging.getLogger("chatty")
+  own.addHandler(logging.NullHandler())  # one with its own handler prints (or not) as it chooses
+  with console.routed_warnings(lines.append):
+    for _ in range(3):
+      library.warning("Failed to move file using moveTo API: %s. Falling back.", "503")
+    library.info("not shown")
+    library.error("it failed")
+    own.warning("not ours to print")
+  own.handlers.clear()
+  assert lines == ["warning: Failed to move file using moveTo API: 503. Falling back.",
+                   "error: it failed"]
+  assert console._LogRecords not in {type(h) for h in logging.root.handlers}  # removed after
 
 
 def test_the_command_prints_a_bucket_workdirs_warning_once_without_its_source_line(monkeypatch, capsys):

@@ -12,12 +12,14 @@ at every redraw: a line one column too long wraps, and `\r` then returns to its 
 each redraw would leave a stale row behind. What goes is what matters least: the bar's picture, then
 the metrics, then the text of the phase (its seconds stay). Lines that stay on screen (said, or a
 phase that ended) are wrapped at spaces instead, nothing cut. A stall of the bar over `QUIET_PHASE_S`
-that no phase names is named after what the main thread is doing (`doing`). Python warnings, ours and
-our libraries', print as `resnet-jax: warning: ...`, each text once (`routed_warnings`).
+that no phase names is named after what the main thread is doing (`doing`). Python warnings and log
+records, ours and our libraries', print as `resnet-jax: warning: ...`, each text once
+(`routed_warnings`).
 """
 
 import collections
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -369,22 +371,54 @@ def routed_warnings(say=None):
   """Within the block, each Python warning shown (ours, and the libraries' we call: gcsfs,
   google-auth, orbax, ...) is one line `resnet-jax: warning: TEXT`, without its source line, and
   each text only once: libraries that touch the warning filters (`warnings.catch_warnings`) make
-  Python forget what it has shown, so a credentials warning otherwise repeats at every bucket call."""
+  Python forget what it has shown, so a credentials warning otherwise repeats at every bucket call.
+  So is a library's log record of level WARNING or above that no handler of its own prints (Python
+  would print its bare text: gcsfs's `logger.warning`, JAX's), as `resnet-jax: warning: ...` (or
+  `error: ...`)."""
   say = say or Console().say
   seen = set()
   previous = warnings.showwarning
 
-  def show(message, category, filename, lineno, file=None, line=None):  # pylint: disable=unused-argument
+  def once(kind: str, message) -> None:
     text = " ".join(str(message).split())
-    if text not in seen:
-      seen.add(text)
-      say(f"warning: {text}")
+    if (kind, text) not in seen:
+      seen.add((kind, text))
+      say(f"{kind}: {text}")
 
+  def show(message, category, filename, lineno, file=None, line=None):  # pylint: disable=unused-argument
+    once("warning", message)
+
+  handler = _LogRecords(once)
   warnings.showwarning = show
+  logging.root.addHandler(handler)
   try:
     yield
   finally:
+    logging.root.removeHandler(handler)
     warnings.showwarning = previous
+
+
+class _LogRecords(logging.Handler):
+  """Log records of WARNING and above that no handler below the root prints: to `once(kind, text)`."""
+
+  def __init__(self, once):
+    super().__init__(logging.WARNING)
+    self.once = once
+
+  def emit(self, record: logging.LogRecord) -> None:
+    logger = logging.getLogger(record.name)
+    while logger is not logging.root:
+      if logger.handlers:  # printed by the library's own handler already
+        return
+      if not logger.propagate:
+        break
+      logger = logger.parent
+    try:
+      text = record.getMessage()
+    except Exception:  # pylint: disable=broad-except  # a malformed record: logging's own report
+      self.handleError(record)
+      return
+    self.once("warning" if record.levelno < logging.ERROR else "error", text)
 
 
 def _fmt_time(seconds: float) -> str:
