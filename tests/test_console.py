@@ -1,4 +1,6 @@
-"""What a person sees: every phase of a run, a sweep and a report says what it does (captured output)."""
+"""What a person sees: every phase of a run, a sweep and a report says what it does (captured output),
+and on a pseudo-terminal of 60, 80 and 200 columns every live line fits, nothing stale is left, a
+stall is named, warnings come once, and help wraps to the width (issue 35)."""
 
 import contextlib
 import fcntl
@@ -125,6 +127,7 @@ def test_a_quick_phase_says_nothing_a_slow_one_is_named_and_logs_get_one_line(mo
 # --- A console that fits: on a pseudo-terminal of 60, 80 and 200 columns. ---
 
 WIDTHS = (60, 80, 200)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def screen(data: str, width: int) -> tuple[list[str], int]:
@@ -156,25 +159,32 @@ def screen(data: str, width: int) -> tuple[list[str], int]:
   return ["".join(r).rstrip() for r in rows], wraps
 
 
+def _openpty(width: int) -> tuple[int, int]:
+  """A pseudo-terminal `width` columns wide: (master, slave) file descriptors."""
+  master, slave = os.openpty()
+  fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, width, 0, 0))
+  return master, slave
+
+
+def _drain(master: int, received: list) -> None:
+  """Reads what the terminal receives into `received` until its slave side is closed."""
+  while True:
+    try:
+      chunk = os.read(master, 65536)
+    except OSError:  # the slave side closed (Linux reports EIO)
+      return
+    if not chunk:
+      return
+    received.append(chunk)
+
+
 @contextlib.contextmanager
 def pseudo_terminal(width: int):
   """A text stream on the slave side of a pty `width` columns wide, and a list collecting what the
   terminal received (complete once the block ends)."""
-  master, slave = os.openpty()
-  fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, width, 0, 0))
+  master, slave = _openpty(width)
   received = []
-
-  def drain():
-    while True:
-      try:
-        chunk = os.read(master, 65536)
-      except OSError:  # the slave side closed
-        return
-      if not chunk:
-        return
-      received.append(chunk)
-
-  reader = threading.Thread(target=drain, daemon=True)
+  reader = threading.Thread(target=_drain, args=(master, received), daemon=True)
   reader.start()
   stream = io.TextIOWrapper(io.FileIO(slave, "w"), encoding="utf-8", line_buffering=True)
   out = []
@@ -363,28 +373,17 @@ def run_on_pty(argv: list[str], width: int) -> str:
   """What `argv` prints on a terminal `width` columns wide (stdout and stderr), COLUMNS unset."""
   import subprocess  # pylint: disable=g-import-not-at-top
 
-  master, slave = os.openpty()
-  fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, width, 0, 0))
+  master, slave = _openpty(width)
   env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
   env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                                                if p])
   proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT)
   os.close(slave)
   chunks = []
-  while True:
-    try:
-      chunk = os.read(master, 65536)
-    except OSError:  # the child closed the terminal
-      break
-    if not chunk:
-      break
-    chunks.append(chunk)
+  _drain(master, chunks)
   proc.wait(timeout=60)
   os.close(master)
   return b"".join(chunks).decode("utf-8").replace("\r\n", "\n")
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("width", WIDTHS)
