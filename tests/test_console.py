@@ -251,6 +251,11 @@ def test_the_bar_drops_its_picture_then_metrics_and_keeps_the_phase_seconds(widt
   assert len(full) > 60 and "[" in full and "eval_acc" in full
   if width == 200:
     assert line == full
+  for narrow in range(12, width):  # any width, however narrow, with and without the phase
+    assert len(bar.line(12.0, narrow)) < narrow, (narrow, bar.line(12.0, narrow))
+    bar._phase, saved = None, bar._phase
+    assert len(bar.line(12.0, narrow)) < narrow, (narrow, bar.line(12.0, narrow))
+    bar._phase = saved
 
 
 def test_a_stall_is_named_after_what_the_loop_is_doing(monkeypatch):
