@@ -188,7 +188,9 @@ class ProgressBar:
   does not depend on how often metrics are fetched; `update(step, row)` also shows the row's loss,
   accuracy and test accuracy. `track(step, array)` hands over a dispatched step's output instead:
   the bar counts the step when the array is ready, also while the loop's thread is blocked (a
-  metrics fetch waits for every step dispatched before it: tens of seconds for a vectorised group). The rate starts at the first finished step, so compilation is left out.
+  metrics fetch waits for every step dispatched before it: tens of seconds for a vectorised group).
+  The rate starts at the first finished step, so compilation is left out.
+
   On a terminal the bar is one line redrawn in place, fitted to the terminal's width, every second
   between updates, with the phase under way (`phase(text)`) or, when no step has finished for
   `QUIET_PHASE_S` and no phase is named, what the thread that made the bar is doing (`doing`); use it
@@ -211,7 +213,7 @@ class ProgressBar:
     self._thread = threading.get_ident()  # the loop's thread: a stall is named from its stack
     self._lock = _WRITE_LOCK
     self._ticker = None
-    self._inflight = collections.deque()  # (step, an output array) of steps dispatched, not yet seen done
+    self._inflight = collections.deque()  # (step, output array): dispatched, not yet seen done
     self._state = threading.RLock()  # taken before _WRITE_LOCK, never after
 
   def __enter__(self):
