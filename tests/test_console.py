@@ -1,8 +1,20 @@
-"""What a person sees: every phase of a run, a sweep and a report says what it does (captured output)."""
+"""What a person sees: every phase of a run, a sweep and a report says what it does (captured output),
+and on a pseudo-terminal of 60, 80 and 200 columns every live line fits, nothing stale is left, a
+stall is named, warnings come once, and help wraps to the width (issue 35)."""
 
+import contextlib
+import fcntl
 import io
+import logging
 import os
 import re
+import struct
+import sys
+import termios
+import threading
+import time
+
+import pytest
 
 from tests.helpers import small_config
 from resnet_jax.experiments import report
@@ -110,3 +122,279 @@ def test_a_quick_phase_says_nothing_a_slow_one_is_named_and_logs_get_one_line(mo
   with console.phase(lines.append, "plotting"):  # any other callable hears the phase once
     pass
   assert lines == ["plotting"]
+
+
+# --- A console that fits: on a pseudo-terminal of 60, 80 and 200 columns. ---
+
+WIDTHS = (60, 80, 200)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def screen(data: str, width: int) -> tuple[list[str], int]:
+  """What a terminal `width` columns wide shows after `data` (`\\r`, `\\n`, erase-line, wrapping at the
+  edge as xterm does), and how many times a line wrapped."""
+  rows, row, col, wraps, i = [[]], 0, 0, 0, 0
+  while i < len(data):
+    if data.startswith("\033[K", i):
+      del rows[row][col:]
+      i += 3
+      continue
+    ch = data[i]
+    i += 1
+    if ch == "\r":
+      col = 0
+    elif ch == "\n":  # the pty's ONLCR makes it \r\n
+      row, col = row + 1, 0
+    else:
+      if col == width:  # a character past the last column: the line wraps
+        row, col, wraps = row + 1, 0, wraps + 1
+      while len(rows) <= row:
+        rows.append([])
+      line = rows[row]
+      line += [" "] * (col + 1 - len(line))
+      line[col] = ch
+      col += 1
+    while len(rows) <= row:
+      rows.append([])
+  return ["".join(r).rstrip() for r in rows], wraps
+
+
+def _openpty(width: int) -> tuple[int, int]:
+  """A pseudo-terminal `width` columns wide: (master, slave) file descriptors."""
+  master, slave = os.openpty()
+  fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, width, 0, 0))
+  return master, slave
+
+
+def _drain(master: int, received: list) -> None:
+  """Reads what the terminal receives into `received` until its slave side is closed."""
+  while True:
+    try:
+      chunk = os.read(master, 65536)
+    except OSError:  # the slave side closed (Linux reports EIO)
+      return
+    if not chunk:
+      return
+    received.append(chunk)
+
+
+@contextlib.contextmanager
+def pseudo_terminal(width: int):
+  """A text stream on the slave side of a pty `width` columns wide, and a list collecting what the
+  terminal received (complete once the block ends)."""
+  master, slave = _openpty(width)
+  received = []
+  reader = threading.Thread(target=_drain, args=(master, received), daemon=True)
+  reader.start()
+  stream = io.TextIOWrapper(io.FileIO(slave, "w"), encoding="utf-8", line_buffering=True)
+  out = []
+  try:
+    yield stream, out
+  finally:
+    stream.flush()
+    stream.close()
+    reader.join(timeout=5)
+    os.close(master)
+    out.append(b"".join(received).decode("utf-8"))
+
+
+def test_screen_wraps_and_overwrites_as_a_terminal_does():
+  assert screen("abcdef", 4) == (["abcd", "ef"], 1)
+  assert screen("abc\rx\033[K", 4) == (["x"], 0)
+  assert screen("abcd\r\nx", 4) == (["abcd", "x"], 0)  # a full line does not wrap by itself
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_bar_and_phases_fit_the_terminal_and_leave_no_stale_lines(width):
+  text = ("runs/quickstart: resnet20 on digits, 300 steps; loading the data and building the "
+          "model's optimizer")
+  with pseudo_terminal(width) as (stream, out):
+    con = console.Console(stream=stream, redraw_s=0.02)
+    with con.phase(text):
+      time.sleep(0.1)
+      con.say("a line said meanwhile, which is long enough to need more than one row at sixty "
+              "columns, and stays whole")
+      time.sleep(0.1)
+    with console.ProgressBar(total=300, start=0, stream=stream, redraw_s=0.02, interval_s=0.0) as bar:
+      for step in range(1, 301, 7):
+        bar.update(step, {"train/loss": 0.1234, "train/accuracy": 0.5, "eval/accuracy": 0.927})
+        if step == 99:
+          with bar.phase("evaluating 8 members at step 99"):
+            time.sleep(0.1)
+      bar.update(300, force=True)
+      time.sleep(0.05)
+  rows, wraps = screen(out[0], width)
+  rows = [r for r in rows if r]
+  assert wraps == 0, rows  # nothing reached past the last column
+  assert all(len(r) < width for r in rows), rows
+  # On screen at the end: the phase (wrapped at spaces, whole), the said line above it, one bar.
+  said = [i for i, r in enumerate(rows) if r.startswith("resnet-jax: a line said")]
+  phase = [i for i, r in enumerate(rows) if r.startswith("resnet-jax: runs/quickstart")]
+  assert len(said) == 1 and len(phase) == 1 and said[0] < phase[0], rows
+  joined = " ".join(r.strip() for r in rows[phase[0]:])
+  assert text in joined and "stays whole" in " ".join(r.strip() for r in rows[:phase[0]])
+  bars = [r for r in rows if r.startswith("step ")]
+  assert len(bars) == 1 and bars[0].startswith("step 300/300"), rows
+  if width == 200:  # room for everything
+    assert re.fullmatch(r"step 300/300 \[#{24}\] 100\.0% .* step/s ETA 00:00 loss 0\.1234 acc 0\.500 "
+                        r"eval_acc 0\.927", bars[0]), bars
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_bar_drops_its_picture_then_metrics_and_keeps_the_phase_seconds(width):
+  bar = console.ProgressBar(total=60, start=0, stream=io.StringIO())
+  bar.update(1, {"train/loss": 0.5, "train/accuracy": 0.25, "eval/accuracy": 0.75})
+  bar._phase = ("evaluating 8 members at step 60 and writing what they say to the log", 0.0)
+  line = bar.line(12.0, width)
+  assert len(line) < width and line.startswith("step 1/60") and line.endswith(" (12 s)"), line
+  full = bar.line(12.0)
+  assert len(full) > 60 and "[" in full and "eval_acc" in full
+  if width == 200:
+    assert line == full
+  for narrow in range(12, width):  # any width, however narrow, with and without the phase
+    assert len(bar.line(12.0, narrow)) < narrow, (narrow, bar.line(12.0, narrow))
+    bar._phase, saved = None, bar._phase
+    assert len(bar.line(12.0, narrow)) < narrow, (narrow, bar.line(12.0, narrow))
+    bar._phase = saved
+
+
+def test_a_stall_is_named_after_what_the_loop_is_doing(monkeypatch):
+  monkeypatch.setattr(console, "QUIET_PHASE_S", 0.1)
+  monkeypatch.setitem(console.__dict__, "_DOING",
+                      (("tests/test_console.py", "_waiting_for_metrics", "fetching metrics"),))
+  with pseudo_terminal(80) as (stream, out):
+    with console.ProgressBar(total=60, start=0, stream=stream, redraw_s=0.02) as bar:
+      bar.update(1)
+      _waiting_for_metrics(0.4)  # the loop's thread is stuck here: no update, no phase named
+      bar.update(2)
+      time.sleep(0.05)  # moving again: the stall is no longer shown
+  assert re.search(r"step 1/60 .*timing\.\.\. \| fetching metrics \(0 s\)", out[0]), out[0]
+  assert not re.search(r"step 2/60 .*fetching", out[0])
+  assert console.doing(-1) == "waiting"  # no such thread
+
+
+def _waiting_for_metrics(seconds):
+  time.sleep(seconds)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_training_run_fits_the_terminal(width, tmp_path, monkeypatch):
+  """The loop's own console, on a pty: each redrawn line fits, and no stale bar or phase is left."""
+  monkeypatch.chdir(tmp_path)  # a short workdir: paths are never cut, so they must fit
+  monkeypatch.setattr(console, "REDRAW_S", 0.02)
+  with pseudo_terminal(width) as (stream, out):
+    monkeypatch.setattr(sys, "stderr", stream)
+    loop.train_and_evaluate(small_config(total_steps=6, log_every_steps=2, eval_every_steps=3,
+                                         lr_decay_steps=()), "run")
+    monkeypatch.undo()
+  rows, wraps = screen(out[0], width)
+  rows = [r for r in rows if r]
+  assert wraps == 0 and all(len(r) < width for r in rows), rows
+  assert sum(r.startswith("step ") for r in rows) == 1, rows  # one bar left, the last
+  assert rows[-1].startswith("resnet-jax: finished 6 steps"), rows
+  compiling = [r for r in rows if "compiling the train step" in r]
+  assert len(compiling) == 1, rows
+
+
+def test_warnings_print_once_each_as_resnet_jax_warning(tmp_path):
+  import warnings
+  lines = []
+  with console.routed_warnings(lines.append):
+    for _ in range(3):
+      warnings.warn("gs://bucket/run is a bucket: it cannot be locked", UserWarning)
+      with warnings.catch_warnings():  # what libraries do: Python forgets what it showed
+        warnings.simplefilter("default")
+    warnings.warn("a warning\n  on two lines", UserWarning)
+    warnings.warn_explicit("a library's", UserWarning, "lib.py", 1)
+  assert lines == ["warning: gs://bucket/run is a bucket: it cannot be locked",
+                   "warning: a warning on two lines", "warning: a library's"]
+  with pseudo_terminal(80) as (stream, out):
+    with console.routed_warnings(console.Console(stream=stream).say):
+      warnings.warn("x", UserWarning)
+  assert out[0] == "\r\033[Kresnet-jax: warning: x\r\n"
+  lines.clear()
+  library = logging.getLogger("a_library.core")  # no handler of its own: Python prints its bare text
+  own = logging.getLogger("chatty")
+  own.addHandler(logging.NullHandler())  # one with its own handler prints (or not) as it chooses
+  with console.routed_warnings(lines.append):
+    for _ in range(3):
+      library.warning("Failed to move file using moveTo API: %s. Falling back.", "503")
+    library.info("not shown")
+    library.error("it failed")
+    own.warning("not ours to print")
+  own.handlers.clear()
+  assert lines == ["warning: Failed to move file using moveTo API: 503. Falling back.",
+                   "error: it failed"]
+  assert console._LogRecords not in {type(h) for h in logging.root.handlers}  # removed after
+
+
+def test_the_command_prints_a_bucket_workdirs_warning_once_without_its_source_line(monkeypatch, capsys):
+  from resnet_jax import cli  # pylint: disable=g-import-not-at-top
+  from resnet_jax.run import workdir  # pylint: disable=g-import-not-at-top
+
+  def two_members(args):  # a sweep locks each member's workdir: the same warning, twice
+    del args
+    for _ in range(2):
+      with workdir.Lock("gs://bucket/run"):
+        pass
+    return 0
+
+  monkeypatch.setitem(cli.COMMANDS, "models", two_members)
+  assert cli.main(["models"]) == 0
+  assert capsys.readouterr().err == ("resnet-jax: warning: gs://bucket/run is a bucket: it cannot be "
+                                     "locked, so make sure no other job writes into it.\n")
+
+
+class _Output:
+  """A stand-in for a dispatched step's output array: ready once the fake device says so."""
+
+  def __init__(self):
+    self.ready = threading.Event()
+
+  def is_ready(self):
+    return self.ready.is_set()
+
+
+def test_the_bar_counts_tracked_steps_while_the_loop_is_blocked():
+  """A fetch blocks the loop's thread until every dispatched step is done; the bar still follows
+  the steps as they finish (its ticker polls them), so it never sits at step 1 meanwhile."""
+  outputs = {step: _Output() for step in range(1, 21)}
+  with pseudo_terminal(80) as (stream, out):
+    with console.ProgressBar(total=20, start=0, stream=stream, redraw_s=0.02) as bar:
+      for step, output in outputs.items():  # 20 asynchronous dispatches: nothing done yet
+        bar.track(step, output)
+      assert bar._step == 0  # pylint: disable=protected-access
+      for step in range(1, 11):  # the device finishes ten of them while the loop waits in a fetch
+        outputs[step].ready.set()
+      time.sleep(0.2)
+      assert bar._step == 10  # pylint: disable=protected-access
+      for step in range(11, 21):
+        outputs[step].ready.set()
+      time.sleep(0.1)
+  assert "step 10/20" in out[0] and re.search(r"step 20/20 .* step/s", out[0]), out[0]
+
+
+def run_on_pty(argv: list[str], width: int) -> str:
+  """What `argv` prints on a terminal `width` columns wide (stdout and stderr), COLUMNS unset."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  master, slave = _openpty(width)
+  env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+  env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                               if p])
+  proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT)
+  os.close(slave)
+  chunks = []
+  _drain(master, chunks)
+  proc.wait(timeout=60)
+  os.close(master)
+  return b"".join(chunks).decode("utf-8").replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_help_wraps_to_the_terminal(width):
+  text = run_on_pty([sys.executable, "-m", "resnet_jax.cli", "sweep", "--help"], width)
+  lines = text.rstrip("\n").splitlines()
+  assert "exit codes:" in text and len(lines) > 10, text
+  assert max(map(len, lines)) <= min(width, 100), text  # past 100 columns it reads as at 100
+  assert max(map(len, lines)) > min(width, 100) - 15, text  # and it uses the width it has

@@ -275,3 +275,43 @@ def test_figures_draw_every_seed_mark_evaluations_and_name_the_blocks(tmp_path, 
   bars = [ax for ax in figures["grad_norms.png"].axes if not ax.get_title()]
   assert [t.get_text() for t in bars[0].get_yticklabels()] == ["stem", "stage1", "stage2", "stage3",
                                                                "head"]
+
+
+def _titles_outside(fig) -> list[str]:
+  """The titles (the figure's and each panel's) that reach past the canvas, drawn at its size."""
+  fig.canvas.draw()
+  renderer, canvas = fig.canvas.get_renderer(), fig.bbox
+  texts = [fig._suptitle] + [ax.title for ax in fig.axes]  # pylint: disable=protected-access
+  return [t.get_text() for t in texts if t is not None and t.get_text() and not (
+      0 <= t.get_window_extent(renderer).x0 and t.get_window_extent(renderer).x1 <= canvas.width
+      and t.get_window_extent(renderer).y1 <= canvas.height)]
+
+
+@pytest.mark.parametrize("models", [("resnet8", "resnet20"), ("plain8", "resnet8")])
+def test_figures_have_no_empty_panel_and_titles_that_fit(tmp_path, monkeypatch, models):
+  from resnet_jax.experiments import plots  # pylint: disable=g-import-not-at-top
+
+  runs = plots._load([_fake_run(tmp_path, m, m, 0) for m in models])  # pylint: disable=protected-access
+  figures = {}
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(os.path.basename(path), fig))
+  plots.plot_curves(runs, "curves.png")
+  plots.plot_grad_norms(runs, "grad_norms.png")
+  plots.plot_responses({m: [1.0, 0.5, 0.25] for m in models}, "responses.png")
+  panels = [ax.get_title() for ax in figures["grad_norms.png"].axes if ax.get_title()]
+  if models[0] == "plain8":  # a pair: plain and residual side by side
+    assert panels == ["plain-8 (seed 0)", "resnet-8 (seed 0)"]
+  else:  # a residual-only sweep: a panel per net, none for the plain nets it does not have
+    assert panels == ["resnet-8 (seed 0)", "resnet-20 (seed 0)"], panels
+    assert len(figures["curves.png"].axes) == 1
+  for name, fig in figures.items():
+    assert not _titles_outside(fig), (name, _titles_outside(fig))
+
+
+def test_report_of_a_missing_folder_is_one_line_and_exit_2(tmp_path, capsys):
+  missing = str(tmp_path / "no" / "such" / "dir")
+  assert cli.main(["report", missing]) == 2
+  err = capsys.readouterr().err
+  assert err == f"resnet-jax report: error: {missing} is not a folder: give a sweep's --workdir, or " \
+                "one run's.\n", err
+  with pytest.raises(WorkdirError, match="no runs under"):
+    report.write_report(str(tmp_path), log=lambda _: None)  # a folder, but no runs in it

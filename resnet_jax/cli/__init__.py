@@ -8,7 +8,7 @@ import sys
 
 from resnet_jax.cli.commands import COMMANDS, needs, split_overrides  # pylint: disable=unused-import
 from resnet_jax.cli.parser import build_parser
-from resnet_jax.run import errors, extras, process
+from resnet_jax.run import console, errors, extras, process
 
 
 def main(argv=None) -> int:
@@ -22,7 +22,8 @@ def main(argv=None) -> int:
     os.environ["JAX_PLATFORMS"] = quiet
   try:
     extras.require(args.command, needs(args))
-    return args.func(args)
+    with console.routed_warnings():  # `resnet-jax: warning: ...`, each once, libraries' too
+      return args.func(args)
   except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
     code = errors.exit_code(e)
     if code is None and isinstance(e, ModuleNotFoundError) and extras.extra_of(

@@ -1,15 +1,18 @@
 """The `resnet-jax` command line: every command's arguments, help and exit codes, in one table.
 
-README's command reference holds each command's `--help` output verbatim (tests/test_readme.py keeps
-them equal), so what is written here is what users read in both places.
+README's command reference holds each command's `--help` output verbatim at 100 columns
+(tests/test_docs.py keeps them equal, with COLUMNS=100), so what is written here is what users read in
+both places. Help is wrapped to the terminal's width (argparse asks it, or COLUMNS), at most `WIDTH`.
 """
 
 import argparse
-import textwrap
+import shutil
 
 from resnet_jax import __version__
 
-WIDTH = 100  # help is wrapped at a fixed width, so it reads the same in README and any terminal
+# The widest help is wrapped: past ~100 columns lines get hard to follow (Click caps its help at 80
+# for the same reason); a narrower terminal gets help wrapped to its own width.
+WIDTH = 100
 
 OVERRIDES = ("config keys: --config.KEY=VALUE sets any key listed in resnet_jax/config/defaults.py "
              "(repeat it; an unknown key or a value of the wrong type is an error naming the key). "
@@ -38,27 +41,33 @@ EXIT = {  # command -> its exit codes
 }
 
 
-def _formatter(prog):
-  return argparse.RawDescriptionHelpFormatter(prog, width=WIDTH, max_help_position=30)
+class _Formatter(argparse.HelpFormatter):
+  """argparse's formatter, at the terminal's width (at most WIDTH), keeping the paragraphs of a
+  description or epilog (argparse's own joins them into one)."""
+
+  def __init__(self, prog):
+    super().__init__(prog, width=max(min(WIDTH, shutil.get_terminal_size().columns), 40),
+                     max_help_position=30)
+
+  def _fill_text(self, text, width, indent):
+    return "\n\n".join(super(_Formatter, self)._fill_text(p, width, indent) for p in text.split("\n\n"))
 
 
 def _epilog(command: str, *parts: str) -> str:
-  paragraphs = [*parts, f"exit codes: {EXIT[command]}"]
-  return "\n\n".join(textwrap.fill(p, WIDTH) for p in paragraphs)
+  return "\n\n".join([*parts, f"exit codes: {EXIT[command]}"])
 
 
 def _add(sub, command: str, help_text: str, *epilog_parts: str):
   return sub.add_parser(command, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
-                        epilog=_epilog(command, *epilog_parts), formatter_class=_formatter)
+                        epilog=_epilog(command, *epilog_parts), formatter_class=_Formatter)
 
 
 def build_parser(commands) -> argparse.ArgumentParser:
   """The parser; `commands` maps each command name to the function that runs it."""
   parser = argparse.ArgumentParser(
-      prog="resnet-jax", formatter_class=_formatter,
-      description=textwrap.fill("Residual and plain networks (He et al. 2015) in JAX: train, sweep, "
-                                "report, evaluate, convert torchvision weights, benchmark, compile for a "
-                                "TPU slice.", WIDTH),
+      prog="resnet-jax", formatter_class=_Formatter,
+      description="Residual and plain networks (He et al. 2015) in JAX: train, sweep, report, evaluate, "
+                  "convert torchvision weights, benchmark, compile for a TPU slice.",
       epilog="`resnet-jax COMMAND --help` describes each command, its options and exit codes.")
   parser.add_argument("--version", action="version", version=f"resnet-jax {__version__}")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

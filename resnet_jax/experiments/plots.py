@@ -3,7 +3,8 @@
   curves.png      Fig. 1 / Fig. 6: training error (dashed) and test error (bold) per depth, plain and
                   residual side by side;
   grad_norms.png  per-block gradient norms over training, plain vs residual of the same depth: the
-                  vanishing gradient the shortcuts cure, made visible;
+                  vanishing gradient the shortcuts cure, made visible (without such pairs, e.g. a
+                  residual-only sweep, one panel per net: no empty panels);
   responses.png   Fig. 7: std of each layer's response (after BN, before ReLU/addition) of the trained
                   nets, in network order and sorted by magnitude.
 """
@@ -11,6 +12,7 @@
 import io
 import json
 import re
+import textwrap
 
 from etils import epath
 import numpy as np
@@ -85,7 +87,8 @@ def plot_curves(runs, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel("error (%)")
-  fig.suptitle("Training (dashed) and test (bold, dots: evaluations) error, as He et al. 2015 Fig. 1/6")
+  _suptitle(fig, "Training (dashed) and test (bold, dots: evaluations) error, as He et al. 2015 "
+                 "Fig. 1/6")
   fig.tight_layout()
   _save(fig, path)
 
@@ -99,26 +102,20 @@ def _smooth(x, w):
 def plot_grad_norms(runs, path):
   """Every block's gradient norm over training, one line per block coloured from the stem (dark) to
   the head (light) with a colour bar naming the stages; plain and residual of a depth side by side
-  on shared axes, so their scales compare at a glance. The first seed of each net."""
+  on shared axes, so their scales compare at a glance (without such pairs, one panel per net). The
+  first seed of each net."""
   plt = _plt()
-  depths = sorted({r["depth"] for r in runs if r["family"] == "plain"} &
-                  {r["depth"] for r in runs if r["family"] == "resnet"})
-  if not depths:
-    depths = sorted({r["depth"] for r in runs})
-  fig, axes = plt.subplots(len(depths), 2, figsize=(12, 3.8 * len(depths)), squeeze=False,
-                           sharex="row", sharey="row")
+  grid = grad_norm_panels(runs)
+  fig, axes = plt.subplots(len(grid), len(grid[0]), figsize=(6 * len(grid[0]), 3.8 * len(grid)),
+                           squeeze=False, sharex="row", sharey="row")
   cmap = plt.get_cmap("viridis")
-  for row, depth in zip(axes, depths):
-    for ax, family in zip(row, ("plain", "resnet")):
-      match = [r for r in runs if r["family"] == family and r["depth"] == depth]
-      ax.set_title(f"{family}-{depth}" + (f" ({_seeds_label({'seeds': match[0]['seeds'][:1]})})"
-                                          if match else ": no run"))
+  for row, nets in zip(axes, grid):
+    for ax, net in zip(row, nets):
+      ax.set_title(f"{net['family']}-{net['depth']} ({_seeds_label({'seeds': net['seeds'][:1]})})")
       ax.set_yscale("log")
       ax.set_xlabel("iteration")
       ax.grid(alpha=0.3)
-      if not match:
-        continue
-      rows = match[0]["rows"]
+      rows = net["rows"]
       keys = _block_keys(rows[0])
       w = curves.window_size(len(rows))
       steps = _smooth(np.array([r["step"] for r in rows], np.float64), w)
@@ -127,9 +124,32 @@ def plot_grad_norms(runs, path):
         ax.plot(steps, values, color=cmap(i / max(1, len(keys) - 1)), lw=1)
       _block_colorbar(fig, ax, keys, cmap)
     row[0].set_ylabel("gradient norm (log)")
-  fig.suptitle("Per-block gradient norms, stem (dark) to head (light); shared axes per depth")
+  _suptitle(fig, "Per-block gradient norms, stem (dark) to head (light)" +
+            ("; shared axes per depth" if len(grid[0]) == 2 else ""))
   fig.tight_layout()
   _save(fig, path)
+
+
+def grad_norm_panels(runs) -> list[list[dict]]:
+  """The rows of grad_norms.png's panels: [plain, residual] for each depth that has both, else one
+  net per row (a residual-only sweep draws no empty plain panels)."""
+  by_net = {(r["family"], r["depth"]): r for r in runs}
+  depths = sorted({d for f, d in by_net if f == "plain"} & {d for f, d in by_net if f == "resnet"})
+  if depths:
+    return [[by_net["plain", d], by_net["resnet", d]] for d in depths]
+  return [[r] for r in sorted(runs, key=lambda r: (r["depth"], r["family"]))]
+
+
+def _suptitle(fig, text: str):
+  """The figure's title, wrapped at spaces until it fits the canvas (matplotlib clips a long one on
+  both sides, and `tight_layout` then makes room for the lines it has)."""
+  title = fig.suptitle(text)
+  renderer = fig.canvas.get_renderer()
+  for width in range(len(text), 19, -4):
+    title.set_text(textwrap.fill(text, width))
+    if title.get_window_extent(renderer).width <= 0.96 * fig.bbox.width:
+      break
+  return title
 
 
 def _block_colorbar(fig, ax, keys, cmap) -> None:
@@ -177,7 +197,7 @@ def plot_responses(stds: dict, path):
     ax.set_ylabel("std")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  fig.suptitle("Std of layer responses (after BN, before ReLU/addition), He et al. 2015 Fig. 7")
+  _suptitle(fig, "Std of layer responses (after BN, before ReLU/addition), He et al. 2015 Fig. 7")
   fig.tight_layout()
   _save(fig, path)
 

@@ -141,6 +141,8 @@ def write_report(root, plots: bool = True, responses: bool = True, log=None) -> 
   `root` is a local path or a bucket URL. `log(text)` hears one line per phase and the paths written.
   """
   log = log or console.Console().say
+  if not epath.Path(root).is_dir():
+    raise WorkdirError(f"{root} is not a folder: give a sweep's --workdir, or one run's.")
   dirs = run_dirs(root)
   if not dirs:
     raise WorkdirError(f"no runs under {root} (a run directory holds config.json and metrics.jsonl).")

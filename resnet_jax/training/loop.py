@@ -185,7 +185,7 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
   first = (k, metrics)
   progress = console.ProgressBar(c.total_steps, start) if lead else None
   with progress or contextlib.nullcontext():
-    inflight = collections.deque()  # (step, a metric array) of dispatched steps not yet seen done
+    inflight = collections.deque()  # an output of each dispatch not yet seen done
     while n < until and any(m.error is None for m in segment):
       if first is not None:
         (k, metrics), first = first, None
@@ -194,14 +194,15 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
         state, metrics = trainer.dispatch(state, n, k)
       pending.append(metrics)
       n, n_pending = n + k, n_pending + k
-      # Host-side counts of finished steps: the bar moves at every step without a device sync, and
-      # the host waits once more than MAX_IN_FLIGHT dispatches are queued.
-      inflight.append((n, next(iter(metrics.values()))))
-      while inflight and (len(inflight) > MAX_IN_FLIGHT or inflight[0][1].is_ready()):
-        done, ready = inflight.popleft()
-        ready.block_until_ready()
-        if progress is not None:
-          progress.update(done)
+      latest = next(iter(metrics.values()))
+      if progress is not None:
+        # Progress from host-side counts of finished steps, at every step: no device sync; the
+        # bar's ticker keeps counting them while a fetch below waits for the device.
+        progress.track(n, latest)
+      # The host waits once more than MAX_IN_FLIGHT dispatches are queued (a stop saves soon).
+      inflight.append(latest)
+      while len(inflight) > MAX_IN_FLIGHT:
+        inflight.popleft().block_until_ready()
       act = cadence.after(n, stopping=stop.reached(n, k), segment_end=n == until)
       if not act.log:
         continue
