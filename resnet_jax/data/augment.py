@@ -175,6 +175,28 @@ def crop_resize(image, box, size: int, channels: int) -> np.ndarray:
   return to_array(out, channels)
 
 
+def crop_boxes(augment: str, params: dict, heights: np.ndarray, widths: np.ndarray,
+               size: int) -> np.ndarray:
+  """Each image's box (B, 4): the training crop of `augment` ('inception' or 'scale') drawn from
+  `params`, else the evaluation view's centre square."""
+  if augment == "inception":
+    return inception_boxes(params["u"], heights, widths)
+  if augment == "scale":
+    return scale_boxes(params["u"], heights, widths, size)
+  return center_boxes(heights, widths)
+
+
+def decode_crops(data, augment: str, params: dict, size: int, channels: int) -> np.ndarray:
+  """uint8 (B, size, size, C): encoded images `data` cropped by `crop_boxes`, resized, and mirrored
+  where `params["flip"]` says (evaluation: augment 'none' and no flips)."""
+  images = [open_image(d, channels) for d in data]
+  heights = np.array([im.height for im in images])
+  widths = np.array([im.width for im in images])
+  boxes = crop_boxes(augment, params, heights, widths, size)
+  out = np.stack([crop_resize(im, b, size, channels) for im, b in zip(images, boxes)])
+  return flip_images(out, params["flip"]) if "flip" in params else out
+
+
 class Normalizer:
   """uint8 images -> float32: per-channel standardisation or the paper's per-pixel mean subtraction.
 

@@ -162,17 +162,8 @@ class TfdsDataset:
     data = [r[self.image_key] for r in records]
     if self.fixed and not (train and self.augment in ("inception", "scale")):
       return np.stack([aug.to_array(aug.open_image(d, self.channels), self.channels) for d in data])
-    images = [aug.open_image(d, self.channels) for d in data]
-    heights = np.array([im.height for im in images])
-    widths = np.array([im.width for im in images])
-    if train and self.augment == "inception":
-      boxes = aug.inception_boxes(params["u"], heights, widths)
-    elif train and self.augment == "scale":
-      boxes = aug.scale_boxes(params["u"], heights, widths, self.size)
-    else:
-      boxes = aug.center_boxes(heights, widths)
-    out = np.stack([aug.crop_resize(im, b, self.size, self.channels) for im, b in zip(images, boxes)])
-    return aug.flip_images(out, params["flip"]) if "flip" in params else out
+    return aug.decode_crops(data, self.augment if train else "none", params, self.size,
+                            self.channels)
 
   def _images(self, records, params: dict, train: bool) -> np.ndarray:
     offsets = aug.pca_offsets(params["alpha"]) if "alpha" in params else None
