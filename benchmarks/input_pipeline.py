@@ -69,12 +69,13 @@ def ours(train: bool):
   from resnet_jax.data import sampling  # pylint: disable=g-import-not-at-top
 
   normalizer = aug.Normalizer.torchvision()
+  aug.keep_image_blocks()  # as TfdsDataset does
   augment = "inception" if train else "none"
 
   def batch(data, step):
     params = aug.sample_params(augment, np.random.default_rng([0, step, sampling._AUGMENT_STREAM]),  # pylint: disable=protected-access
                                len(data)) if train else {}
-    return normalizer(aug.decode_crops(data, augment, params, SIZE, 3))
+    return aug.decode_crops(data, augment, params, SIZE, 3, normalizer)  # as TfdsDataset._images
 
   return batch
 

@@ -62,6 +62,7 @@ class TfdsDataset:
       self.size = image_size or default_image_size  # ImageNet nets: 224x224 crops (sec. 3.4)
 
     decoders = {self.image_key: tfds_module().decode.SkipDecoding()}  # we decode (and crop) with PIL
+    aug.keep_image_blocks()
     self._train = builder.as_data_source(split="train", decoders=decoders)
     n = len(self._train)
     if not 0 <= validation_split < n:
@@ -157,17 +158,23 @@ class TfdsDataset:
   def _labels(self, records) -> np.ndarray:
     return np.asarray([r[self.label_key] for r in records], np.int32)
 
-  def decode(self, records, params: dict, train: bool) -> np.ndarray:
-    """uint8 images (B, size, size, C) of `records`: augmented if `train`, else the eval view."""
+  def decode(self, records, params: dict, train: bool, normalizer=None) -> np.ndarray:
+    """uint8 images (B, size, size, C) of `records`: augmented if `train`, else the eval view.
+
+    With `normalizer`, variable-size images come back normalised (float32, PCA offsets of `params`
+    added): the same values as normalising the uint8 images, in one pass (`aug.decode_crops`).
+    """
     data = [r[self.image_key] for r in records]
     if self.fixed and not (train and self.augment in ("inception", "scale")):
-      return np.stack([aug.to_array(aug.open_image(d, self.channels), self.channels) for d in data])
+      images = np.stack([aug.to_array(aug.open_image(d, self.channels), self.channels) for d in data])
+      if normalizer is None:
+        return images
+      return normalizer(images, aug.pca_offsets(params["alpha"]) if "alpha" in params else None)
     return aug.decode_crops(data, self.augment if train else "none", params, self.size,
-                            self.channels)
+                            self.channels, normalizer)
 
   def _images(self, records, params: dict, train: bool) -> np.ndarray:
-    offsets = aug.pca_offsets(params["alpha"]) if "alpha" in params else None
-    images = self.normalizer(self.decode(records, params, train), offsets)
+    images = self.decode(records, params, train, self.normalizer)
     if train and self.augment == "cifar":
       # Normalise first, then zero-pad: the padding is the mean colour, as with the paper's
       # mean-subtracted inputs (sec. 4.2).
