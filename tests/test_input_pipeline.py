@@ -17,6 +17,7 @@ from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax.data import augment as aug
 from resnet_jax.data import tfds_builder, tfds_source
+from resnet_jax.data.readahead import ReadAhead
 from resnet_jax.run.errors import ConfigError
 from resnet_jax.training import validation
 
@@ -325,3 +326,33 @@ def test_ten_crop_testing_views_and_scores(imagenet_data_dir, cifar10_data_dir):
       probs[np.arange(3), first["label"]])), rtol=1e-5)
   with pytest.raises(ValueError, match="tested on their original view"):
     tfds_source.TfdsDataset("cifar10", cifar10_data_dir, eval_crops="ten")
+
+
+
+def test_read_ahead_serves_fn_of_key_and_step_in_any_request_order():
+  # pow(key, k) stands for a batch function. Worker processes: the next test (each pool of
+  # workers takes seconds to start, so it is started as few times as possible).
+  for threads in (0, 2):
+    ahead = ReadAhead(pow, threads, 4)
+    assert [ahead.get(3, k) for k in (0, 1, 2, 7, 8, 2)] == [3 ** k for k in (0, 1, 2, 7, 8, 2)]
+    assert list(ahead.run(2, 5, 11)) == [2 ** k for k in range(5, 11)]
+    ahead.close()
+
+
+def test_batches_do_not_depend_on_worker_processes(imagenet_data_dir):
+  """Worker processes (Grain mp_prefetch) build the same batches as one process: batch k is a pure
+  function of (seed, step), served in order; evaluation too."""
+  _, data_dir = imagenet_data_dir
+  make = lambda workers: tfds_source.TfdsDataset(
+      "imagenet2012", data_dir, augment="inception", image_size=32, data_workers=workers,
+      prefetch_batches=2, color_std=0.1, normalization_examples=4)
+  alone, two = make(0), make(2)
+  for k in range(3):
+    got, want = two.train_batch(5, k, 6), alone.train_batch(5, k, 6)
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["label"], want["label"])
+  for got, want in zip(two.eval_batches(2), alone.eval_batches(2), strict=True):
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["mask"], want["mask"])
+  with pytest.raises(ConfigError, match="data_workers=-1 must be >= 0"):
+    make(-1)

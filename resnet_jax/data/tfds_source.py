@@ -33,7 +33,7 @@ class TfdsDataset:
                normalization: str = "per_channel", validation_split: int = 0, image_size: int = 0,
                normalization_examples: int = 50000, data_threads: int = 0, prefetch_batches: int = 2,
                cache_dir: str = "", default_image_size: int = 224, eval_crops: str = "center",
-               color_std: float = 0.0, eval_scales: tuple = ()):
+               color_std: float = 0.0, eval_scales: tuple = (), data_workers: int = 0):
     self.eval_crops, self.color_std, self.eval_scales = eval_crops, color_std, tuple(eval_scales)
     builder = open_builder(name, data_dir, cache_dir)
     info = builder.info
@@ -77,8 +77,10 @@ class TfdsDataset:
       self._eval = builder.as_data_source(split=split, decoders=decoders)
       self._eval_offset, self.eval_size, self.eval_split = 0, len(self._eval), split
 
-    self._ahead = ReadAhead(self._load_train, data_threads, prefetch_batches)
-    self._eval_ahead = ReadAhead(self._load_eval, data_threads, prefetch_batches)
+    if data_workers < 0:
+      raise ConfigError(f"data_workers={data_workers} must be >= 0 (0: no worker processes).")
+    self._ahead = ReadAhead(self._load_train, data_threads, prefetch_batches, data_workers)
+    self._eval_ahead = ReadAhead(self._load_eval, data_threads, prefetch_batches, data_workers)
     key = (name, str(builder.data_dir), self.train_size, min(normalization_examples, self.train_size),
            normalization, self.size)
     if normalization == "torchvision":  # fixed constants: no pass over the images
@@ -93,7 +95,22 @@ class TfdsDataset:
                config.validation_split, config.image_size, config.normalization_examples,
                config.data_threads, config.prefetch_batches, config.data_cache_dir, default_image_size,
                config.eval_crops, config.color_augment_std if config.color_augment == "pca" else 0.0,
-               config.eval_scales)
+               config.eval_scales, config.data_workers)
+
+  def close(self) -> None:
+    """Stops reading ahead (and so any worker processes); a later request starts again."""
+    self._ahead.close()
+    self._eval_ahead.close()
+
+  def __getstate__(self) -> dict:
+    """What a data-loading worker process needs: everything but the read-ahead streams."""
+    state = dict(self.__dict__)
+    state["_ahead"] = state["_eval_ahead"] = None
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    aug.keep_image_blocks()
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -101,11 +118,12 @@ class TfdsDataset:
 
   def train_batch(self, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """This process's share of global training batch `step` (0-based): a pure function of its args."""
-    return self._ahead.get((seed, batch_size), step)
+    return self._ahead.get((seed, batch_size, sampling.this_shard()), step)
 
   def eval_batches(self, batch_size: int):
     """The whole evaluation split once, in order; the last batch is padded and masked (mask 0)."""
-    return self._eval_ahead.run(batch_size, 0, sampling.num_eval_batches(batch_size, self.eval_size))
+    return self._eval_ahead.run((batch_size, sampling.this_shard()), 0,
+                                sampling.num_eval_batches(batch_size, self.eval_size))
 
   def records(self, indices, split: str = "train") -> list[dict]:
     """TFDS records (image still encoded) at `indices` of the training or evaluation examples."""
@@ -114,14 +132,15 @@ class TfdsDataset:
     return self._eval.__getitems__([int(i) + self._eval_offset for i in indices])
 
   def _load_train(self, key, step: int) -> dict[str, np.ndarray]:
-    seed, batch_size = key
+    seed, batch_size, shard = key
     idx, params = sampling.batch_plan(seed, step, batch_size, self.train_size, self.augment,
-                                      self.color_std)
+                                      self.color_std, shard)
     records = self.records(idx)
     return {"image": self._images(records, params, train=True), "label": self._labels(records)}
 
-  def _load_eval(self, batch_size: int, j: int) -> dict[str, np.ndarray]:
-    idx, mask = sampling.eval_batch_plan(batch_size, self.eval_size, j)
+  def _load_eval(self, key, j: int) -> dict[str, np.ndarray]:
+    batch_size, shard = key
+    idx, mask = sampling.eval_batch_plan(batch_size, self.eval_size, j, shard)
     records = self.records(idx, "eval")
     if self.eval_crops == "ten":
       images = self.normalizer(self.ten_crops(records))
