@@ -15,6 +15,8 @@ pools would do:
   tf-eval       the Flax example's preprocess_for_eval (decode_and_crop_jpeg of the padded centre,
                 resize 224)
   torch-eval    Resize(256), CenterCrop(224), ToTensor, Normalize
+  ours-train-uint8  ours-train without the normalisation: uint8 batches, what the host would do if
+                the normalisation ran on the device (the trainer does not do that yet)
 
 Each subprocess decodes every image once to warm up, then times `--passes` passes over the set in
 batches. It reports images per CPU-second (process CPU time, all threads: the robust per-core
@@ -42,7 +44,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
-PIPELINES = ("ours-train", "tf-train", "torch-train", "ours-eval", "tf-eval", "torch-eval")
+PIPELINES = ("ours-train", "tf-train", "torch-train", "ours-eval", "tf-eval", "torch-eval",
+             "ours-train-uint8")
 SIZE = 224
 # The Flax example's constants (examples/imagenet/input_pipeline.py): 0-255 pixel units.
 MEAN_RGB = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -63,7 +66,7 @@ def cpu_model() -> str:
 
 # --- the pipelines: each returns a function batch(data: list[bytes], step: int) -> array ---------
 
-def ours(train: bool):
+def ours(train: bool, normalize: bool = True):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from resnet_jax.data import augment as aug  # pylint: disable=g-import-not-at-top
   from resnet_jax.data import sampling  # pylint: disable=g-import-not-at-top
@@ -75,7 +78,8 @@ def ours(train: bool):
   def batch(data, step):
     params = aug.sample_params(augment, np.random.default_rng([0, step, sampling._AUGMENT_STREAM]),  # pylint: disable=protected-access
                                len(data)) if train else {}
-    return aug.decode_crops(data, augment, params, SIZE, 3, normalizer)  # as TfdsDataset._images
+    # As TfdsDataset._images does (normalised in the same pass), or uint8.
+    return aug.decode_crops(data, augment, params, SIZE, 3, normalizer if normalize else None)
 
   return batch
 
@@ -173,7 +177,7 @@ def run_worker(name: str, path: str, batch_size: int, passes: int, cpu: int) -> 
   with open(path, "rb") as f:
     data = json.load(f)
   data = [bytes.fromhex(d) for d in data]
-  train = name.endswith("train")
+  train = "train" in name
   kind = name.split("-")[0]
   steps = len(data) // batch_size
   chunks = [data[k * batch_size:(k + 1) * batch_size] for k in range(steps)]
@@ -181,7 +185,7 @@ def run_worker(name: str, path: str, batch_size: int, passes: int, cpu: int) -> 
     stream = tf_flax(train)(data, batch_size)
     epoch = lambda p: (next(stream) for _ in range(steps))
   else:
-    fn = ours(train) if kind == "ours" else torchvision_pil(train)
+    fn = (ours(train, not name.endswith("uint8")) if kind == "ours" else torchvision_pil(train))
     epoch = lambda p: (fn(c, p * steps + k) for k, c in enumerate(chunks))
   shape = None
   for b in epoch(0):  # warm-up: every image once (imports, thread pools, caches)
@@ -247,7 +251,7 @@ def main(argv=None) -> int:
     os.unlink(f.name)
 
   def ratio(name, key, r):
-    ref = results.get(name.replace(name.split("-")[0], "tf"))
+    ref = results.get("tf-" + name.split("-")[1])
     return results[name][r][key] / ref[r][key] if ref else None
 
   summary = {}

@@ -6,12 +6,13 @@ sliced per process, so the global batch is the same on any number of processes. 
 per example (in PIL's C code, which releases the GIL so read-ahead threads overlap).
 """
 
+import contextlib
 import io
 
 import numpy as np
 
 from resnet_jax.checks import check_choice
-from resnet_jax.run.errors import ConfigError
+from resnet_jax.run.errors import ConfigError, DataError
 
 AUGMENTS = ("none", "cifar", "inception", "scale")
 NORMALIZATIONS = ("per_channel", "per_pixel_mean", "torchvision")
@@ -164,6 +165,38 @@ def keep_image_blocks(blocks: int = PIL_BLOCKS_CACHED) -> None:
     Image.core.set_blocks_max(blocks)
 
 
+class UnreadableImageError(DataError):
+  """Encoded image `position` of a batch cannot be decoded; its reader names the record."""
+
+  def __init__(self, position: int, cause):
+    super().__init__(f"image {position} of the batch cannot be decoded ({cause})")
+    self.position, self.cause = position, cause
+
+
+@contextlib.contextmanager
+def image_errors(position: int):
+  """Turns PIL's errors for bytes it cannot decode into an UnreadableImageError naming `position`."""
+  from PIL import UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+
+  try:
+    yield
+  except UnidentifiedImageError as e:  # its message shows a BytesIO object's address
+    raise UnreadableImageError(position, "not in an image format PIL recognises") from e
+  except (OSError, SyntaxError) as e:  # PIL's for a corrupt or truncated image: no I/O here
+    raise UnreadableImageError(position, e) from e
+
+
+def load_images(data, channels: int) -> list:
+  """Decoded PIL images of the encoded images `data` (UnreadableImageError names a bad one)."""
+  images = []
+  for i, d in enumerate(data):
+    with image_errors(i):
+      image = open_image(d, channels)
+      image.load()
+    images.append(image)
+  return images
+
+
 def open_image(data: bytes, channels: int):
   """A lazily decoded PIL image (header only) in the mode `channels` asks for."""
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
@@ -209,7 +242,10 @@ def decode_crops(data, augment: str, params: dict, size: int, channels: int,
   uint8, or with `normalizer` float32 `normalizer(uint8 crops, PCA offsets of params["alpha"])`,
   bit for bit, each crop normalised while it is in cache instead of in a second pass.
   """
-  images = [open_image(d, channels) for d in data]
+  images = []
+  for i, d in enumerate(data):  # headers only: each image is decoded as it is cropped, while hot
+    with image_errors(i):
+      images.append(open_image(d, channels))
   heights = np.array([im.height for im in images])
   widths = np.array([im.width for im in images])
   boxes = crop_boxes(augment, params, heights, widths, size)
@@ -224,7 +260,8 @@ def decode_crops(data, augment: str, params: dict, size: int, channels: int,
     out = np.empty(shape, np.float32)
     write = normalizer.rows_writer(out, pca_offsets(params["alpha"]) if "alpha" in params else None)
   for i, (image, box) in enumerate(zip(images, boxes)):
-    crop = crop_resize(image, box, size, channels)
+    with image_errors(i):
+      crop = crop_resize(image, box, size, channels)
     write(i, crop[:, ::-1] if flips[i] else crop)
   return out
 

@@ -7,13 +7,15 @@ NumPy/PIL, and Grain threads build the next batches ahead (`readahead.ReadAhead`
 TensorFlow is needed only to BUILD a dataset (download_and_prepare or `resnet-jax prepare`).
 """
 
+import contextlib
+
 import numpy as np
 
 from resnet_jax.data import augment as aug
 from resnet_jax.data import sampling
 from resnet_jax.data.readahead import ReadAhead
 from resnet_jax.data.tfds_builder import base_name, open_builder, tfds_module
-from resnet_jax.run.errors import ConfigError
+from resnet_jax.run.errors import ConfigError, DataError
 
 # Datasets whose `test` split carries no labels (ImageNet's test images are unlabelled: label -1).
 _EVAL_ON_VALIDATION = ("imagenet2012",)
@@ -36,6 +38,7 @@ class TfdsDataset:
                color_std: float = 0.0, eval_scales: tuple = (), data_workers: int = 0):
     self.eval_crops, self.color_std, self.eval_scales = eval_crops, color_std, tuple(eval_scales)
     builder = open_builder(name, data_dir, cache_dir)
+    self._data_dir = str(builder.data_dir)
     info = builder.info
     if not info.supervised_keys or len(info.supervised_keys) != 2:
       raise ConfigError(f"dataset={name!r} has no (image, label) supervised keys: not an image-classification "
@@ -127,21 +130,53 @@ class TfdsDataset:
 
   def records(self, indices, split: str = "train") -> list[dict]:
     """TFDS records (image still encoded) at `indices` of the training or evaluation examples."""
+    indices = [int(i) for i in indices]
     if split == "train":
-      return self._train.__getitems__([int(i) for i in indices])
-    return self._eval.__getitems__([int(i) + self._eval_offset for i in indices])
+      records = self._train.__getitems__(indices)
+    else:
+      records = self._eval.__getitems__([i + self._eval_offset for i in indices])
+    for i, r in zip(indices, records):
+      if not r.get(self.image_key) or r.get(self.label_key) is None:
+        # What array_record gives for a record in a truncated or damaged file: every field None.
+        raise DataError(f"{self._where(split, i, r)} is empty: its array_record file is truncated or "
+                        f"damaged; prepare {self.name} again (resnet-jax prepare).")
+    return records
+
+  def _where(self, split: str, index: int, record: dict) -> str:
+    """How an error names a record: dataset, split, index and, where stored, its original file."""
+    name = record.get("file_name")
+    name = f" ({name.decode() if isinstance(name, bytes) else name})" if name else ""
+    split = split if split == "train" else self.eval_split
+    return f"{self.name} {split} example {index}{name} in {self._data_dir}"
+
+  @contextlib.contextmanager
+  def _naming(self, records, indices, split: str):
+    """An image of `records` that cannot be decoded becomes a DataError naming its record."""
+    try:
+      yield
+    except aug.UnreadableImageError as e:
+      where = self._where(split, int(indices[e.position]), records[e.position])
+      raise DataError(f"{where} is not a readable image ({e.cause}); replace it and prepare "
+                      f"{self.name} again (resnet-jax prepare).") from e
 
   def _load_train(self, key, step: int) -> dict[str, np.ndarray]:
     seed, batch_size, shard = key
     idx, params = sampling.batch_plan(seed, step, batch_size, self.train_size, self.augment,
                                       self.color_std, shard)
     records = self.records(idx)
-    return {"image": self._images(records, params, train=True), "label": self._labels(records)}
+    with self._naming(records, idx, "train"):
+      images = self._images(records, params, train=True)
+    return {"image": images, "label": self._labels(records)}
 
   def _load_eval(self, key, j: int) -> dict[str, np.ndarray]:
     batch_size, shard = key
     idx, mask = sampling.eval_batch_plan(batch_size, self.eval_size, j, shard)
     records = self.records(idx, "eval")
+    with self._naming(records, idx, "eval"):
+      images = self._eval_images(records)
+    return {"image": images, "label": self._labels(records), "mask": mask}
+
+  def _eval_images(self, records):
     if self.eval_crops == "ten":
       images = self.normalizer(self.ten_crops(records))
     elif self.eval_crops == "multiscale":  # one array per scale: their sizes differ
@@ -149,7 +184,7 @@ class TfdsDataset:
                      for s in self.eval_scales)
     else:
       images = self._images(records, {}, train=False)
-    return {"image": images, "label": self._labels(records), "mask": mask}
+    return images
 
   def square_crops(self, records, side: int) -> np.ndarray:
     """uint8 (B, side, side, C): each image's shorter side resized to `side`, its central square.
@@ -158,7 +193,7 @@ class TfdsDataset:
     at several scales of the shorter side; a batch needs one shape per scale, so each scale sees the
     central square of the image at that scale (75% of a 4:3 photograph) rather than all of it.
     """
-    images = [aug.open_image(r[self.image_key], self.channels) for r in records]
+    images = aug.load_images([r[self.image_key] for r in records], self.channels)
     heights = np.array([im.height for im in images])
     widths = np.array([im.width for im in images])
     boxes = aug.center_boxes(heights, widths, fraction=1.0)
@@ -166,7 +201,7 @@ class TfdsDataset:
 
   def ten_crops(self, records) -> np.ndarray:
     """uint8 (B, 10, size, size, C): the five `ten_crop_boxes` crops of each image, then their flips."""
-    images = [aug.open_image(r[self.image_key], self.channels) for r in records]
+    images = aug.load_images([r[self.image_key] for r in records], self.channels)
     heights = np.array([im.height for im in images])
     widths = np.array([im.width for im in images])
     boxes = aug.ten_crop_boxes(heights, widths)
@@ -185,7 +220,7 @@ class TfdsDataset:
     """
     data = [r[self.image_key] for r in records]
     if self.fixed and not (train and self.augment in ("inception", "scale")):
-      images = np.stack([aug.to_array(aug.open_image(d, self.channels), self.channels) for d in data])
+      images = np.stack([aug.to_array(im, self.channels) for im in aug.load_images(data, self.channels)])
       if normalizer is None:
         return images
       return normalizer(images, aug.pca_offsets(params["alpha"]) if "alpha" in params else None)
@@ -217,7 +252,10 @@ class TfdsDataset:
     per = min(500, max(1, _STATS_CHUNK_PIXELS // (self.size * self.size * self.channels)))
 
     def chunk(_, j):
-      return fn(self.records(range(j * per, min((j + 1) * per, count))))
+      indices = range(j * per, min((j + 1) * per, count))
+      records = self.records(indices)
+      with self._naming(records, indices, "train"):
+        return fn(records)
 
     return ReadAhead(chunk, self._ahead.num_threads, 2).run(None, 0, -(-count // per))
 
