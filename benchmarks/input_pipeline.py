@@ -17,6 +17,11 @@ pools would do:
   torch-eval    Resize(256), CenterCrop(224), ToTensor, Normalize
   ours-train-uint8  ours-train without the normalisation: uint8 batches, what the host would do if
                 the normalisation ran on the device (the trainer does not do that yet)
+  ours-train-split  (only when named in --pipelines) ours-train with its time split by where it is
+                spent: JPEG decode and PIL resize (C code that releases the GIL), the normalisation's
+                NumPy loops (large arrays: released too), and the rest, Python and the calls that
+                keep the GIL (np.asarray of a PIL image among them): the serial part of each image
+                when threads share one interpreter, for an Amdahl bound on threads per process
 
 Each subprocess decodes every image once to warm up, then times `--passes` passes over the set in
 batches. It reports images per CPU-second (process CPU time, all threads: the robust per-core
@@ -67,7 +72,6 @@ def cpu_model() -> str:
 # --- the pipelines: each returns a function batch(data: list[bytes], step: int) -> array ---------
 
 def ours(train: bool, normalize: bool = True):
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from resnet_jax.data import augment as aug  # pylint: disable=g-import-not-at-top
   from resnet_jax.data import sampling  # pylint: disable=g-import-not-at-top
 
@@ -76,8 +80,8 @@ def ours(train: bool, normalize: bool = True):
   augment = "inception" if train else "none"
 
   def batch(data, step):
-    params = aug.sample_params(augment, np.random.default_rng([0, step, sampling._AUGMENT_STREAM]),  # pylint: disable=protected-access
-                               len(data)) if train else {}
+    # The draws of global batch `step` of seed 0 on one process, as a run makes them.
+    params = sampling.batch_plan(0, step, len(data), len(data), augment, shard=(1, 0))[1]
     # As TfdsDataset._images does (normalised in the same pass), or uint8.
     return aug.decode_crops(data, augment, params, SIZE, 3, normalizer if normalize else None)
 
@@ -170,6 +174,50 @@ def torchvision_pil(train: bool):
   return batch
 
 
+class GilSplit:
+  """Thread CPU time spent in the calls that release the GIL, by patching them (ours-train-split).
+
+  Counted as released: PIL's `ImageFile.load` (the JPEG decode), `Image.resize` less the load it
+  triggers, and the normaliser's per-image write (NumPy ufunc loops over 150k values). Their own few
+  Python lines are counted with them, so the held share is a slight underestimate on that side.
+  """
+
+  def __init__(self):
+    from PIL import Image, ImageFile  # pylint: disable=g-import-not-at-top
+    from resnet_jax.data import augment as aug  # pylint: disable=g-import-not-at-top
+
+    self.seconds = {"decode": 0.0, "resize": 0.0, "normalise": 0.0}
+    load, resize, rows_writer = ImageFile.ImageFile.load, Image.Image.resize, aug.Normalizer.rows_writer
+    split = self
+
+    def timed_load(image, *args, **kwargs):
+      t = time.thread_time()
+      try:
+        return load(image, *args, **kwargs)
+      finally:
+        split.seconds["decode"] += time.thread_time() - t
+
+    def timed_resize(image, *args, **kwargs):
+      t, before = time.thread_time(), split.seconds["decode"]
+      try:
+        return resize(image, *args, **kwargs)
+      finally:
+        split.seconds["resize"] += time.thread_time() - t - (split.seconds["decode"] - before)
+
+    def timed_rows_writer(normalizer, *args, **kwargs):
+      write = rows_writer(normalizer, *args, **kwargs)
+
+      def timed_write(i, image):
+        t = time.thread_time()
+        write(i, image)
+        split.seconds["normalise"] += time.thread_time() - t
+
+      return timed_write
+
+    ImageFile.ImageFile.load, Image.Image.resize = timed_load, timed_resize
+    aug.Normalizer.rows_writer = timed_rows_writer
+
+
 def run_worker(name: str, path: str, batch_size: int, passes: int, cpu: int) -> dict:
   """Times pipeline `name` on the JPEGs in `path`, pinned to CPU `cpu`."""
   if hasattr(os, "sched_setaffinity"):
@@ -185,21 +233,31 @@ def run_worker(name: str, path: str, batch_size: int, passes: int, cpu: int) -> 
     stream = tf_flax(train)(data, batch_size)
     epoch = lambda p: (next(stream) for _ in range(steps))
   else:
+    split = GilSplit() if name == "ours-train-split" else None
     fn = (ours(train, not name.endswith("uint8")) if kind == "ours" else torchvision_pil(train))
     epoch = lambda p: (fn(c, p * steps + k) for k, c in enumerate(chunks))
   shape = None
   for b in epoch(0):  # warm-up: every image once (imports, thread pools, caches)
     shape = b.shape
-  t, c = time.perf_counter(), time.process_time()
+  if split:
+    split.seconds = dict.fromkeys(split.seconds, 0.0)
+  t, c, th = time.perf_counter(), time.process_time(), time.thread_time()
   count = 0
   for p in range(1, passes + 1):
     for b in epoch(p):
       count += len(b)
-  wall, cpu_s = time.perf_counter() - t, time.process_time() - c
-  return {"pipeline": name, "images": count, "wall_s": wall, "cpu_s": cpu_s,
-          "images_per_cpu_s": count / cpu_s, "images_per_s_pinned": count / wall,
-          "batch_shape": list(shape), "peak_rss_mib": resource.getrusage(
-              resource.RUSAGE_SELF).ru_maxrss / 1024}
+  wall, cpu_s, thread_s = (time.perf_counter() - t, time.process_time() - c,
+                           time.thread_time() - th)
+  row = {"pipeline": name, "images": count, "wall_s": wall, "cpu_s": cpu_s,
+         "images_per_cpu_s": count / cpu_s, "images_per_s_pinned": count / wall,
+         "batch_shape": list(shape), "peak_rss_mib": resource.getrusage(
+             resource.RUSAGE_SELF).ru_maxrss / 1024}
+  if split:  # ms per image in the calling thread, by where it went
+    ms = {k: 1e3 * v / count for k, v in split.seconds.items()}
+    ms["gil_held"] = 1e3 * thread_s / count - sum(ms.values())
+    row["ms_per_image"] = ms
+    row["gil_held_fraction"] = ms["gil_held"] / (1e3 * thread_s / count)
+  return row
 
 
 def main(argv=None) -> int:
@@ -222,8 +280,9 @@ def main(argv=None) -> int:
   from resnet_jax.bench.photos import photo_jpegs  # pylint: disable=g-import-not-at-top
 
   names = [n for n in args.pipelines.split(",") if n]
-  if args.images < args.batch_size or any(n not in PIPELINES for n in names):
-    parser.error(f"--images must be >= --batch-size; --pipelines from {', '.join(PIPELINES)}")
+  if args.images < args.batch_size or any(n not in PIPELINES + ("ours-train-split",) for n in names):
+    parser.error(f"--images must be >= --batch-size; --pipelines from {', '.join(PIPELINES)}, "
+                 "ours-train-split")
   jpegs = photo_jpegs(args.images)
   when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   print(f"{cpu_model()}; pinned to core {cpu} of {os.cpu_count()}; {when}; {len(jpegs)} JPEGs, "
@@ -247,6 +306,10 @@ def main(argv=None) -> int:
         results[name].append(row)
         print(f"  round {r + 1} {name}: {row['images_per_cpu_s']:.0f} images/CPU-s, "
               f"{row['images_per_s_pinned']:.0f} images/s pinned", flush=True)
+        if "ms_per_image" in row:
+          print("    ms per image: " + ", ".join(f"{k} {v:.3f}" for k, v in
+                                                 row["ms_per_image"].items())
+                + f"; GIL held {row['gil_held_fraction']:.1%} of the thread's time", flush=True)
   finally:
     os.unlink(f.name)
 
@@ -264,6 +327,10 @@ def main(argv=None) -> int:
          "ratio_to_tf": statistics.median(ratios) if None not in ratios else None,
          "ratios_to_tf": ratios, "peak_rss_mib": max(x["peak_rss_mib"] for x in rows),
          "rounds": rows}
+    if "gil_held_fraction" in rows[0]:
+      s["gil_held_fraction"] = statistics.median(x["gil_held_fraction"] for x in rows)
+      s["ms_per_image"] = {k: statistics.median(x["ms_per_image"][k] for x in rows)
+                           for k in rows[0]["ms_per_image"]}
     summary[name] = s
     shown = ", ".join(f"{x:.2f}" for x in ratios) if None not in ratios else "n/a"
     print(f"| {name} | {s['images_per_cpu_s']:.0f} | {s['images_per_s_pinned']:.0f} | {shown} | "
