@@ -21,7 +21,9 @@ class ReadAhead:
   continue its key's previous one (a resume) restarts that stream at that step, so results never
   depend on the order of requests: each is `fn(key, k)`. `num_threads=0` and `num_workers=0`
   compute every request synchronously. With `num_workers` > 0, `fn` and `key` are pickled into each
-  worker (started afresh for each stream); `buffer` batches are read ahead in all.
+  worker, started afresh for each stream (a few seconds: each imports the pipeline's modules), so a
+  vectorised sweep of M members runs M x num_workers processes; `buffer` batches are read ahead in
+  all per stream.
   """
 
   MAX_STREAMS = 64  # more keys than this in turn: the oldest stream is dropped (and restarted if asked)
