@@ -1,5 +1,6 @@
 """Smoke tests for the reference train steps in benchmarks/ (tiny, CPU)."""
 
+import importlib.util
 import json
 import math
 import os
@@ -166,3 +167,19 @@ def test_tpu_compile_rows_are_128_images_per_chip_and_tabulate(tmp_path):
   assert len(lines) == 3 and lines[0].count("|") == lines[2].count("|")
   assert lines[2] == ("| resnet50 | bfloat16 | v5e-8 (1 host) | 128 | 5.00 / 16 | yes | 0.98 | "
                       "55.6 (102.2) | 60.7 | HBM bandwidth | 2,109 | 38 / 224 |")
+
+
+def test_input_pipeline_benchmark_pipelines_make_normalised_batches():
+  from resnet_jax.bench.photos import photo_jpegs  # pylint: disable=g-import-not-at-top
+
+  bench = _load("input_pipeline")
+  jpegs = photo_jpegs(3)
+  assert all(j[:2] == b"\xff\xd8" and 20_000 < len(j) < 120_000 for j in jpegs)  # JPEGs, ~40 KiB
+  assert photo_jpegs(3) == jpegs  # a pure function of (count, seed)
+  for train in (True, False):
+    batch = bench.ours(train)(jpegs, 0)
+    assert batch.shape == (3, 224, 224, 3) and batch.dtype == np.float32
+    assert -2.2 < batch.min() < 0 < batch.max() < 2.7  # torchvision's mean and std
+    assert bench.ours(train, normalize=False)(jpegs, 0).dtype == np.uint8
+  if importlib.util.find_spec("torchvision"):
+    assert bench.torchvision_pil(True)(jpegs, 0).shape == (3, 3, 224, 224)

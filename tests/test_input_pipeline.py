@@ -1,8 +1,10 @@
 """Input pipeline: augmentation against hand-written loops, determinism, process sharding, exact
 evaluation, resume on real CIFAR-10, and the ImageNet-style JPEG path."""
 
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,7 +19,8 @@ from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax.data import augment as aug
 from resnet_jax.data import tfds_builder, tfds_source
-from resnet_jax.run.errors import ConfigError
+from resnet_jax.data.readahead import ReadAhead
+from resnet_jax.run.errors import ConfigError, DataError
 from resnet_jax.training import validation
 
 # Fast statistics for tests that do not check them (all 50k are the default).
@@ -325,3 +328,100 @@ def test_ten_crop_testing_views_and_scores(imagenet_data_dir, cifar10_data_dir):
       probs[np.arange(3), first["label"]])), rtol=1e-5)
   with pytest.raises(ValueError, match="tested on their original view"):
     tfds_source.TfdsDataset("cifar10", cifar10_data_dir, eval_crops="ten")
+
+
+
+def test_read_ahead_serves_fn_of_key_and_step_in_any_request_order():
+  # pow(key, k) stands for a batch function. Worker processes: the next test (each pool of
+  # workers takes seconds to start, so it is started as few times as possible).
+  for threads in (0, 2):
+    ahead = ReadAhead(pow, threads, 4)
+    assert [ahead.get(3, k) for k in (0, 1, 2, 7, 8, 2)] == [3 ** k for k in (0, 1, 2, 7, 8, 2)]
+    assert list(ahead.run(2, 5, 11)) == [2 ** k for k in range(5, 11)]
+    ahead.close()
+
+
+def test_batches_do_not_depend_on_worker_processes(imagenet_data_dir):
+  """Worker processes (Grain mp_prefetch) build the same batches as one process: batch k is a pure
+  function of (seed, step), served in order; evaluation too."""
+  _, data_dir = imagenet_data_dir
+  make = lambda workers: tfds_source.TfdsDataset(
+      "imagenet2012", data_dir, augment="inception", image_size=32, data_workers=workers,
+      prefetch_batches=2, color_std=0.1, normalization_examples=4)
+  alone, two = make(0), make(2)
+  for k in range(3):
+    got, want = two.train_batch(5, k, 6), alone.train_batch(5, k, 6)
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["label"], want["label"])
+  for got, want in zip(two.eval_batches(2), alone.eval_batches(2), strict=True):
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["mask"], want["mask"])
+  with pytest.raises(ConfigError, match="data_workers=-1 must be >= 0"):
+    make(-1)
+
+
+def test_default_jpeg_path_is_exact_on_photographs():
+  """decode_crops (crop, resize, mirror, normalise in one pass) against a hand-written loop over
+  PIL and NumPy: the same uint8 pixels and the same float32 values, bit for bit."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from resnet_jax.bench.photos import photo_jpegs  # pylint: disable=g-import-not-at-top
+
+  jpegs = photo_jpegs(6)
+  _, params = data_lib.batch_plan(3, 7, 6, 100, "inception", color_std=0.1)
+  norm = aug.Normalizer.torchvision()
+  images = [Image.open(io.BytesIO(j)) for j in jpegs]
+  boxes = aug.inception_boxes(params["u"], np.array([im.height for im in images]),
+                              np.array([im.width for im in images]))
+  want = []
+  for im, (y, x, h, w), flip in zip(images, boxes, params["flip"]):
+    crop = np.asarray(im.resize((40, 40), Image.Resampling.BILINEAR, box=(x, y, x + w, y + h)))
+    want.append(crop[:, ::-1] if flip else crop)
+  want = np.stack(want)
+  np.testing.assert_array_equal(aug.decode_crops(jpegs, "inception", params, 40, 3), want)
+  offsets = np.asarray(aug.pca_offsets(params["alpha"]), np.float32)[:, None, None, :]
+  by_hand = (want.astype(np.float32) * np.float32(1 / 255) + offsets - norm.mean) / norm.std
+  np.testing.assert_array_equal(aug.decode_crops(jpegs, "inception", params, 40, 3, norm), by_hand)
+  np.testing.assert_array_equal(norm(want, aug.pca_offsets(params["alpha"])), by_hand)
+  per_pixel = aug.Normalizer(np.random.default_rng(0).random((40, 40, 3)))
+  np.testing.assert_array_equal(per_pixel(want), want.astype(np.float32) * np.float32(1 / 255)
+                                - per_pixel.mean)
+
+
+@pytest.fixture(scope="module")
+def damaged_imagenet(tmp_path_factory):
+  """imagenet2012 prepared from 6 photographs, one of them truncated and one not an image at all."""
+  from resnet_jax.bench import fake_imagenet, photos  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
+  root = tmp_path_factory.mktemp("damaged")
+  jpegs = photos.photo_jpegs(8, min_side=40, max_side=64)
+  jpegs[3] = jpegs[3][:len(jpegs[3]) // 2]
+  jpegs[5] = b"not a JPEG"
+  fake_imagenet.write_fake_imagenet(str(root / "manual"), ("n01440764", "n01443537"), per_class=3,
+                                    num_val=2, jpegs=jpegs)
+  prepare.prepare("imagenet2012", str(root / "manual"), str(root / "data"))
+  return str(root / "data")
+
+
+def test_unreadable_images_and_records_are_named(damaged_imagenet, tmp_path):
+  make = lambda workers: tfds_source.TfdsDataset(
+      "imagenet2012", damaged_imagenet, augment="inception", image_size=16,
+      normalization="torchvision", data_workers=workers)
+  ds = make(0)
+  names = {r["file_name"].decode(): i for i, r in enumerate(ds.records(range(6)))}
+  truncated = names["n01443537_1.JPEG"]  # the 4th image written: class 2's first
+  with pytest.raises(DataError, match=rf"imagenet2012 train example {truncated} \(n01443537_1.JPEG\) "
+                     r"in .* is not a readable image \(.*\); replace it"):
+    ds.train_batch(0, 0, 6)  # the first batch holds every training image
+  # From a worker process: the same error, not a dead worker.
+  with pytest.raises(DataError, match=r"\(n01443537_1.JPEG\) in .* is not a readable image"):
+    make(1).train_batch(0, 0, 6)
+  # A truncated array_record file: its records come back empty.
+  bad = tmp_path / "data"
+  shutil.copytree(damaged_imagenet, bad)
+  (path,) = bad.glob("imagenet2012/*/imagenet2012-train.array_record-*")
+  path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+  with pytest.raises(DataError, match=r"imagenet2012 train example 0 in .* is empty: its array_record "
+                     "file is truncated or damaged; prepare imagenet2012 again"):
+    tfds_source.TfdsDataset("imagenet2012", str(bad), augment="inception", image_size=16,
+                            normalization="torchvision").records([0])

@@ -153,10 +153,12 @@ def _data_bench(args) -> int:
   from resnet_jax.bench import data as data_bench  # pylint: disable=g-import-not-at-top
 
   r = data_bench.run_data_bench(args.data, args.data_dir, args.augment, args.batch_size, args.steps,
-                                tuple(int(t) for t in args.threads.split(",") if t), args.image_size)
+                                tuple(int(t) for t in args.threads.split(",") if t), args.image_size,
+                                workers=tuple(int(w) for w in args.workers.split(",") if w))
   for row in r["rows"]:
+    how = f"{row['workers']} worker processes" if row["workers"] else f"{row['threads']} threads"
     print(f"{r['data']} ({r['augment']}, batch {r['batch_size']}, {r['image_shape']}): "
-          f"{row['threads']} threads {row['images_per_sec']:.0f} images/s", file=sys.stderr)
+          f"{how} {row['images_per_sec']:.0f} images/s", file=sys.stderr)
   print(f"peak RSS {r['peak_rss_mib']:.0f} MiB on {r['cpu_cores']} cores", file=sys.stderr)
   print(json.dumps(r))  # last line: machine-readable
   return 0

@@ -203,14 +203,18 @@ def _prepare(sub, commands):
 
 
 def _data_bench(sub, commands):
-  p = _add(sub, "data-bench", "time the input pipeline: images/s with augmentation, per thread count",
-           "Prints a line per thread count, then one JSON line with every figure and the peak RSS.")
+  p = _add(sub, "data-bench",
+           "time the input pipeline: images/s with augmentation, per thread or worker count",
+           "Prints a line per thread or worker count, then one JSON line with every figure and the "
+           "peak RSS.")
   p.add_argument("--data", required=True,
-                 help="a TFDS name prepared in --data-dir, or 'fake-imagenet' (generated JPEGs)")
+                 help="a TFDS name prepared in --data-dir, 'photos' (JPEGs cut from photographs) or "
+                      "'fake-imagenet' (generated JPEGs)")
   p.add_argument("--data-dir", default="", help="TFDS data_dir (config.data_dir)")
   p.add_argument("--augment", default="", help="'' = cifar for 32x32 data, inception for ImageNet")
   p.add_argument("--batch-size", type=int, default=128, help="global batch")
-  p.add_argument("--steps", type=int, default=20, help="timed batches per thread count")
+  p.add_argument("--steps", type=int, default=20, help="timed batches per thread or worker count")
   p.add_argument("--threads", default="0,2", help="comma-separated data_threads to time")
+  p.add_argument("--workers", default="", help="comma-separated data_workers (processes) to time")
   p.add_argument("--image-size", type=int, default=0, help="variable-size images: 0 = 224")
   p.set_defaults(func=commands["data-bench"])

@@ -47,6 +47,8 @@ def _data(c: ml_collections.ConfigDict) -> None:
                                      # 0 = evaluate on the test split
   c.data_threads = 2                 # TFDS: Grain threads building batches ahead; 0 = in the loop
   c.prefetch_batches = 4             # TFDS: batches built ahead (bounds host memory to about this many)
+  c.data_workers = 0                 # TFDS: worker processes building batches (Grain mp_prefetch), for
+                                     # hosts whose cores one Python process cannot use; 0 = threads only
   c.data_cache_dir = ""              # local copy of a gs:// data_dir (array_record reads local files
                                      # only); "" = ~/.cache/resnet_jax/tfds
   c.num_classes = 0                  # 0 = the dataset's own number of classes
@@ -143,6 +145,6 @@ def _parallelism(c: ml_collections.ConfigDict) -> None:
 CHANGEABLE_ON_RESUME = (
     "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
     "keep_checkpoints", "eval_batch_size", "eval_crops", "eval_scales", "data_dir", "data_cache_dir",
-    "data_threads", "prefetch_batches", "num_devices", "parallelism", "steps_per_dispatch",
+    "data_threads", "prefetch_batches", "data_workers", "num_devices", "parallelism", "steps_per_dispatch",
     "cpu_fusion", "remat_blocks", "vectorize", "vectorize_max_members", "compilation_cache_dir",
 )

@@ -4,9 +4,9 @@ What lives here: `sampling` (the plan: example indices, augmentation draws, each
 evaluation batches), `augment` (pad-crop-flip, inception and scale crops, normalisation: one
 implementation each), `in_memory` (digits, synthetic), `tfds_builder` (a TFDS dataset found,
 downloaded or mirrored to local disk), `tfds_source` (any TFDS image-classification dataset, read
-with random access from array_record), `readahead` (Grain threads building batches ahead),
-`on_device` (the training set on the devices, batches drawn inside the compiled step), and `prepare`
-(TFDS datasets built offline from the original files). `spec` says what a run needs to know of its
+with random access from array_record), `readahead` (Grain threads or worker processes building
+batches ahead), `on_device` (the training set on the devices, batches drawn inside the compiled
+step), and `prepare` (TFDS datasets built offline from the original files). `spec` says what a run needs to know of its
 data (shapes, classes, sizes) without reading any, for the datasets we know.
 
 What it may import: numpy, jax, Pillow, Grain, TFDS, `resnet_jax.checks` and `resnet_jax.run`;

@@ -6,12 +6,13 @@ sliced per process, so the global batch is the same on any number of processes. 
 per example (in PIL's C code, which releases the GIL so read-ahead threads overlap).
 """
 
+import contextlib
 import io
 
 import numpy as np
 
 from resnet_jax.checks import check_choice
-from resnet_jax.run.errors import ConfigError
+from resnet_jax.run.errors import ConfigError, DataError
 
 AUGMENTS = ("none", "cifar", "inception", "scale")
 NORMALIZATIONS = ("per_channel", "per_pixel_mean", "torchvision")
@@ -149,6 +150,53 @@ def center_boxes(heights: np.ndarray, widths: np.ndarray,
   return np.stack([(heights - side) / 2, (widths - side) / 2, side, side], axis=1)
 
 
+# Freed PIL image blocks kept for reuse. Pillow's default (0) returns each decoded image's and each
+# resize's memory to the system, so the next image page-faults it back in: keeping them took 15% off
+# a decoded, cropped and resized 224x224 photograph (1.89 -> 1.61 ms, one core). A block is one
+# image's pixels (up to 16 MiB; ~0.6 MiB for a 400x375 RGB photograph), so the cache stays small.
+PIL_BLOCKS_CACHED = 64
+
+
+def keep_image_blocks(blocks: int = PIL_BLOCKS_CACHED) -> None:
+  """Lets PIL reuse up to `blocks` freed image blocks in this process (never lowers a larger cap)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  if Image.core.get_blocks_max() < blocks:
+    Image.core.set_blocks_max(blocks)
+
+
+class UnreadableImageError(DataError):
+  """Encoded image `position` of a batch cannot be decoded; its reader names the record."""
+
+  def __init__(self, position: int, cause):
+    super().__init__(f"image {position} of the batch cannot be decoded ({cause})")
+    self.position, self.cause = position, cause
+
+
+@contextlib.contextmanager
+def image_errors(position: int):
+  """Turns PIL's errors for bytes it cannot decode into an UnreadableImageError naming `position`."""
+  from PIL import UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+
+  try:
+    yield
+  except UnidentifiedImageError as e:  # its message shows a BytesIO object's address
+    raise UnreadableImageError(position, "not in an image format PIL recognises") from e
+  except (OSError, SyntaxError) as e:  # PIL's for a corrupt or truncated image: no I/O here
+    raise UnreadableImageError(position, e) from e
+
+
+def load_images(data, channels: int) -> list:
+  """Decoded PIL images of the encoded images `data` (UnreadableImageError names a bad one)."""
+  images = []
+  for i, d in enumerate(data):
+    with image_errors(i):
+      image = open_image(d, channels)
+      image.load()
+    images.append(image)
+  return images
+
+
 def open_image(data: bytes, channels: int):
   """A lazily decoded PIL image (header only) in the mode `channels` asks for."""
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
@@ -173,6 +221,49 @@ def crop_resize(image, box, size: int, channels: int) -> np.ndarray:
   y0, x0, h, w = (float(v) for v in box)
   out = image.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + w, y0 + h))
   return to_array(out, channels)
+
+
+def crop_boxes(augment: str, params: dict, heights: np.ndarray, widths: np.ndarray,
+               size: int) -> np.ndarray:
+  """Each image's box (B, 4): the training crop of `augment` ('inception' or 'scale') drawn from
+  `params`, else the evaluation view's centre square."""
+  if augment == "inception":
+    return inception_boxes(params["u"], heights, widths)
+  if augment == "scale":
+    return scale_boxes(params["u"], heights, widths, size)
+  return center_boxes(heights, widths)
+
+
+def decode_crops(data, augment: str, params: dict, size: int, channels: int,
+                 normalizer: "Normalizer | None" = None) -> np.ndarray:
+  """(B, size, size, C): encoded images `data` cropped by `crop_boxes`, resized, and mirrored where
+  `params["flip"]` says (evaluation: augment 'none' and no flips).
+
+  uint8, or with `normalizer` float32 `normalizer(uint8 crops, PCA offsets of params["alpha"])`,
+  bit for bit, each crop normalised while it is in cache instead of in a second pass.
+  """
+  images = []
+  for i, d in enumerate(data):  # headers only: each image is decoded as it is cropped, while hot
+    with image_errors(i):
+      images.append(open_image(d, channels))
+  heights = np.array([im.height for im in images])
+  widths = np.array([im.width for im in images])
+  boxes = crop_boxes(augment, params, heights, widths, size)
+  flips = params.get("flip", np.zeros(len(images), bool))
+  # Each crop is written once, mirrored as it is copied in: the same pixels as stacking the crops
+  # and then `flip_images`, without two more passes over the batch (~0.2 ms per 224x224 image).
+  shape = (len(images), size, size, channels)
+  if normalizer is None:
+    out = np.empty(shape, np.uint8)
+    write = out.__setitem__
+  else:
+    out = np.empty(shape, np.float32)
+    write = normalizer.rows_writer(out, pca_offsets(params["alpha"]) if "alpha" in params else None)
+  for i, (image, box) in enumerate(zip(images, boxes)):
+    with image_errors(i):
+      crop = crop_resize(image, box, size, channels)
+    write(i, crop[:, ::-1] if flips[i] else crop)
+  return out
 
 
 class Normalizer:
@@ -218,11 +309,39 @@ class Normalizer:
   def __call__(self, images: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
     """Normalised images; `offsets` (B, C), in [0, 1] units, are added to each image's pixels first
     (the PCA colour augmentation)."""
-    x = images.astype(np.float32) * np.float32(1 / 255)
-    if offsets is not None:
-      x = x + np.asarray(offsets, np.float32)[:, None, None, :]
-    x = x - self.mean
-    return x if self.std is None else x / self.std
+    # The arithmetic is x * (1/255) + offset - mean, / std in float32, exactly as written, so results
+    # are bit-identical to the whole-array expression; but it runs image by image, in place, on rows
+    # of W*C values. Broadcasting a (C,) vector makes NumPy's inner loop 3 elements long, and four
+    # passes over a whole 224x224 float32 batch leave the cache: together ~4x the time (measured
+    # 1.2-1.9 ms against 0.39 ms per 224x224 image, one core).
+    images = np.asarray(images)
+    out = np.empty(images.shape, np.float32)
+    write = self.rows_writer(out, offsets)
+    for i, image in enumerate(images.reshape(-1, *images.shape[-3:])):
+      write(i, image)
+    return out
+
+  def rows_writer(self, out: np.ndarray, offsets: np.ndarray | None = None):
+    """write(i, image): normalises one (H, W, C) image into out[i] (out: (..., H, W, C) float32)."""
+    h, w, c = out.shape[-3:]
+    rows = out.reshape(-1, h, w * c)
+    as_rows = lambda v: np.tile(v, w) if v.ndim == 1 else v.reshape(h, w * c)
+    mean = as_rows(self.mean)
+    std = None if self.std is None else as_rows(self.std)
+    if offsets is not None:  # one (C,) offset per image of a (B, H, W, C) batch
+      offsets = np.tile(np.asarray(offsets, np.float32).reshape(len(rows), c), (1, w))
+
+    def write(i: int, image: np.ndarray) -> None:
+      row = rows[i]
+      row.reshape(h, w, c)[...] = image
+      row *= np.float32(1 / 255)
+      if offsets is not None:
+        row += offsets[i]
+      row -= mean
+      if std is not None:
+        row /= std
+
+    return write
 
   def at_size(self, side: int) -> "Normalizer":
     """This normaliser for side x side images: a per-pixel mean image of another size becomes its

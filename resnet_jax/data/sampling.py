@@ -37,14 +37,24 @@ def example_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray
   return out
 
 
-def process_slice(x: np.ndarray) -> np.ndarray:
-  """This process's contiguous share of a global batch (processes feed their own devices)."""
-  count, index = jax.process_count(), jax.process_index()
+def this_shard() -> tuple[int, int]:
+  """(process count, this process's index): which share of each global batch this process reads."""
+  return jax.process_count(), jax.process_index()
+
+
+def process_slice(x: np.ndarray, shard: tuple[int, int] | None = None) -> np.ndarray:
+  """This process's contiguous share of a global batch (processes feed their own devices).
+
+  `shard` is (process count, index), `this_shard()` if None. Data-loading worker processes are
+  handed it, so that they never ask JAX (which would start a backend in each worker).
+  """
+  count, index = shard or this_shard()
   per = len(x) // count
   return x[index * per:(index + 1) * per]
 
 
-def batch_plan(seed: int, step: int, batch_size: int, n: int, augment: str, color_std: float = 0.0):
+def batch_plan(seed: int, step: int, batch_size: int, n: int, augment: str, color_std: float = 0.0,
+               shard: tuple[int, int] | None = None):
   """This process's example indices and augmentation parameters for global batch `step`.
 
   Parameters are drawn for the whole global batch, then sliced: the global batch does not depend
@@ -53,18 +63,19 @@ def batch_plan(seed: int, step: int, batch_size: int, n: int, augment: str, colo
   idx = example_indices(seed, step, batch_size, n)
   params = sample_params(augment, np.random.default_rng([seed, step, _AUGMENT_STREAM]), batch_size,
                          color_std)
-  return process_slice(idx), {k: process_slice(v) for k, v in params.items()}
+  return process_slice(idx, shard), {k: process_slice(v, shard) for k, v in params.items()}
 
 
 def num_eval_batches(batch_size: int, n: int) -> int:
   return -(-n // batch_size)
 
 
-def eval_batch_plan(batch_size: int, n: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+def eval_batch_plan(batch_size: int, n: int, j: int,
+                    shard: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(indices, mask) of this process's slice of evaluation batch `j`; padding repeats example 0."""
   idx = np.arange(j * batch_size, (j + 1) * batch_size)
   mask = idx < n
-  return process_slice(np.where(mask, idx, 0)), process_slice(mask).astype(np.float32)
+  return process_slice(np.where(mask, idx, 0), shard), process_slice(mask, shard).astype(np.float32)
 
 
 def eval_plan(batch_size: int, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -7,13 +7,15 @@ NumPy/PIL, and Grain threads build the next batches ahead (`readahead.ReadAhead`
 TensorFlow is needed only to BUILD a dataset (download_and_prepare or `resnet-jax prepare`).
 """
 
+import contextlib
+
 import numpy as np
 
 from resnet_jax.data import augment as aug
 from resnet_jax.data import sampling
 from resnet_jax.data.readahead import ReadAhead
 from resnet_jax.data.tfds_builder import base_name, open_builder, tfds_module
-from resnet_jax.run.errors import ConfigError
+from resnet_jax.run.errors import ConfigError, DataError
 
 # Datasets whose `test` split carries no labels (ImageNet's test images are unlabelled: label -1).
 _EVAL_ON_VALIDATION = ("imagenet2012",)
@@ -33,9 +35,10 @@ class TfdsDataset:
                normalization: str = "per_channel", validation_split: int = 0, image_size: int = 0,
                normalization_examples: int = 50000, data_threads: int = 0, prefetch_batches: int = 2,
                cache_dir: str = "", default_image_size: int = 224, eval_crops: str = "center",
-               color_std: float = 0.0, eval_scales: tuple = ()):
+               color_std: float = 0.0, eval_scales: tuple = (), data_workers: int = 0):
     self.eval_crops, self.color_std, self.eval_scales = eval_crops, color_std, tuple(eval_scales)
     builder = open_builder(name, data_dir, cache_dir)
+    self._data_dir = str(builder.data_dir)
     info = builder.info
     if not info.supervised_keys or len(info.supervised_keys) != 2:
       raise ConfigError(f"dataset={name!r} has no (image, label) supervised keys: not an image-classification "
@@ -62,6 +65,7 @@ class TfdsDataset:
       self.size = image_size or default_image_size  # ImageNet nets: 224x224 crops (sec. 3.4)
 
     decoders = {self.image_key: tfds_module().decode.SkipDecoding()}  # we decode (and crop) with PIL
+    aug.keep_image_blocks()
     self._train = builder.as_data_source(split="train", decoders=decoders)
     n = len(self._train)
     if not 0 <= validation_split < n:
@@ -76,8 +80,10 @@ class TfdsDataset:
       self._eval = builder.as_data_source(split=split, decoders=decoders)
       self._eval_offset, self.eval_size, self.eval_split = 0, len(self._eval), split
 
-    self._ahead = ReadAhead(self._load_train, data_threads, prefetch_batches)
-    self._eval_ahead = ReadAhead(self._load_eval, data_threads, prefetch_batches)
+    if data_workers < 0:
+      raise ConfigError(f"data_workers={data_workers} must be >= 0 (0: no worker processes).")
+    self._ahead = ReadAhead(self._load_train, data_threads, prefetch_batches, data_workers)
+    self._eval_ahead = ReadAhead(self._load_eval, data_threads, prefetch_batches, data_workers)
     key = (name, str(builder.data_dir), self.train_size, min(normalization_examples, self.train_size),
            normalization, self.size)
     if normalization == "torchvision":  # fixed constants: no pass over the images
@@ -92,7 +98,22 @@ class TfdsDataset:
                config.validation_split, config.image_size, config.normalization_examples,
                config.data_threads, config.prefetch_batches, config.data_cache_dir, default_image_size,
                config.eval_crops, config.color_augment_std if config.color_augment == "pca" else 0.0,
-               config.eval_scales)
+               config.eval_scales, config.data_workers)
+
+  def close(self) -> None:
+    """Stops reading ahead (and so any worker processes); a later request starts again."""
+    self._ahead.close()
+    self._eval_ahead.close()
+
+  def __getstate__(self) -> dict:
+    """What a data-loading worker process needs: everything but the read-ahead streams."""
+    state = dict(self.__dict__)
+    state["_ahead"] = state["_eval_ahead"] = None
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    aug.keep_image_blocks()
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -100,28 +121,62 @@ class TfdsDataset:
 
   def train_batch(self, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """This process's share of global training batch `step` (0-based): a pure function of its args."""
-    return self._ahead.get((seed, batch_size), step)
+    return self._ahead.get((seed, batch_size, sampling.this_shard()), step)
 
   def eval_batches(self, batch_size: int):
     """The whole evaluation split once, in order; the last batch is padded and masked (mask 0)."""
-    return self._eval_ahead.run(batch_size, 0, sampling.num_eval_batches(batch_size, self.eval_size))
+    return self._eval_ahead.run((batch_size, sampling.this_shard()), 0,
+                                sampling.num_eval_batches(batch_size, self.eval_size))
 
   def records(self, indices, split: str = "train") -> list[dict]:
     """TFDS records (image still encoded) at `indices` of the training or evaluation examples."""
+    indices = [int(i) for i in indices]
     if split == "train":
-      return self._train.__getitems__([int(i) for i in indices])
-    return self._eval.__getitems__([int(i) + self._eval_offset for i in indices])
+      records = self._train.__getitems__(indices)
+    else:
+      records = self._eval.__getitems__([i + self._eval_offset for i in indices])
+    for i, r in zip(indices, records):
+      if not r.get(self.image_key) or r.get(self.label_key) is None:
+        # What array_record gives for a record in a truncated or damaged file: every field None.
+        raise DataError(f"{self._where(split, i, r)} is empty: its array_record file is truncated or "
+                        f"damaged; prepare {self.name} again (resnet-jax prepare).")
+    return records
+
+  def _where(self, split: str, index: int, record: dict) -> str:
+    """How an error names a record: dataset, split, index and, where stored, its original file."""
+    name = record.get("file_name")
+    name = f" ({name.decode() if isinstance(name, bytes) else name})" if name else ""
+    split = split if split == "train" else self.eval_split
+    return f"{self.name} {split} example {index}{name} in {self._data_dir}"
+
+  @contextlib.contextmanager
+  def _naming(self, records, indices, split: str):
+    """An image of `records` that cannot be decoded becomes a DataError naming its record."""
+    try:
+      yield
+    except aug.UnreadableImageError as e:
+      where = self._where(split, int(indices[e.position]), records[e.position])
+      raise DataError(f"{where} is not a readable image ({e.cause}); replace it and prepare "
+                      f"{self.name} again (resnet-jax prepare).") from e
 
   def _load_train(self, key, step: int) -> dict[str, np.ndarray]:
-    seed, batch_size = key
+    seed, batch_size, shard = key
     idx, params = sampling.batch_plan(seed, step, batch_size, self.train_size, self.augment,
-                                      self.color_std)
+                                      self.color_std, shard)
     records = self.records(idx)
-    return {"image": self._images(records, params, train=True), "label": self._labels(records)}
+    with self._naming(records, idx, "train"):
+      images = self._images(records, params, train=True)
+    return {"image": images, "label": self._labels(records)}
 
-  def _load_eval(self, batch_size: int, j: int) -> dict[str, np.ndarray]:
-    idx, mask = sampling.eval_batch_plan(batch_size, self.eval_size, j)
+  def _load_eval(self, key, j: int) -> dict[str, np.ndarray]:
+    batch_size, shard = key
+    idx, mask = sampling.eval_batch_plan(batch_size, self.eval_size, j, shard)
     records = self.records(idx, "eval")
+    with self._naming(records, idx, "eval"):
+      images = self._eval_images(records)
+    return {"image": images, "label": self._labels(records), "mask": mask}
+
+  def _eval_images(self, records):
     if self.eval_crops == "ten":
       images = self.normalizer(self.ten_crops(records))
     elif self.eval_crops == "multiscale":  # one array per scale: their sizes differ
@@ -129,7 +184,7 @@ class TfdsDataset:
                      for s in self.eval_scales)
     else:
       images = self._images(records, {}, train=False)
-    return {"image": images, "label": self._labels(records), "mask": mask}
+    return images
 
   def square_crops(self, records, side: int) -> np.ndarray:
     """uint8 (B, side, side, C): each image's shorter side resized to `side`, its central square.
@@ -138,7 +193,7 @@ class TfdsDataset:
     at several scales of the shorter side; a batch needs one shape per scale, so each scale sees the
     central square of the image at that scale (75% of a 4:3 photograph) rather than all of it.
     """
-    images = [aug.open_image(r[self.image_key], self.channels) for r in records]
+    images = aug.load_images([r[self.image_key] for r in records], self.channels)
     heights = np.array([im.height for im in images])
     widths = np.array([im.width for im in images])
     boxes = aug.center_boxes(heights, widths, fraction=1.0)
@@ -146,7 +201,7 @@ class TfdsDataset:
 
   def ten_crops(self, records) -> np.ndarray:
     """uint8 (B, 10, size, size, C): the five `ten_crop_boxes` crops of each image, then their flips."""
-    images = [aug.open_image(r[self.image_key], self.channels) for r in records]
+    images = aug.load_images([r[self.image_key] for r in records], self.channels)
     heights = np.array([im.height for im in images])
     widths = np.array([im.width for im in images])
     boxes = aug.ten_crop_boxes(heights, widths)
@@ -157,26 +212,23 @@ class TfdsDataset:
   def _labels(self, records) -> np.ndarray:
     return np.asarray([r[self.label_key] for r in records], np.int32)
 
-  def decode(self, records, params: dict, train: bool) -> np.ndarray:
-    """uint8 images (B, size, size, C) of `records`: augmented if `train`, else the eval view."""
+  def decode(self, records, params: dict, train: bool, normalizer=None) -> np.ndarray:
+    """uint8 images (B, size, size, C) of `records`: augmented if `train`, else the eval view.
+
+    With `normalizer`, variable-size images come back normalised (float32, PCA offsets of `params`
+    added): the same values as normalising the uint8 images, in one pass (`aug.decode_crops`).
+    """
     data = [r[self.image_key] for r in records]
     if self.fixed and not (train and self.augment in ("inception", "scale")):
-      return np.stack([aug.to_array(aug.open_image(d, self.channels), self.channels) for d in data])
-    images = [aug.open_image(d, self.channels) for d in data]
-    heights = np.array([im.height for im in images])
-    widths = np.array([im.width for im in images])
-    if train and self.augment == "inception":
-      boxes = aug.inception_boxes(params["u"], heights, widths)
-    elif train and self.augment == "scale":
-      boxes = aug.scale_boxes(params["u"], heights, widths, self.size)
-    else:
-      boxes = aug.center_boxes(heights, widths)
-    out = np.stack([aug.crop_resize(im, b, self.size, self.channels) for im, b in zip(images, boxes)])
-    return aug.flip_images(out, params["flip"]) if "flip" in params else out
+      images = np.stack([aug.to_array(im, self.channels) for im in aug.load_images(data, self.channels)])
+      if normalizer is None:
+        return images
+      return normalizer(images, aug.pca_offsets(params["alpha"]) if "alpha" in params else None)
+    return aug.decode_crops(data, self.augment if train else "none", params, self.size,
+                            self.channels, normalizer)
 
   def _images(self, records, params: dict, train: bool) -> np.ndarray:
-    offsets = aug.pca_offsets(params["alpha"]) if "alpha" in params else None
-    images = self.normalizer(self.decode(records, params, train), offsets)
+    images = self.decode(records, params, train, self.normalizer)
     if train and self.augment == "cifar":
       # Normalise first, then zero-pad: the padding is the mean colour, as with the paper's
       # mean-subtracted inputs (sec. 4.2).
@@ -200,7 +252,10 @@ class TfdsDataset:
     per = min(500, max(1, _STATS_CHUNK_PIXELS // (self.size * self.size * self.channels)))
 
     def chunk(_, j):
-      return fn(self.records(range(j * per, min((j + 1) * per, count))))
+      indices = range(j * per, min((j + 1) * per, count))
+      records = self.records(indices)
+      with self._naming(records, indices, "train"):
+        return fn(records)
 
     return ReadAhead(chunk, self._ahead.num_threads, 2).run(None, 0, -(-count // per))
 

@@ -28,9 +28,12 @@ from resnet_jax.training.trainer import Trainer
 # (measured: 0.94 for ResNet-8 on v5e; XLA also counts BN, ReLU and the optimizer, and the 3x rule is
 # an approximation of the backward pass).
 FLOPS_TOLERANCE = 0.25
-# Images/s one host core decodes and augments (resnet-jax data-bench, 0 threads: one core; README,
-# Data), by the kind of input: ImageNet-style JPEGs with inception crops, and CIFAR's 32x32 PNGs.
-IMAGES_PER_CORE = {"jpeg": 223.0, "png": 3373.0}
+# Images/s one host core decodes and augments, by the kind of input. JPEG: photographs (300-500 px,
+# ~44 KiB) through the training pipeline (inception crop, resize 224, flip, normalise), images per
+# CPU-second of one pinned core, `python benchmarks/input_pipeline.py` on an Intel Xeon (2 cores,
+# shared), 2026-12-02 (docs/PERFORMANCE.md). PNG: CIFAR's 32x32 images, `resnet-jax data-bench`
+# with 0 threads (README, Data).
+IMAGES_PER_CORE = {"jpeg": 527.0, "png": 3373.0}
 MAX_PER_CHIP_BATCH = 1 << 16  # --max-batch stops doubling here
 
 
