@@ -13,10 +13,9 @@ import resource
 import tempfile
 import time
 
-from resnet_jax import models
 from resnet_jax.config import default_config
 from resnet_jax.run.errors import ConfigError
-from resnet_jax.training import validation
+from resnet_jax.training import derived, validation
 
 FAKE_IMAGENET = "fake-imagenet"  # ImageNet-style JPEGs generated here, prepared as imagenet2012
 PHOTOS = "photos"  # JPEGs cut from real photographs (bench.photos), prepared as imagenet2012
@@ -73,7 +72,7 @@ def run_data_bench(data: str, data_dir: str = "", augment: str = "", batch_size:
                     prefetch_batches=max(2, 2 * parallel), batch_size=batch_size,
                     eval_batch_size=batch_size, model="resnet50", num_devices=1)
       validation.validate(config)  # the checks a run makes of these keys
-      ds = tfds_source.TfdsDataset.from_config(config, models.default_image_size(config.model))
+      ds = tfds_source.TfdsDataset.from_config(config, derived.image_size(config))
       ds.train_batch(0, 0, batch_size)  # warm-up: opens files, starts the threads
       t = time.perf_counter()
       for step in range(1, steps + 1):

@@ -32,9 +32,9 @@ class TfdsDataset:
   """
 
   def __init__(self, name: str, data_dir: str = "", augment: str = "none",
-               normalization: str = "per_channel", validation_split: int = 0, image_size: int = 0,
+               normalization: str = "per_channel", validation_split: int = 0, image_size: int = 224,
                normalization_examples: int = 50000, data_threads: int = 0, prefetch_batches: int = 2,
-               cache_dir: str = "", default_image_size: int = 224, eval_crops: str = "center",
+               cache_dir: str = "", eval_crops: str = "center",
                color_std: float = 0.0, eval_scales: tuple = (), data_workers: int = 0):
     self.eval_crops, self.color_std, self.eval_scales = eval_crops, color_std, tuple(eval_scales)
     builder = open_builder(name, data_dir, cache_dir)
@@ -62,7 +62,7 @@ class TfdsDataset:
       if augment == "cifar":
         raise ConfigError(f"augment='cifar' pads and crops fixed-size images; {name} images vary in "
                          "size: use 'inception' or 'scale'.")
-      self.size = image_size or default_image_size  # ImageNet nets: 224x224 crops (sec. 3.4)
+      self.size = image_size  # the side the network sees: ImageNet nets' 224 (sec. 3.4) by default
 
     decoders = {self.image_key: tfds_module().decode.SkipDecoding()}  # we decode (and crop) with PIL
     aug.keep_image_blocks()
@@ -93,10 +93,11 @@ class TfdsDataset:
     self.normalizer = _STATS_CACHE[key]
 
   @classmethod
-  def from_config(cls, config, default_image_size: int) -> "TfdsDataset":
+  def from_config(cls, config, image_size: int) -> "TfdsDataset":
+    """The dataset of a validated config; `image_size` is `training.derived.image_size(config)`."""
     return cls(config.dataset, config.data_dir, config.augment, config.normalization,
-               config.validation_split, config.image_size, config.normalization_examples,
-               config.data_threads, config.prefetch_batches, config.data_cache_dir, default_image_size,
+               config.validation_split, image_size, config.normalization_examples,
+               config.data_threads, config.prefetch_batches, config.data_cache_dir,
                config.eval_crops, config.color_augment_std if config.color_augment == "pca" else 0.0,
                config.eval_scales, config.data_workers)
 
