@@ -194,15 +194,7 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
         state, metrics = trainer.dispatch(state, n, k)
       pending.append(metrics)
       n, n_pending = n + k, n_pending + k
-      latest = next(iter(metrics.values()))
-      if progress is not None:
-        # Progress from host-side counts of finished steps, at every step: no device sync; the
-        # bar's ticker keeps counting them while a fetch below waits for the device.
-        progress.track(n, latest)
-      # The host waits once more than MAX_IN_FLIGHT dispatches are queued (a stop saves soon).
-      inflight.append(latest)
-      while len(inflight) > MAX_IN_FLIGHT:
-        inflight.popleft().block_until_ready()
+      _track(n, metrics, inflight, progress)
       act = cadence.after(n, stopping=stop.reached(n, k), segment_end=n == until)
       if not act.log:
         continue
@@ -225,6 +217,18 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
   for i, m in enumerate(segment):
     if m.error is None:
       m.state, m.step = strategy.member_state(state, i), until
+
+
+def _track(n: int, metrics: dict, inflight: collections.deque, progress) -> None:
+  """Hands dispatch `n`'s output to the bar, and waits once more than MAX_IN_FLIGHT are queued."""
+  latest = next(iter(metrics.values()))
+  if progress is not None:
+    # Progress from host-side counts of finished steps, at every step: no device sync; the bar's
+    # ticker keeps counting them while a fetch waits for the device.
+    progress.track(n, latest)
+  inflight.append(latest)
+  while len(inflight) > MAX_IN_FLIGHT:  # a stop saves after at most these
+    inflight.popleft().block_until_ready()
 
 
 def _record(trainer: Trainer, segment: list[Member], state, fetched: list, steps: tuple[int, int],
