@@ -96,14 +96,15 @@ def table(folder: str, rows_=None) -> str:
     if not os.path.exists(path):
       continue
     r = json.load(open(path))
+    model = row.get("label", r["model"])  # a preset's name where the model's alone is ambiguous
     if "flops" not in r:  # the compiler refused it for want of HBM
-      lines.append(f"| {r['model']} | {r['dtype']} | {r['topology']} | {r['batch_per_chip']} | "
+      lines.append(f"| {model} | {r['dtype']} | {r['topology']} | {r['batch_per_chip']} | "
                    f"{r['hbm']['needed'] / gib:.2f} / {_usable(r) / gib:.0f} | NO |" + " - |" * 6)
       continue
     reduced = r["collectives"].get("all-reduce", {}).get("bytes", 0) * r["devices_per_chip"]
     e, h = r["estimate"], r["host"]
     lines.append(
-        f"| {r['model']} | {r['dtype']} | {r['topology']} ({r['hosts']} host{'s' * (r['hosts'] > 1)}) "
+        f"| {model} | {r['dtype']} | {r['topology']} ({r['hosts']} host{'s' * (r['hosts'] > 1)}) "
         f"| {r['batch_per_chip']} | {r['hbm']['needed'] / gib:.2f} / {_usable(r) / gib:.0f} | "
         f"{'yes' if r['hbm']['fits'] else 'NO'} | {r['flops']['ratio']:.2f} | {reduced / 1e6:.1f} "
         f"({r['param_bytes'] / 1e6:.1f}) | {e['step_ms']:.1f} | {e['bound']} | "
