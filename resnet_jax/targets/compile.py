@@ -70,8 +70,8 @@ def devices_of(target: Target) -> list:
 
 def _gpu_devices(target: gpu.Target) -> list:
   if importlib.util.find_spec("jax_cuda12_plugin") is None:
-    raise MissingExtraError("compiling for a GPU machine needs the CUDA plugin and libraries, which "
-                            "this install leaves out: pip install 'resnet-jax[gpu]'")
+    raise MissingExtraError("compiling for a GPU machine needs the CUDA plugin, which this install "
+                            "leaves out: pip install 'resnet-jax[gpu]'")
   os.environ.update(gpu.environment(os.environ))  # in time unless JAX's backends already started
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
@@ -102,7 +102,7 @@ def build(config: ml_collections.ConfigDict, devices: list) -> Trainer:
   """The trainer a run of `config` builds, on `devices`, from the data's shapes alone."""
   if config.parallelism != "jit":
     raise ConfigError(f"parallelism={config.parallelism!r}: `resnet-jax compile` compiles the jit "
-                      "strategy over the slice's mesh; jax.pmap programs cannot be compiled ahead of "
+                      "strategy over the target's mesh; jax.pmap programs cannot be compiled ahead of "
                       "time for devices this host does not have. Set --config.parallelism=jit.")
   spec = data.spec(config, models.default_image_size(config.model))
   if spec is None:
