@@ -124,10 +124,10 @@ MACHINES = {m.name: m for m in (
 )}
 
 # What deviceless compilation for CUDA needs of the process, set by `resnet-jax compile` before JAX
-# is imported (JAX reads JAX_PLATFORMS then) (checked on a host without a GPU or driver, jax 0.10.2): with neither of the first two, the
-# CUDA plugin's start-up calls cuInit, fails, and is not registered ("topology not implemented for
-# cuda"); at autotune level 0 XLA times no kernels (there is no GPU to time them on) and takes its
-# default kernel for each operation.
+# is imported (JAX reads JAX_PLATFORMS then). Checked on a host without a GPU or driver (jax 0.10.2):
+# with neither of the first two, the CUDA plugin's start-up calls cuInit, fails, and the plugin is
+# not registered ("topology not implemented for cuda"); at autotune level 0 XLA times no kernels
+# (there is no GPU to time them on) and takes its default kernel for each operation.
 GPU_ENVIRONMENT = {"JAX_PLATFORMS": "cpu", "JAX_SKIP_CUDA_CONSTRAINTS_CHECK": "1"}
 GPU_XLA_FLAGS = "--xla_gpu_autotune_level=0"
 
