@@ -139,6 +139,9 @@ def test_gpu_machines_by_name_and_by_machine_type():
   # each GPU's share of the VM's 1,000 Gbps.
   assert t.chip.allreduce_bandwidth == 450e9 and multi.chip.allreduce_bandwidth == 1000e9 / 8 / 8
   assert t.chip.vcpus_per_chip == 208 / 8
+  # The header `compile` says first, before minutes of compiling.
+  assert commands.describe_where(multi) == "16 x NVIDIA H100 80GB HBM3 on 2 hosts"
+  assert commands.describe_where(chips.find("v3-8")) == "4 x TPU v3"  # 2 devices per chip
 
 
 def test_every_gpu_field_is_published_and_cited():

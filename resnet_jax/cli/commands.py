@@ -1,6 +1,7 @@
 """What each `resnet-jax` command does: parsed arguments in, library calls, results out."""
 
 import json
+import math
 import os
 import sys
 
@@ -230,8 +231,6 @@ def describe_where(target) -> str:
   """`8 x NVIDIA H100 80GB HBM3 on 1 host`: the chips of a slice or GPU machine, in words."""
   hosts = getattr(target, "hosts", None)
   if hosts is None:  # a TPU slice: its chips, from libtpu's topology (v5e:2x4 is 8 chips)
-    import math  # pylint: disable=g-import-not-at-top
-
     n = math.prod(int(d) for d in target.topology.split(":")[1].split("x"))
     return f"{n} x {target.chip.name}"
   return f"{hosts * target.machine.gpus} x {target.gpu.name} on {hosts} host{'s' * (hosts > 1)}"
