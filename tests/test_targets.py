@@ -108,6 +108,11 @@ def test_max_batch_doubles_then_bisects_in_multiples_of_8(monkeypatch):
   assert len(asked) <= 8
   batch, _ = target.max_batch(_tiny(batch_size=8192), "v5e-4", say=lambda _: None)
   assert batch == 296  # from 2048 per chip, halving first
+  # BN statistics over groups of 32 of the global batch: on one chip, batches of 32s only.
+  monkeypatch.setattr(target, "devices_of", lambda slice_: [None])
+  asked.clear()
+  batch, _ = target.max_batch(_tiny(batch_size=256, bn_group_size=32), "v5e-1", say=lambda _: None)
+  assert batch == 288 and all(b % 32 == 0 for b in asked), asked
 
 
 def test_bad_input_is_exit_2_with_the_fix(capsys, monkeypatch):

@@ -311,10 +311,12 @@ def not_fitting(config: ml_collections.ConfigDict, target: Target, devices: list
 
 def max_batch(config: ml_collections.ConfigDict, topology: str, say=print) -> tuple[int, dict]:
   """The largest per-chip batch whose step fits the chip's memory: doubling, then bisection over
-  compiles (multiples of 8: TPU's sublane tile, and the batch granularity GPU kernels favour).
-  Returns (batch per chip, its report)."""
+  compiles, in multiples of 8 (TPU's sublane tile, and the batch granularity GPU kernels favour)
+  that keep the global batch a multiple of `bn_group_size`. Returns (batch per chip, its report)."""
   target = find_target(topology)
   n = len(devices_of(target)) // target.devices_per_chip  # chips (a v3 chip is two devices)
+  group = config.bn_group_size  # under jit BN groups split the global batch: n x per-chip batch
+  step = math.lcm(8, group // math.gcd(group, n)) if group else 8
   fits = {}
 
   def fit(b: int) -> bool:
@@ -325,7 +327,8 @@ def max_batch(config: ml_collections.ConfigDict, topology: str, say=print) -> tu
           f"{r['hbm']['usable'] / 2**30:.0f} GiB, {'fits' if r['hbm']['fits'] else 'does not fit'}")
     return fits[b]["hbm"]["fits"]
 
-  start = max(8, config.batch_size // n // 8 * 8)
+  down = lambda b: b // step * step
+  start = max(step, down(config.batch_size // n))
   if fit(start):  # double until one does not fit
     low, high = start, None
     while high is None:
@@ -335,10 +338,11 @@ def max_batch(config: ml_collections.ConfigDict, topology: str, say=print) -> tu
   else:  # halve until one fits
     low, high = None, start
     while low is None:
-      if high // 2 < 8:
+      if down(high // 2) < step:
         return 0, fits[high]
-      low, high = (high // 2 // 8 * 8, high) if fit(high // 2 // 8 * 8) else (None, high // 2 // 8 * 8)
-  while high - low > 8:  # bisect, in multiples of 8
-    mid = (low + high) // 2 // 8 * 8
+      half = down(high // 2)
+      low, high = (half, high) if fit(half) else (None, half)
+  while high - low > step:  # bisect, in multiples of the step
+    mid = down((low + high) // 2)
     low, high = (mid, high) if fit(mid) else (low, mid)
   return low, fits[low]
