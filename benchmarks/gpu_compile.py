@@ -47,7 +47,8 @@ def rows() -> list[dict]:
     return {"name": f"{model}-cifar-{machine}", "topology": machine,
             "config": f"configs/cifar10.py:{model}", "overrides": []}
 
-  l4_max = {**imagenet("resnet50", "bfloat16", "l4-1"), "name": "resnet50-bfloat16-l4-1-max-batch"}
+  l4_max = {**imagenet("resnet50", "bfloat16", "l4-1"), "name": "resnet50-bfloat16-l4-1-max-batch",
+            "label": "resnet50 (--max-batch)"}
   l4_max["overrides"] = [*l4_max["overrides"], "--max-batch"]
   return [imagenet("resnet50", "bfloat16", "h100-1"), imagenet("resnet50", "bfloat16", "h100-8"),
           cifar("resnet20", "h100-1"),
