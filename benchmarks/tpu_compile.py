@@ -84,29 +84,36 @@ def compile_row(row: dict, folder: str) -> str:
   return f"{row['name']}: {result['estimate']['images_per_sec_per_chip']:.0f} images/s/chip estimated"
 
 
-def table(folder: str) -> str:
+def table(folder: str, rows_=None) -> str:
+  """The markdown table of the rows of `rows_` (default: this script's) compiled in `folder`; a GPU
+  row's memory is set against the share JAX's allocator takes, a TPU's against all its HBM."""
   gib = 2**30
   lines = ["| model | dtype | slice | batch/chip | HBM needed / chip GiB | fits | XLA / counted FLOPs | "
            "all-reduce MB/step (params MB) | est. step ms | bound | est. images/s/chip | host "
            "cores needed / vCPUs |", "|" + "---|" * 12]
-  for row in rows():
+  for row in rows() if rows_ is None else rows_:
     path = os.path.join(folder, f"{row['name']}.json")
     if not os.path.exists(path):
       continue
     r = json.load(open(path))
+    model = row.get("label", r["model"])  # a preset's name where the model's alone is ambiguous
     if "flops" not in r:  # the compiler refused it for want of HBM
-      lines.append(f"| {r['model']} | {r['dtype']} | {r['topology']} | {r['batch_per_chip']} | "
-                   f"{r['hbm']['needed'] / gib:.2f} / {r['hbm']['chip'] / gib:.0f} | NO |" + " - |" * 6)
+      lines.append(f"| {model} | {r['dtype']} | {r['topology']} | {r['batch_per_chip']} | "
+                   f"{r['hbm']['needed'] / gib:.2f} / {_usable(r) / gib:.0f} | NO |" + " - |" * 6)
       continue
     reduced = r["collectives"].get("all-reduce", {}).get("bytes", 0) * r["devices_per_chip"]
     e, h = r["estimate"], r["host"]
     lines.append(
-        f"| {r['model']} | {r['dtype']} | {r['topology']} ({r['hosts']} host{'s' * (r['hosts'] > 1)}) "
-        f"| {r['batch_per_chip']} | {r['hbm']['needed'] / gib:.2f} / {r['hbm']['chip'] / gib:.0f} | "
+        f"| {model} | {r['dtype']} | {r['topology']} ({r['hosts']} host{'s' * (r['hosts'] > 1)}) "
+        f"| {r['batch_per_chip']} | {r['hbm']['needed'] / gib:.2f} / {_usable(r) / gib:.0f} | "
         f"{'yes' if r['hbm']['fits'] else 'NO'} | {r['flops']['ratio']:.2f} | {reduced / 1e6:.1f} "
         f"({r['param_bytes'] / 1e6:.1f}) | {e['step_ms']:.1f} | {e['bound']} | "
         f"{e['images_per_sec_per_chip']:,.0f} | {h['cores_needed']:.0f} / {h['vcpus']:.0f} |")
   return "\n".join(lines) + "\n"
+
+
+def _usable(r: dict) -> float:
+  return r["hbm"].get("usable", r["hbm"]["chip"])  # rows compiled before GPUs have no "usable"
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,10 @@ usage() {
 Usage: launch/gpu_vm.sh COMMAND --name NAME [options] [-- resnet-jax args...]
 
 Commands:
+  check    before renting: compile the run's exact step for --machine-type's GPUs here, on this
+           machine's CPU (resnet-jax compile; needs the gpu extra): memory fit, FLOPs, all-reduce,
+           an images/s estimate; exits 0 fits, 1 does not fit, 2 bad input (a machine type without
+           a known GPU, e.g. n1 with --gpu: the known ones are listed). --name is not needed
   create   create the VM (Deep Learning VM image with the NVIDIA driver; --spot for spot capacity)
   setup    copy this checkout to the VM; install it with jax[cuda12] in ~/venv
   run      start `resnet-jax ARGS` on the VM, detached; log in ~/resnet-jax-run/train.log. The VM
@@ -54,7 +58,7 @@ while [[ ${1:-} == --dry-run ]]; do
   shift
 done
 command=${1:-}
-check_command "$command"
+check_command "$command" check
 shift
 
 name="" zone="" project="" machine="n1-standard-8" gpu="nvidia-tesla-t4" gpu_count=1
@@ -83,7 +87,7 @@ while (($# > 0)); do
     *) die "unknown option '$1' (resnet-jax arguments go after --; see -h)" ;;
   esac
 done
-[[ -n $name ]] || die "--name is required (the VM's name)"
+[[ -n $name || $command == check ]] || die "--name is required (the VM's name)"
 [[ $poll =~ ^[1-9][0-9]*$ ]] || die "--poll '$poll' must be a positive number of seconds"
 [[ $gpu_count =~ ^[1-9][0-9]*$ ]] || die "--gpu-count '$gpu_count' must be a positive integer"
 if [[ $command == run || $command == watch ]]; then
@@ -180,6 +184,7 @@ watch() {
 }
 
 case "$command" in
+  check) compile_args "$machine"; run resnet-jax "${COMPILE_ARGS[@]}" ;;
   create) create ;;
   setup) setup ;;
   run) start_run ;;

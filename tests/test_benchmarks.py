@@ -183,3 +183,26 @@ def test_input_pipeline_benchmark_pipelines_make_normalised_batches():
     assert bench.ours(train, normalize=False)(jpegs, 0).dtype == np.uint8
   if importlib.util.find_spec("torchvision"):
     assert bench.torchvision_pil(True)(jpegs, 0).shape == (3, 3, 224, 224)
+
+
+def test_gpu_compile_rows_are_256_images_per_gpu_and_tabulate_against_the_usable_memory(tmp_path):
+  gpu_compile = _load("gpu_compile")
+  rows = {r["name"]: r for r in gpu_compile.rows()}
+  for name, batch in (("resnet50-bfloat16-h100-1", 256), ("resnet50-bfloat16-h100-8", 2048),
+                      ("resnet50-bfloat16-h100-16", 4096)):  # two hosts of 8
+    assert f"--config.batch_size={batch}" in rows[name]["overrides"], name
+  assert rows["resnet50-modern-float32-a100-80gb-8"]["label"] == "resnet50-modern"
+  folder = tmp_path / "rows"
+  folder.mkdir()
+  row = {"model": "resnet50", "dtype": "bfloat16", "topology": "h100-1", "hosts": 1,
+         "batch_per_chip": 256, "devices_per_chip": 1,
+         "hbm": {"needed": 10.78 * 2**30, "chip": 80e9, "usable": 60e9, "fits": True},
+         "flops": {"ratio": 0.96}, "collectives": {}, "param_bytes": 102.2e6,
+         "estimate": {"step_ms": 29.4, "bound": "HBM bandwidth", "images_per_sec_per_chip": 8700.0},
+         "host": {"cores_needed": 39.0, "vcpus": 26.0}}
+  (folder / "resnet50-bfloat16-h100-1.json").write_text(json.dumps(row))
+  gpu_compile.main(["--out", str(tmp_path), "--only", "nothing"])  # tabulates what is there
+  lines = (tmp_path / "table.md").read_text().splitlines()
+  assert "| machine |" in lines[0] and "memory needed / usable GiB" in lines[0]
+  assert lines[2] == ("| resnet50 | bfloat16 | h100-1 (1 host) | 256 | 10.78 / 56 | yes | 0.96 | "
+                      "0.0 (102.2) | 29.4 | HBM bandwidth | 8,700 | 39 / 26 |")

@@ -78,8 +78,10 @@ def test_tpu_check_compiles_the_run_for_the_slice_before_renting_it():
   assert line == ["resnet-jax", "compile", "--topology", "v5litepod-16", "--config", "c.py"]
   result = sh(*dry("launch/tpu_vm.sh", "check", "--", "sweep", "--config", "s.py"), check=False)
   assert result.returncode == 2 and "check compiles a train run's step" in result.stderr
-  result = sh("launch/gpu_vm.sh", "check", "--name", "x", check=False)
-  assert result.returncode == 2 and "unknown command 'check'" in result.stderr
+  # A GPU VM's machine type names its GPUs (a3-highgpu-8g: 8 H100s) for `resnet-jax compile`.
+  (line,) = commands("launch/gpu_vm.sh", "check", "--machine-type", "a3-highgpu-8g", "--", *TRAIN)
+  assert line == ["resnet-jax", "compile", "--topology", "a3-highgpu-8g", "--config",
+                  "configs/imagenet.py:resnet50", "--config.lr_decay_steps=(30, 60)"]
 
 
 def test_local_dry_run():

@@ -164,13 +164,19 @@ def test_command_line_reexecs_with_huge_pages():
 
 def test_no_tpu_probe_where_libtpu_is_installed_but_no_chip_is(tmp_path):
   present = lambda *names: (lambda name: object() if name in names else None)
-  no_chip = (str(tmp_path / "accel*"),)
+  no_chip, no_gpu = (str(tmp_path / "accel*"),), (str(tmp_path / "nvidia[0-9]*"),)
   assert runtime.platforms_without_tpu_probe({}, present("libtpu"), no_chip) == "cpu"
-  # A TPU VM (a chip's device file), a CUDA plugin, a user's choice, or no libtpu: left alone.
+  # A CUDA plugin on a host without a GPU (the `gpu` extra, for `resnet-jax compile`): no probe.
+  assert runtime.platforms_without_tpu_probe({}, present("libtpu", "jax_cuda12_plugin"), no_chip,
+                                             no_gpu) == "cpu"
+  assert runtime.platforms_without_tpu_probe({}, present("jax_cuda12_plugin"), no_chip,
+                                             no_gpu) == "cpu"
+  # A TPU VM (a chip's device file), a GPU, a user's choice, or no plugin: left alone.
+  (tmp_path / "nvidia0").touch()
+  assert runtime.platforms_without_tpu_probe({}, present("libtpu", "jax_cuda12_plugin"), no_chip,
+                                             no_gpu) is None
   (tmp_path / "accel0").touch()
   assert runtime.platforms_without_tpu_probe({}, present("libtpu"), no_chip) is None
-  assert runtime.platforms_without_tpu_probe({}, present("libtpu", "jax_cuda12_plugin"),
-                                             (str(tmp_path / "none*"),)) is None
   assert runtime.platforms_without_tpu_probe({"JAX_PLATFORMS": "tpu"}, present("libtpu"),
                                              (str(tmp_path / "none*"),)) is None
   assert runtime.platforms_without_tpu_probe({}, present(), (str(tmp_path / "none*"),)) is None

@@ -36,8 +36,9 @@ EXIT = {  # command -> its exit codes
     "prepare": (f"0 prepared (or already prepared); 2 a missing or corrupt file (named; nothing is "
                 f"left behind); {BUG}."),
     "data-bench": f"0 timed; 2 bad input or data; {BUG}.",
-    "compile": (f"0 the step fits the chip's HBM; 1 it does not (or {BUG[2:]}); 2 bad input (an "
-                "unknown topology: the known ones are listed; no libtpu: the extra to install)."),
+    "compile": (f"0 the step fits the chip's memory; 1 it does not (or {BUG[2:]}); 2 bad input (an "
+                "unknown topology: the known ones are listed; no libtpu or CUDA plugin: the extra to "
+                "install)."),
 }
 
 
@@ -67,7 +68,7 @@ def build_parser(commands) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="resnet-jax", formatter_class=_Formatter,
       description="Residual and plain networks (He et al. 2015) in JAX: train, sweep, report, evaluate, "
-                  "convert torchvision weights, benchmark, compile for a TPU slice.",
+                  "convert torchvision weights, benchmark, compile for a TPU slice or GPU machine.",
       epilog="`resnet-jax COMMAND --help` describes each command, its options and exit codes.")
   parser.add_argument("--version", action="version", version=f"resnet-jax {__version__}")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -171,17 +172,23 @@ def _bench(sub, commands):
 
 
 def _compile(sub, commands):
-  p = _add(sub, "compile", "compile a run's exact step for a TPU slice, without a TPU", OVERRIDES,
+  p = _add(sub, "compile", "compile a run's exact step for a TPU slice or GPU machine, without one",
+           OVERRIDES,
            "The trainer is built as the run would build it (model, optimizer, shardings, K steps per "
            "dispatch, on-device data, remat, scan, dtype) from the data's shapes alone, and the train "
-           "and eval steps are compiled by libtpu for the slice's devices (pip install "
-           "'resnet-jax[tpu]'; no TPU needed). Prints per chip: the HBM needed against the chip's, "
-           "XLA's FLOPs against the counted ones, the collectives, a roofline estimate of step time "
-           "and images/s from the chip's published peaks (an estimate, not a measurement), the host "
-           "cores that decoding needs, and the compile time; then one JSON line.")
+           "and eval steps are compiled for the target's devices: by libtpu for a slice (pip install "
+           "'resnet-jax[tpu]'), by the CUDA plugin from the GPU's published description for a GPU "
+           "machine (pip install 'resnet-jax[gpu]'); no TPU or GPU needed. Names each phase as it "
+           "goes, then prints per chip (per GPU): the memory needed against the chip's (a GPU's: the "
+           "share JAX takes, XLA_PYTHON_CLIENT_MEM_FRACTION, default 75%), XLA's FLOPs against the "
+           "counted ones, the collectives, a roofline estimate of step time and images/s from the "
+           "published peaks (an estimate, not a measurement), the host cores that decoding needs, "
+           "and the compile time; then one JSON line.")
   p.add_argument("--topology", required=True,
                  help="a Cloud TPU slice (v5e-8, v4-8, v5p-8, v6e-8, v4-16, v5e-16, ...) or its libtpu "
-                      "topology (v5e:2x4)")
+                      "topology (v5e:2x4); or GPUs: h100-N, h200-N, a100-40gb-N, a100-80gb-N (N = 1, "
+                      "2, 4, 8; 16: two hosts), l4-N, or a machine type (a3-highgpu-8g, "
+                      "a2-ultragpu-8g, g2-standard-48)")
   p.add_argument("--config", required=True, metavar="FILE[:ARG]",
                  help="the run's config file, e.g. configs/imagenet.py:resnet50")
   p.add_argument("--max-batch", action="store_true",

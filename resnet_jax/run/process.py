@@ -45,22 +45,27 @@ def hugepage_environment(environ, libc=None) -> dict | None:
 
 # Where a TPU VM's chips appear: /dev/accel* (v2-v4), /dev/vfio/<n> (v5e, v5p, v6e).
 TPU_DEVICE_FILES = ("/dev/accel*", "/dev/vfio/[0-9]*")
+# Where the NVIDIA driver exposes its GPUs.
+NVIDIA_DEVICE_FILES = ("/dev/nvidia[0-9]*",)
 
 
 def platforms_without_tpu_probe(environ, find_spec=importlib.util.find_spec,
-                                device_files=TPU_DEVICE_FILES) -> str | None:
-  """The JAX_PLATFORMS value that spares a host without TPU chips libtpu's probe, or None.
+                                device_files=TPU_DEVICE_FILES,
+                                gpu_device_files=NVIDIA_DEVICE_FILES) -> str | None:
+  """The JAX_PLATFORMS value that spares a host without accelerators the plugins' probes, or None.
 
   With libtpu installed (the `tpu` extra, also in `test`: `resnet-jax compile` uses it), JAX
   initialises it at the first device query; on a host with no TPU chips that prints a screen of
   warnings from libtpu ("could not determine TPU accelerator type", a source-location trace) before
-  falling back to the CPU. Where no chip's device file exists, JAX_PLATFORMS=cpu skips the probe.
-  Nothing changes where JAX_PLATFORMS is set, libtpu is absent, a chip is present, or a CUDA plugin
-  is installed (its GPUs must stay visible).
+  falling back to the CPU; the CUDA plugin (the `gpu` extra, also in `test`) on a host without an
+  NVIDIA GPU fails its start-up check with warnings of its own. Where neither a TPU chip's nor a
+  GPU's device file exists, JAX_PLATFORMS=cpu skips the probes. Nothing changes where JAX_PLATFORMS
+  is set, no plugin is installed, or a chip or GPU is present (it must stay visible).
   """
-  if environ.get("JAX_PLATFORMS") or find_spec("libtpu") is None:
+  cuda = any(find_spec(name) is not None for name in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
+  if environ.get("JAX_PLATFORMS") or (find_spec("libtpu") is None and not cuda):
     return None
-  if any(find_spec(cuda) is not None for cuda in ("jax_cuda12_plugin", "jax_cuda13_plugin")):
+  if cuda and any(glob.glob(pattern) for pattern in gpu_device_files):
     return None
   return None if has_tpu_chips(device_files) else "cpu"
 

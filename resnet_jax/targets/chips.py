@@ -28,6 +28,14 @@ class Chip:
                              # chips, or half the chip's bidirectional ICI where that is published
   vcpus_per_chip: float      # the TPU VM's vCPUs divided by the chips it drives
   source: str
+  peak_flops_f32: Optional[float] = None  # FLOP/s of float32 convolutions and matmuls, where they
+                                          # run slower than bf16 (GPUs: TF32); None: peak_flops
+
+  def peak(self, dtype: str) -> float:
+    """Peak FLOP/s of the step's convolutions in the compute dtype `dtype`."""
+    if dtype == "float32" and self.peak_flops_f32 is not None:
+      return self.peak_flops_f32
+    return self.peak_flops
 
 
 CHIPS = {

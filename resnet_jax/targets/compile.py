@@ -1,27 +1,33 @@
-"""`resnet-jax compile`: the exact step a run would compile, compiled for a TPU slice we do not have.
+"""`resnet-jax compile`: the exact step a run would compile, compiled for a TPU slice or GPU machine
+we do not have.
 
 The trainer is built from the config as a run builds it (model, optimizer, strategy, shardings, K
 steps per dispatch, on-device data, remat, scan, dtype), from the data's shapes alone
-(`data.spec`) and the slice's compile-only devices (libtpu, `jax.experimental.topologies`), so
-nothing is read and no TPU is needed. The train dispatch and the eval step are compiled; the report
-gives per chip: the HBM the step needs against the chip's, XLA's FLOPs against the model's counted
+(`data.spec`) and the target's compile-only devices (`jax.experimental.topologies`: libtpu for a
+slice, the CUDA plugin with a GPU's description for a GPU machine), so nothing is read and no
+accelerator is needed. The train dispatch and the eval step are compiled; the report gives per chip
+(per GPU): the memory the step needs against the chip's, XLA's FLOPs against the model's counted
 FLOPs, the collectives, a roofline estimate of step time and images/s, and how many host cores
 decoding images would keep up.
 """
 
+import contextlib
+import importlib.metadata
 import importlib.util
 import math
+import os
 import re
 import time
-from typing import Optional
+from typing import Optional, Union
 
 import jax
 import ml_collections
 
 from resnet_jax import data, models
 from resnet_jax.models import flops as flops_lib
+from resnet_jax.run import console
 from resnet_jax.run.errors import ConfigError, MissingExtraError
-from resnet_jax.targets import analysis, chips
+from resnet_jax.targets import analysis, chips, gpu
 from resnet_jax.training.trainer import Trainer
 
 # XLA's FLOPs and the model's counted FLOPs (3 x the forward's multiply-adds x 2) agree within this
@@ -36,30 +42,70 @@ FLOPS_TOLERANCE = 0.25
 IMAGES_PER_CORE = {"jpeg": 527.0, "png": 3373.0}
 MAX_PER_CHIP_BATCH = 1 << 16  # --max-batch stops doubling here
 
+Target = Union[chips.Slice, gpu.Target]
 
-def devices_of(slice_: chips.Slice) -> list:
-  """The slice's compile-only devices (libtpu's topology description)."""
+
+def find_target(name: str) -> Target:
+  """The TPU slice or GPU machine called `name`; an unknown name is a user's mistake."""
+  found = chips.find(name) or gpu.find(name)
+  if found is None:
+    raise ConfigError(f"unknown TPU topology or GPU machine {name!r}; known: {', '.join(chips.known())}; "
+                      f"GPU machines: {', '.join(gpu.known())}.")
+  return found
+
+
+def is_gpu(target: Target) -> bool:
+  return isinstance(target, gpu.Target)
+
+
+def devices_of(target: Target) -> list:
+  """The target's compile-only devices (libtpu's or the CUDA plugin's topology description)."""
+  if is_gpu(target):
+    return _gpu_devices(target)
   if importlib.util.find_spec("libtpu") is None:
     raise MissingExtraError("compiling for a TPU slice needs libtpu, which this install leaves out: "
                             "pip install 'resnet-jax[tpu]'")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
-  return list(topologies.get_topology_desc(topology_name=slice_.topology, platform="tpu",
-                                           **slice_.topology_kwargs()).devices)
+  return list(topologies.get_topology_desc(topology_name=target.topology, platform="tpu",
+                                           **target.topology_kwargs()).devices)
 
 
-def find_slice(name: str) -> chips.Slice:
-  slice_ = chips.find(name)
-  if slice_ is None:
-    raise ConfigError(f"unknown TPU topology {name!r}; known: {', '.join(chips.known())}.")
-  return slice_
+def _gpu_devices(target: gpu.Target) -> list:
+  if importlib.util.find_spec("jax_cuda12_plugin") is None:
+    raise MissingExtraError("compiling for a GPU machine needs the CUDA plugin, which this install "
+                            "leaves out: pip install 'resnet-jax[gpu]'")
+  os.environ.update(gpu.environment(os.environ))  # in time unless JAX's backends already started
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
+  config = gpu.target_config(target.gpu, _version("nvidia-cudnn-cu12"),
+                             _version("nvidia-cuda-runtime-cu12"))
+  return list(topologies.get_topology_desc(platform="cuda", target_config=config,
+                                           topology=target.topology).devices)
+
+
+def _version(package: str) -> tuple:
+  """(major, minor, 0) of an NVIDIA library: the installed one (`jax[cuda12]`), which a run would
+  load, or else the oldest the CUDA plugin accepts (`jax[cuda12-local]`, the `gpu` extra: the
+  plugin compiles without NVIDIA's wheels, to the same optimised program; checked for ResNet-8)."""
+  try:
+    version = importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    wanted = [r for r in importlib.metadata.requires("jax-cuda12-plugin") or ()
+              if r.startswith(package)]
+    found = re.search(r">=\s*([\d.]+)", wanted[0]) if wanted else None
+    if found is None:
+      raise
+    version = found.group(1)
+  major, minor = version.split(".")[:2]
+  return int(major), int(minor), 0
 
 
 def build(config: ml_collections.ConfigDict, devices: list) -> Trainer:
   """The trainer a run of `config` builds, on `devices`, from the data's shapes alone."""
   if config.parallelism != "jit":
     raise ConfigError(f"parallelism={config.parallelism!r}: `resnet-jax compile` compiles the jit "
-                      "strategy over the slice's mesh; jax.pmap programs cannot be compiled ahead of "
+                      "strategy over the target's mesh; jax.pmap programs cannot be compiled ahead of "
                       "time for devices this host does not have. Set --config.parallelism=jit.")
   spec = data.spec(config, models.default_image_size(config.model))
   if spec is None:
@@ -71,62 +117,97 @@ def build(config: ml_collections.ConfigDict, devices: list) -> Trainer:
   return Trainer(config, data=spec, devices=devices)
 
 
-def compile_step(trainer: Trainer) -> dict:
-  """Compiles the train dispatch and the eval step; returns their analyses and compile times."""
+def compile_step(trainer: Trainer, say=None) -> dict:
+  """Compiles the train dispatch and the eval step, naming each phase on `say`'s console; returns
+  the compiled programs, the train dispatch as lowered, and each phase's seconds."""
+  say = say or (lambda text: None)
   k = trainer.config.steps_per_dispatch
   sharding = trainer.strategy.replicated
   state = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                                  trainer.abstract_state())
   fn, args = trainer.dispatch_call(0, k, abstract=True)
+  seconds = {}
+  with _timed(say, "lowering the train step", seconds, "lower"):
+    lowered = fn.lower(state, *args)
+  with _timed(say, "compiling the train step", seconds, "compile train"):
+    train = lowered.compile()
+  with _timed(say, "compiling the eval step", seconds, "compile eval"):
+    evaluate = trainer.strategy.eval_step.lower(state, trainer.abstract_eval_batch()).compile()
+  return {"train": train, "eval": evaluate, "train_lowered": lowered, "phases_s": seconds,
+          "compile_s": {"train": seconds["lower"] + seconds["compile train"],
+                        "eval": seconds["compile eval"]}}
+
+
+@contextlib.contextmanager
+def _timed(say, text: str, seconds: dict, key: str):
+  """A console phase (`console.phase`) whose seconds are kept in `seconds[key]`."""
   t0 = time.perf_counter()
-  train = fn.lower(state, *args).compile()
-  t1 = time.perf_counter()
-  evaluate = trainer.strategy.eval_step.lower(state, trainer.abstract_eval_batch()).compile()
-  t2 = time.perf_counter()
-  return {"train": train, "eval": evaluate, "compile_s": {"train": t1 - t0, "eval": t2 - t1}}
+  try:
+    with console.phase(say, text):
+      yield
+  finally:
+    seconds[key] = time.perf_counter() - t0
 
 
-def report(config: ml_collections.ConfigDict, slice_: chips.Slice, devices: list,
+def usable_memory(target: Target, environ=None) -> int:
+  """Bytes of a chip's memory a run's buffers may take: all of a TPU's HBM (libtpu refuses more);
+  on a GPU the fraction JAX's allocator takes (XLA_PYTHON_CLIENT_MEM_FRACTION, default 0.75)."""
+  if not is_gpu(target):
+    return target.chip.hbm_bytes
+  environ = os.environ if environ is None else environ
+  fraction = float(environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION") or gpu.DEFAULT_MEM_FRACTION)
+  return int(fraction * target.chip.hbm_bytes)
+
+
+def report(config: ml_collections.ConfigDict, target: Target, devices: list,
            trainer: Trainer, compiled: dict) -> dict:
-  """Per chip: HBM fit, FLOPs, collectives, roofline, host cores; everything a user needs to decide."""
-  chip, per_device = slice_.chip, slice_.devices_per_chip  # figures per chip; JAX's devices per chip
+  """Per chip: memory fit, FLOPs, collectives, roofline, host cores; everything a user needs to decide."""
+  chip, per_device = target.chip, target.devices_per_chip  # figures per chip; JAX's devices per chip
   n = len(devices) // per_device  # chips
   k = config.steps_per_dispatch
   per_chip = config.batch_size // n
   train_mem, eval_mem = analysis.memory(compiled["train"]), analysis.memory(compiled["eval"])
-  cost = analysis.costs(compiled["train"])
+  cost = analysis.costs(compiled["train"], compiled.get("train_lowered"), len(devices))
   comms = analysis.collectives(compiled["train"].as_text())
   # XLA's figures are per device (per TensorCore on v3): per chip, times the devices of a chip.
   xla_flops, step_bytes, comm_bytes = (per_device * x for x in _per_step(cost, comms, k))
   counted = 3 * 2 * flops_lib.count_macs(trainer.model, trainer.image_shape[0],
                                          trainer.image_shape[-1]) * per_chip
-  roof = analysis.roofline(xla_flops, step_bytes, comm_bytes, chip, n)
+  roof = analysis.roofline(xla_flops, step_bytes, comm_bytes, chip, n,
+                           peak_flops=chip.peak(config.dtype))
   needed = per_device * max(train_mem["needed"], eval_mem["needed"])
+  usable = usable_memory(target)
   hosts = len({d.process_index for d in devices})
   images_per_s = per_chip / roof.step_s
   param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(
       trainer.abstract_state().params))
   return {
-      **_header(config, slice_, devices),
-      "hbm": {"needed": needed, "chip": chip.hbm_bytes, "fits": needed <= chip.hbm_bytes,
-              "margin": chip.hbm_bytes - needed, "train": train_mem, "eval": eval_mem},
+      **_header(config, target, devices),
+      "hbm": {"needed": needed, "chip": chip.hbm_bytes, "usable": usable, "fits": needed <= usable,
+              "margin": usable - needed, "train": train_mem, "eval": eval_mem},
       "flops": {"xla_per_step": xla_flops, "counted_per_step": counted,
-                "ratio": xla_flops / counted if counted else math.nan,
-                "tolerance": FLOPS_TOLERANCE, "note": _flops_note(config, xla_flops, counted)},
+                "ratio": xla_flops / counted if counted else math.nan, "xla_source": cost["source"],
+                "tolerance": FLOPS_TOLERANCE,
+                "note": _flops_note(config, trainer.image_shape, xla_flops, counted)},
       "collectives": comms, "collective_bytes_per_step": comm_bytes, "param_bytes": param_bytes,
       "estimate": {"step_ms": 1e3 * roof.step_s, "compute_ms": 1e3 * roof.compute_s,
                    "hbm_ms": 1e3 * roof.memory_s, "interconnect_ms": 1e3 * roof.collective_s,
-                   "bound": roof.bound, "images_per_sec_per_chip": images_per_s},
-      "host": _host(config, slice_, images_per_s, n // hosts),
-      "compile_s": compiled["compile_s"], "chip_source": chip.source,
+                   "bound": roof.bound, "images_per_sec_per_chip": images_per_s,
+                   "peak_flops": chip.peak(config.dtype)},
+      "host": _host(config, target, images_per_s, n // hosts),
+      "compile_s": compiled["compile_s"], "phases_s": compiled.get("phases_s", {}),
+      "chip_source": chip.source,
   }
 
 
-def _header(config: ml_collections.ConfigDict, slice_: chips.Slice, devices: list) -> dict:
-  """What was compiled, for where: the fields every report starts with."""
-  n = len(devices) // slice_.devices_per_chip  # chips
-  return {"topology": slice_.name, "libtpu_topology": slice_.topology, "chip": slice_.chip.name,
-          "chips": n, "devices_per_chip": slice_.devices_per_chip,
+def _header(config: ml_collections.ConfigDict, target: Target, devices: list) -> dict:
+  """What was compiled, for where: the fields every report starts with. A GPU is a "chip" in the
+  JSON's keys (batch_per_chip, ...), as a TPU chip is."""
+  n = len(devices) // target.devices_per_chip  # chips
+  where = ({"platform": "cuda", "machine": target.cloud_name, "cuda_topology": target.topology}
+           if is_gpu(target) else {"platform": "tpu", "libtpu_topology": target.topology})
+  return {"topology": target.name, **where, "chip": target.chip.name,
+          "chips": n, "devices_per_chip": target.devices_per_chip,
           "hosts": len({d.process_index for d in devices}), "model": config.model,
           "dtype": config.dtype, "batch_size": config.batch_size,
           "batch_per_chip": config.batch_size // n, "steps_per_dispatch": config.steps_per_dispatch}
@@ -135,14 +216,15 @@ def _header(config: ml_collections.ConfigDict, slice_: chips.Slice, devices: lis
 def _per_step(cost: dict, comms: dict, k: int) -> tuple[float, float, float]:
   """FLOPs, HBM bytes and collective bytes of one step, from the dispatch's figures.
 
-  On TPU the K steps of a dispatch are a loop (`lax.scan`), and XLA's analyses count a loop's body
-  once: its figures are already one step's. (On CPU the K steps are unrolled; see parallel.scan.)
+  On TPU and GPU the K steps of a dispatch are a loop (`lax.scan`), and XLA's analyses count a
+  loop's body once: its figures are already one step's. (On CPU the K steps are unrolled; see
+  parallel.scan.)
   """
   del k  # one loop body is one step
   return cost["flops"], cost["bytes_accessed"], float(sum(c["bytes"] for c in comms.values()))
 
 
-def _flops_note(config, xla: float, counted: float) -> str:
+def _flops_note(config, image_shape, xla: float, counted: float) -> str:
   ratio = xla / counted if counted else math.nan
   if abs(ratio - 1) <= FLOPS_TOLERANCE:
     return f"agree within {FLOPS_TOLERANCE:.0%}"
@@ -155,13 +237,21 @@ def _flops_note(config, xla: float, counted: float) -> str:
                    "forward instead of 3x)")
   if config.data_on_device:
     reasons.append("data_on_device: drawing and augmenting the batch adds gathers, not FLOPs")
+  if ratio < 1 and image_shape[0] <= SMALL_IMAGE:
+    reasons.append(f"{image_shape[0]}x{image_shape[1]} images: XLA counts only the kernel taps "
+                   "that fall inside the image, the counted FLOPs every tap, and a 3x3 kernel on "
+                   "a small feature map has many taps on its zero padding; nothing is wrong")
   return "; ".join(reasons) or ("outside the tolerance for a reason not identified: XLA counts BN, "
                                 "ReLU and the optimizer, and the 3x rule approximates the backward")
 
 
-def _host(config, slice_: chips.Slice, images_per_s_per_chip: float, chips_per_host: int) -> dict:
-  """Host cores needed to decode and augment the images the chips consume, against the TPU VM's."""
-  vcpus = slice_.chip.vcpus_per_chip * chips_per_host
+# Images this small put many of a 3x3 kernel's taps on the padding of the last stages' feature maps.
+SMALL_IMAGE = 16
+
+
+def _host(config, target: Target, images_per_s_per_chip: float, chips_per_host: int) -> dict:
+  """Host cores needed to decode and augment the images the chips consume, against the VM's."""
+  vcpus = target.chip.vcpus_per_chip * chips_per_host
   if config.data_on_device or config.dataset in ("digits", "synthetic"):
     return {"input": "on the device / in memory: no decoding per step", "cores_needed": 0.0,
             "vcpus": vcpus}
@@ -172,21 +262,30 @@ def _host(config, slice_: chips.Slice, images_per_s_per_chip: float, chips_per_h
 
 
 def compile_for(config: ml_collections.ConfigDict, topology: str,
-                per_chip_batch: Optional[int] = None) -> dict:
-  """Builds, compiles and reports the config's step on the slice `topology` (see module doc)."""
-  slice_ = find_slice(topology)
-  devices = devices_of(slice_)
+                per_chip_batch: Optional[int] = None, say=None) -> dict:
+  """Builds, compiles and reports the config's step on the slice or GPU machine `topology` (see
+  module doc), naming each phase on `say`'s console."""
+  say = say or (lambda text: None)
+  target = find_target(topology)
+  seconds = {}
+  with _timed(say, f"describing {target.name}'s devices", seconds, "devices"):
+    devices = devices_of(target)
   if per_chip_batch is not None:
     config = config.copy_and_resolve_references()
-    config.batch_size = per_chip_batch * (len(devices) // slice_.devices_per_chip)
-  trainer = build(config, devices)
+    config.batch_size = per_chip_batch * (len(devices) // target.devices_per_chip)
+  with _timed(say, "building the trainer", seconds, "build"):
+    trainer = build(config, devices)
   try:
-    compiled = compile_step(trainer)
+    compiled = compile_step(trainer, say)
   except Exception as e:  # pylint: disable=broad-except
     if not out_of_hbm(str(e)):
       raise
-    return not_fitting(config, slice_, devices, str(e))
-  return report(config, slice_, devices, trainer, compiled)
+    return not_fitting(config, target, devices, str(e))
+  with _timed(say, "analysing the compiled programs", seconds, "analyse"):
+    result = report(config, target, devices, trainer, compiled)
+  analyse = seconds.pop("analyse")
+  result["phases_s"] = {**seconds, **result["phases_s"], "analyse": analyse}
+  return result
 
 
 # libtpu refuses to compile a program whose buffers exceed the chip's HBM, instead of compiling it:
@@ -199,35 +298,40 @@ def out_of_hbm(message: str) -> bool:
   return "RESOURCE_EXHAUSTED" in message and "HBM" in message
 
 
-def not_fitting(config: ml_collections.ConfigDict, slice_: chips.Slice, devices: list,
+def not_fitting(config: ml_collections.ConfigDict, target: Target, devices: list,
                 message: str) -> dict:
   """The report of a step the compiler refused for want of HBM: what it needed, per chip, if said."""
   found = _OUT_OF_HBM.search(message)
   # The compiler's figures are per device (per TensorCore on v3), in GiB.
-  needed = slice_.devices_per_chip * float(found.group(1)) * 2**30 if found else math.nan
+  needed = target.devices_per_chip * float(found.group(1)) * 2**30 if found else math.nan
   line = next((l.strip() for l in message.splitlines() if "RESOURCE_EXHAUSTED" in l), message)
-  return {**_header(config, slice_, devices),
-          "hbm": {"needed": needed, "chip": slice_.chip.hbm_bytes, "fits": False,
-                  "margin": slice_.chip.hbm_bytes - needed, "compiler": line},
-          "chip_source": slice_.chip.source}
+  usable = usable_memory(target)
+  return {**_header(config, target, devices),
+          "hbm": {"needed": needed, "chip": target.chip.hbm_bytes, "usable": usable, "fits": False,
+                  "margin": usable - needed, "compiler": line},
+          "chip_source": target.chip.source}
 
 
 def max_batch(config: ml_collections.ConfigDict, topology: str, say=print) -> tuple[int, dict]:
-  """The largest per-chip batch whose step fits the chip's HBM: doubling, then bisection over
-  compiles (multiples of 8, TPU's sublane tile). Returns (batch per chip, its report)."""
-  slice_ = find_slice(topology)
-  n = len(devices_of(slice_)) // slice_.devices_per_chip  # chips (a v3 chip is two devices)
+  """The largest per-chip batch whose step fits the chip's memory: doubling, then bisection over
+  compiles, in multiples of 8 (TPU's sublane tile, and the batch granularity GPU kernels favour)
+  that keep the global batch a multiple of `bn_group_size`. Returns (batch per chip, its report)."""
+  target = find_target(topology)
+  n = len(devices_of(target)) // target.devices_per_chip  # chips (a v3 chip is two devices)
+  group = config.bn_group_size  # under jit BN groups split the global batch: n x per-chip batch
+  step = math.lcm(8, group // math.gcd(group, n)) if group else 8
   fits = {}
 
   def fit(b: int) -> bool:
     if b not in fits:
-      r = compile_for(config, topology, b)
+      r = compile_for(config, topology, b, say=say)
       fits[b] = r
       say(f"batch {b} per chip: {r['hbm']['needed'] / 2**30:.2f} GiB of "
-          f"{r['hbm']['chip'] / 2**30:.0f} GiB, {'fits' if r['hbm']['fits'] else 'does not fit'}")
+          f"{r['hbm']['usable'] / 2**30:.0f} GiB, {'fits' if r['hbm']['fits'] else 'does not fit'}")
     return fits[b]["hbm"]["fits"]
 
-  start = max(8, config.batch_size // n // 8 * 8)
+  down = lambda b: b // step * step
+  start = max(step, down(config.batch_size // n))
   if fit(start):  # double until one does not fit
     low, high = start, None
     while high is None:
@@ -237,10 +341,11 @@ def max_batch(config: ml_collections.ConfigDict, topology: str, say=print) -> tu
   else:  # halve until one fits
     low, high = None, start
     while low is None:
-      if high // 2 < 8:
+      if down(high // 2) < step:
         return 0, fits[high]
-      low, high = (high // 2 // 8 * 8, high) if fit(high // 2 // 8 * 8) else (None, high // 2 // 8 * 8)
-  while high - low > 8:  # bisect, in multiples of 8
-    mid = (low + high) // 2 // 8 * 8
+      half = down(high // 2)
+      low, high = (half, high) if fit(half) else (None, half)
+  while high - low > step:  # bisect, in multiples of the step
+    mid = down((low + high) // 2)
     low, high = (mid, high) if fit(mid) else (low, mid)
   return low, fits[low]
