@@ -1,7 +1,7 @@
 """The `resnet-jax` command line: every command's arguments, help and exit codes, in one table.
 
-README's command reference holds each command's `--help` output verbatim (tests/test_readme.py keeps
-them equal), so what is written here is what users read in both places.
+The command reference (docs/guides/commands.md) holds each command's `--help` output verbatim
+(tests/test_docs.py keeps them equal), so what is written here is what users read in both places.
 """
 
 import argparse
