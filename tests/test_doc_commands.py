@@ -212,7 +212,7 @@ COMMANDS = {
     "--config.normalization=per_pixel_mean --config.batch_size=128 --config.total_steps=391 "
     "--config.lr_decay_steps='()' --config.eval_every_steps=0 --config.checkpoint_every_steps=0 "
     "--config.log_every_steps=50": Run(CIFAR_WHY, fill=(("runs/r20", "runs/r20-epoch"),
-                                                          ("DIR", "~/tfds")),
+                                                          ("DIR", "$HOME/tfds")),
                                        add=CIFAR_SHORT,
                                        after=("resnet-jax prepare cifar10 --source "
                                               "../shared/data/cifar10 --data-dir DIR",),
@@ -328,11 +328,16 @@ def _execute(doc: str, box) -> subprocess.CompletedProcess:
 
 
 CHEAP = [c for c, s in COMMANDS.items() if isinstance(s, Run) and s.cheap]
+
+
+def _id(command: str) -> str:
+  return re.sub(r"[^\w.:/=,-]+", "_", command)[:90]
+
 SLOW = [c for c, s in COMMANDS.items() if isinstance(s, Run) and not s.cheap]
 CHECKS = [c for c, s in COMMANDS.items() if isinstance(s, Check)]
 
 
-@pytest.mark.parametrize("doc", CHEAP)
+@pytest.mark.parametrize("doc", CHEAP, ids=_id)
 def test_cheap_doc_command_runs(doc, sandbox):  # pylint: disable=redefined-outer-name
   done = _execute(doc, sandbox)
   if "--dry-run" in _command(doc):
@@ -340,12 +345,12 @@ def test_cheap_doc_command_runs(doc, sandbox):  # pylint: disable=redefined-oute
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("doc", SLOW)
+@pytest.mark.parametrize("doc", SLOW, ids=_id)
 def test_doc_command_runs(doc, sandbox):  # pylint: disable=redefined-outer-name
   _execute(doc, sandbox)
 
 
-@pytest.mark.parametrize("doc", CHECKS)
+@pytest.mark.parametrize("doc", CHECKS, ids=_id)
 def test_compile_command_is_valid_for_its_slice(doc, monkeypatch):
   """Parsed by the command's parser, its config loaded with its overrides and validated for the
   slice's compile-only devices (libtpu's description of the slice, no compilation): what `resnet-jax

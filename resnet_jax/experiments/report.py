@@ -62,6 +62,7 @@ def run_label(run_dir, root) -> str:
 
 
 def summarize_run(run_dir, root) -> dict:
+  """One row of the report: a run's final and best errors, size, steps and wall time."""
   run_path = epath.Path(run_dir)
   config = json.loads((run_path / "config.json").read_text())
   rows = metrics_log.read_metrics(run_dir)
@@ -118,6 +119,7 @@ def _fmt(value, digits=2):
 
 
 def markdown(summaries: list[dict], groups: list[dict]) -> str:
+  """summary.md: the per-run table, then the mean +- std over seeds of each group."""
   head = ("| run | model | steps | params | multiply-adds | train err % (final / best) | "
           "test err % (final / best*) | paper test err % | wall s |")
   lines = ["## Runs", "", head, "|" + "---|" * 9]

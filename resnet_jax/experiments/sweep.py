@@ -26,6 +26,7 @@ STATUS_FILE = "status.json"
 
 @dataclasses.dataclass(frozen=True)
 class Member:
+  """One run of a sweep: its name (its workdir under the sweep's), the grid values, its config."""
   name: str
   overrides: dict
   config: ml_collections.ConfigDict
