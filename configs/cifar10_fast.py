@@ -12,7 +12,7 @@ test images at the single original view, at the final step. The schedule is not:
 - The fastest input path the project has: the training set is held on the device and each batch is
   drawn and augmented inside the compiled step (`data_on_device`), four steps per dispatch
   (`steps_per_dispatch`), so nothing competes with the step for the two cores. The same
-  augmentation as the host's, drawn differently (README, Performance options).
+  augmentation as the host's, drawn differently (docs/guides/performance.md).
 - total_steps 8,800 (22.5 epochs) instead of 64,000: the hour, with start-up, compilation, eight
   evaluations of the 10,000 test images, and a margin for a slower machine (docs/results/
   cifar10_resnet20 has the rate measured beside the bare step's).

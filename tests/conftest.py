@@ -1,9 +1,9 @@
 """Test setup: simulated CPU devices, one compilation cache per session, things prepared once.
 
 XLA_FLAGS and the compilation cache must be set before jax is imported anywhere, which is why they
-live here, at import time. Two tiers (README, Tests): `python -m pytest` (unit and in-process tests)
-and `python -m pytest -m e2e` (subprocess runs of the command and scripts, deep nets, 8-device
-parities); `e2e` marks the second.
+live here, at import time. Two tiers (docs/guides/development.md, Tests): `python -m pytest` (unit
+and in-process tests) and `python -m pytest -m e2e` (subprocess runs of the command and scripts, deep
+nets, 8-device parities); `e2e` marks the second.
 """
 
 import contextlib
@@ -89,7 +89,7 @@ def cifar10_source():
   """The folder of the real CIFAR-10 binary files; tests that need it skip where it is absent."""
   if not has_cifar10(CIFAR10_SOURCE):
     pytest.skip(f"real CIFAR-10 not found at {os.path.normpath(CIFAR10_SOURCE)}; set "
-                f"{CIFAR10_ENV} to the folder of its binary files (README, Tests)")
+                f"{CIFAR10_ENV} to the folder of its binary files (docs/guides/development.md)")
   return CIFAR10_SOURCE
 
 

@@ -41,10 +41,10 @@ def test_relative_links_resolve(path):
   assert not missing, f"{os.path.relpath(path, ROOT)} links to missing files: {missing}"
 
 
-# --- README's command reference is the parser's own help, and its extras table is pyproject's. ---
+# --- The command reference page is the parser's own help, and README's extras table is pyproject's. ---
 
 README = os.path.join(ROOT, "README.md")
-REFERENCE = "## Command reference"
+COMMANDS_PAGE = os.path.join(ROOT, "docs", "guides", "commands.md")
 HELP_COLUMNS = "100"  # argparse wraps at the terminal's width: the reference is at this one
 
 
@@ -74,30 +74,24 @@ def commands() -> list[str]:
   return list(COMMANDS)
 
 
-def reference_section() -> str:
-  """The README section these tests expect, from the parser."""
-  parts = [REFERENCE, "",
+def reference_page() -> str:
+  """docs/guides/commands.md as these tests expect it, from the parser."""
+  parts = ["# Command reference", "",
            f"`resnet-jax --help` and each `resnet-jax COMMAND --help`, verbatim at {HELP_COLUMNS} "
            "columns. `tests/test_docs.py` compares them with the parser, and `python -m "
-           "tests.test_docs` rewrites this section after a change to it.", ""]
+           "tests.test_docs` rewrites this page after a change to it.", ""]
   for command in [None] + commands():
     title = f"resnet-jax {command + ' ' if command else ''}--help"
     parts += [f"<details><summary><code>{title}</code></summary>", "", "```text",
               help_text(command), "```", "", "</details>", ""]
-  return "\n".join(parts)
+  return "\n".join(parts).rstrip() + "\n"
 
 
-def _readme_section(text: str, heading: str) -> str:
-  start = text.index(heading)
-  end = text.find("\n## ", start + len(heading))
-  return text[start:] if end < 0 else text[start:end + 1]
-
-
-def test_readme_command_reference_is_the_help_of_every_command():
-  text = open(README, encoding="utf-8").read()
-  assert REFERENCE in text, "README has no command reference: run python -m tests.test_docs"
-  assert _readme_section(text, REFERENCE).rstrip() == reference_section().rstrip(), (
-      "README's command reference differs from --help: run python -m tests.test_docs")
+def test_command_reference_is_the_help_of_every_command():
+  assert os.path.exists(COMMANDS_PAGE), "no command reference page: run python -m tests.test_docs"
+  text = open(COMMANDS_PAGE, encoding="utf-8").read()
+  assert text == reference_page(), (
+      "docs/guides/commands.md differs from --help: run python -m tests.test_docs")
 
 
 def test_every_help_names_its_exit_codes_and_every_option_is_described():
@@ -199,17 +193,10 @@ def test_epochs_and_steps_in_preset_comments_match_the_preset(spec, pattern, min
   assert abs(epochs - float(claim["epochs"])) <= 0.5 * 10 ** -decimals, (claim, epochs)
 
 
-if __name__ == "__main__":  # rewrites README's command reference from the parser
-  with open(README, encoding="utf-8") as f:
-    readme = f.read()
-  section = reference_section()
-  if REFERENCE in readme:
-    readme = readme.replace(_readme_section(readme, REFERENCE), section.rstrip() + "\n")
-  else:
-    readme = readme.rstrip("\n") + "\n\n" + section.rstrip() + "\n"
-  with open(README, "w", encoding="utf-8") as f:
-    f.write(readme)
-  print(f"rewrote {REFERENCE!r} in {README}")
+if __name__ == "__main__":  # rewrites the command reference page from the parser
+  with open(COMMANDS_PAGE, "w", encoding="utf-8") as f:
+    f.write(reference_page())
+  print(f"rewrote {COMMANDS_PAGE}")
 
 
 def _page_script(name: str):

@@ -3,8 +3,8 @@
   resnet-jax sweep --config configs/sweeps/seeds_digits.py --workdir runs/seeds --vectorize
 
 The members differ only in `seed` (initialisation, data order and augmentation), so `--vectorize`
-trains all eight with one compiled step over a member axis (README, "Many runs in one step"); without
-it they run one after another and give the same numbers. `:lr` also varies the learning rate over
+trains all eight with one compiled step over a member axis (docs/guides/paper.md, "Many runs in one
+step"); without it they run one after another and give the same numbers. `:lr` also varies the learning rate over
 0.05, 0.1 and 0.2 (24 members, still one group up to the memory cap).
 """
 

@@ -1,8 +1,9 @@
 """The `resnet-jax` command line: every command's arguments, help and exit codes, in one table.
 
-README's command reference holds each command's `--help` output verbatim at 100 columns
-(tests/test_docs.py keeps them equal, with COLUMNS=100), so what is written here is what users read in
-both places. Help is wrapped to the terminal's width (argparse asks it, or COLUMNS), at most `WIDTH`.
+The command reference (docs/guides/commands.md) holds each command's `--help` output verbatim at 100
+columns (tests/test_docs.py keeps them equal, with COLUMNS=100), so what is written here is what users
+read in both places. Help is wrapped to the terminal's width (argparse asks it, or COLUMNS), at most
+`WIDTH`.
 """
 
 import argparse

@@ -59,6 +59,7 @@ def run_label(run_dir, root) -> str:
 
 
 def summarize_run(run_dir, root) -> dict:
+  """One row of the report: a run's final and best errors, size, steps and wall time."""
   config = workdir_lib.read_config(run_dir)
   rows = metrics_log.read_metrics(run_dir)
   info = workdir_lib.read_model(run_dir)
@@ -112,6 +113,7 @@ def _fmt(value, digits=2):
 
 
 def markdown(summaries: list[dict], groups: list[dict]) -> str:
+  """summary.md: the per-run table, then the mean +- std over seeds of each group."""
   head = ("| run | model | steps | params | multiply-adds | train err % (final / best) | "
           "test err % (final / best*) | paper test err % | wall s |")
   lines = ["## Runs", "", head, "|" + "---|" * 9]

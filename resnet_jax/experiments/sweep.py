@@ -25,6 +25,7 @@ from resnet_jax.training import grouping, lifecycle, loop, validation
 
 @dataclasses.dataclass(frozen=True)
 class Member:
+  """One run of a sweep: its name (its workdir under the sweep's), the grid values, its config."""
   name: str
   overrides: dict
   config: ml_collections.ConfigDict
