@@ -205,6 +205,9 @@ COMMANDS = {
         cifar10=True),
     "resnet-jax data-bench --data fake-imagenet --batch-size 64 --steps 8 --threads 0,2": Run(
         "batch 8, 1 step, no threads", add="--batch-size 8 --steps 1 --threads 0"),
+    "resnet-jax data-bench --data photos --batch-size 64 --steps 8 --threads 0,2 --workers 1,2": Run(
+        "batch 8, 1 step, no threads, one worker process", add="--batch-size 8 --steps 1 --threads 0 "
+        "--workers 1"),
     "resnet-jax bench --model resnet20 --batch-size 128 --steps 10": Run(
         "resnet8, batch 8, 2 steps (the later flags win)", add="--model resnet8 --batch-size 8 --steps 2"),
     "resnet-jax train --config configs/quickstart.py --workdir runs/r20 --config.dataset=cifar10 "
@@ -222,6 +225,13 @@ COMMANDS = {
     "--config.dtype=bfloat16 --config.batch_size=1024": Check(COMPILE_CHECK),
     "resnet-jax compile --topology v4-8 --config configs/imagenet.py:resnet50 --max-batch": Check(
         COMPILE_CHECK + " (--max-batch compiles a dozen times)"),
+    "resnet-jax compile --topology h100-8 --config configs/imagenet.py:resnet50 "
+    "--config.dtype=bfloat16 --config.batch_size=2048": Elsewhere(
+        "tests/test_targets.py::test_resnet8_compiles_for_one_and_eight_gpus",
+        "compiles resnet8 for one and eight H100s through the command (ResNet-50 takes minutes)"),
+    "launch/gpu_vm.sh check --machine-type a3-highgpu-8g -- train --config configs/imagenet.py:resnet50 "
+    "--workdir gs://BUCKET/r50": Run("--dry-run: prints the compile command it would run",
+                                     fill=(("check", "check --dry-run"),), cheap=True),
     "launch/tpu_vm.sh check --accelerator-type v5litepod-16 -- train --config ... --workdir gs://...":
         Run("--dry-run: prints the compile command it would run", fill=(("check", "check --dry-run"),),
             cheap=True),

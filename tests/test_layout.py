@@ -117,9 +117,12 @@ ALLOWED = {
 FLOORS = {"resnet_jax.checks"}
 # What the command, experiments and conversions may use of training/: training itself (run, group,
 # restore, validate, checkpoints), never the infrastructure a run stands on (that is run/).
+# `lifecycle`: a run's workdir (RunFiles, which `convert` writes through; the resume check a sweep
+# makes of every member first); `derived`: a run's facts from its config.
 TRAINING_API = {"resnet_jax.training.loop", "resnet_jax.training.grouping",
                 "resnet_jax.training.trainer", "resnet_jax.training.validation",
-                "resnet_jax.training.checkpoints"}
+                "resnet_jax.training.checkpoints", "resnet_jax.training.lifecycle",
+                "resnet_jax.training.derived"}
 
 
 @pytest.mark.parametrize("room", sorted(ALLOWED))
