@@ -24,7 +24,7 @@ from resnet_jax import cli
 from resnet_jax.data import readahead
 from resnet_jax.experiments import sweep
 from resnet_jax.run import metrics_log
-from resnet_jax.run.errors import NonFiniteError
+from resnet_jax.run.errors import ConfigError, NonFiniteError
 from resnet_jax.training import grouping, loop, memory
 from resnet_jax.training.trainer import restore
 from tests.helpers import max_abs_diff, small_config
@@ -135,10 +135,10 @@ def test_members_behind_catch_up_and_the_group_equals_an_uninterrupted_one(tmp_p
 def test_check_group_names_the_key_that_differs_and_pmap_is_refused():
   a, b = _configs(MEMBERS[:2])
   b.batch_size = 64
-  with pytest.raises(ValueError, match=r"differ in batch_size \(32 vs 64\)"):
+  with pytest.raises(ConfigError, match=r"differ in batch_size \(32 vs 64\)"):
     grouping.check_group([a, b])
   b.batch_size, b.parallelism = 32, "pmap"
-  with pytest.raises(ValueError, match="parallelism='jit'"):
+  with pytest.raises(ConfigError, match="parallelism='jit'"):
     grouping.check_group([a, b])
   assert grouping.unsupported(a) is None
 
