@@ -4,7 +4,7 @@ What lives here: `step` (`resnet-jax bench`: the compiled train step on syntheti
 (`resnet-jax data-bench`: the input pipeline) and `fake_imagenet` (generated ImageNet-style JPEGs
 that data-bench reads).
 
-What it may import: every room below the command line. Reference implementations to compare against
+What it may import: every subpackage below the command line. Reference implementations to compare against
 (a minimal Flax step, PyTorch) live outside the package, in the repository's `benchmarks/`.
 """
 

@@ -5,5 +5,5 @@ published figures with their sources), `analysis` (a compiled program's memory, 
 collectives, and the roofline estimate of its step), `compile` (`resnet-jax compile`: the step a run
 would compile, compiled for a slice's compile-only devices) and `gpu` (the step lowered for CUDA).
 
-What it may import: every room below the command line (`training` builds the step, as a run does).
+What it may import: every subpackage below the command line (`training` builds the step, as a run does).
 """
