@@ -30,8 +30,14 @@ def bind_step(model, tx, learning_rate_fn: Callable, label_smoothing=0.0, freeze
 
 
 class Strategy(Protocol):
-  """What the loop asks of a strategy, for the M members it trains (M = 1 for a solo run)."""
+  """What the loop asks of a strategy, for the M members it trains (M = 1 for a solo run).
+
+  `MeshJit` (and `GroupJit`) add `mesh`, `replicated` and `sharded`, which the ahead-of-time compile
+  reads.
+  """
+  devices: list                  # this process's devices (Pmap), or the mesh's (MeshJit)
   platform: str                  # the platform the programs are for
+  compiler_options: Any          # XLA options of the compiled steps, or None
   train_step: Callable           # (state, batch) -> (state, metrics)
   eval_step: Callable            # (state, eval batch) -> summed metrics, the same batch for every member
   state_sharding: Any            # where a restored state's arrays go
