@@ -134,6 +134,12 @@ def test_a_config_files_own_error_is_a_config_error(tmp_path):
   at_import.write_text("import json\nSTEPS = json.loads('{not json')\n")  # a library call it made
   with pytest.raises(errors.ConfigError, match="at_import.py, line 2: JSONDecodeError"):
     config_lib.load_module(str(at_import))
+  # A user's mistake our code finds for the file (a misspelt key) keeps its own message.
+  via_ours = tmp_path / "via_ours.py"
+  via_ours.write_text("from resnet_jax import config\ndef get_config():\n  c = config.default_config()\n"
+                      "  config.apply_overrides(c, {'totl_steps': '1'})\n  return c\n")
+  with pytest.raises(errors.ConfigError, match="via_ours.py, line 4: unknown config key 'totl_steps'"):
+    config_lib.load_config_file(str(via_ours))
 
 
 def test_a_bug_in_project_code_a_config_file_calls_keeps_its_traceback(tmp_path, monkeypatch, capsys):

@@ -173,8 +173,8 @@ def call(module, fn: str, path: str, *args):
     if not _users_mistake(e, inside):
       raise  # a bug in the project code the file called: keep its traceback
     where = _where(e, inside, resolve_path(path))
-    # A ValueError is a preset's own message (e.g. an unknown model name): it says enough.
-    what = (str(e) if isinstance(e, ValueError)
+    # A preset's own ValueError (e.g. an unknown model name) or a UserError says enough.
+    what = (str(e) if isinstance(e, (ValueError, UserError))
             else f"{fn}({', '.join(map(repr, args))}) raised {type(e).__name__}: {e}.")
     raise ConfigError(f"config file {where}: {what}") from None
   if fn not in ("get_config", "member_config"):
