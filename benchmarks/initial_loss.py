@@ -78,14 +78,15 @@ def twin(config, batch, seeds):
 
 
 def main(argv=None):
-  from resnet_jax import cli, config as config_lib, data  # pylint: disable=g-import-not-at-top
+  from resnet_jax import config as config_lib, data  # pylint: disable=g-import-not-at-top
+  from resnet_jax.cli.commands import split_overrides  # pylint: disable=g-import-not-at-top
   from resnet_jax.training import derived  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="resnet20,resnet56,resnet110")
   parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
   args, extra = parser.parse_known_args(argv)
-  overrides = cli.split_overrides(extra)
+  overrides = split_overrides(extra)
   seeds = list(range(args.seeds))
   rows = []
   for name in args.models.split(","):

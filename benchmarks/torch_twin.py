@@ -28,25 +28,27 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import minimal_torch  # pylint: disable=g-import-not-at-top,wrong-import-position
-from resnet_jax import cli, config as config_lib, data, models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from resnet_jax import config as config_lib, data, models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from resnet_jax.cli.commands import split_overrides  # pylint: disable=g-import-not-at-top,wrong-import-position
+from resnet_jax.run.errors import ConfigError  # pylint: disable=g-import-not-at-top,wrong-import-position
 from resnet_jax.training import derived, optim  # pylint: disable=g-import-not-at-top, wrong-import-position
 
 
 def check_config(config) -> int:
-  """The CIFAR ResNet depth the twin can build for `config`, or a ValueError naming the problem."""
+  """The CIFAR ResNet depth the twin can build for `config`, or a ConfigError naming the problem."""
   name = config.model
   model = models.get_model(name)  # a ValueError listing the names if unknown
   if (getattr(model, "stem", None) != "cifar" or model.block_cls is not models.ResidualBlock
       or model.shortcut != "A"):
-    raise ValueError(f"model={name!r}: the PyTorch twin builds CIFAR residual nets only "
-                     "(resnet20, resnet56, ...: depth 6n+2).")
+    raise ConfigError(f"model={name!r}: the PyTorch twin builds CIFAR residual nets only "
+                      "(resnet20, resnet56, ...: depth 6n+2).")
   unsupported = {"momentum_style": "optax", "nesterov": False, "shortcut": "",
                  "zero_init_residual": False, "width_multiplier": 1.0, "grad_clip_norm": 0.0,
                  "label_smoothing": 0.0, "dtype": "float32"}
   for key, value in unsupported.items():
     if config[key] != value:
-      raise ValueError(f"{key}={config[key]!r} is not built into the twin; run it with "
-                       f"--config.{key}={value!r}.")
+      raise ConfigError(f"{key}={config[key]!r} is not built into the twin; run it with "
+                        f"--config.{key}={value!r}.")
   return 6 * model.stage_sizes[0] + 2
 
 
@@ -62,8 +64,8 @@ def run(config, steps: int, progress_every: int = 0) -> dict:
   depth = check_config(config)
   dataset = data.get_dataset(config, derived.image_size(config))
   if dataset.image_shape != (32, 32, 3) or dataset.num_classes != minimal_torch.NUM_CLASSES:
-    raise ValueError(f"dataset {config.dataset!r} gives {dataset.image_shape} images and "
-                     f"{dataset.num_classes} classes; the twin takes 32x32x3 and 10 (CIFAR-10).")
+    raise ConfigError(f"dataset {config.dataset!r} gives {dataset.image_shape} images and "
+                      f"{dataset.num_classes} classes; the twin takes 32x32x3 and 10 (CIFAR-10).")
   torch.manual_seed(config.seed)
   model = minimal_torch.build_model(depth, config.bn_group_size)
   model.train()
@@ -122,10 +124,10 @@ def main(argv=None):
   if args.steps < 1:
     parser.error("--steps must be >= 1")
   try:  # the same --config.KEY=VALUE overrides as `resnet-jax train`
-    config = config_lib.load(args.config, cli.split_overrides(extra))
-  except ValueError as e:
+    config = config_lib.load(args.config, split_overrides(extra))
+    result = run(config, args.steps, args.progress_every)
+  except ConfigError as e:  # a config the twin cannot take (it refuses before it trains)
     parser.error(str(e))
-  result = run(config, args.steps, args.progress_every)
   losses = result["loss"]
   for s in (int(s) for s in args.report_steps.split(",") if s.strip()):
     if 1 <= s <= len(losses):

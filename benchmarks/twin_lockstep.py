@@ -31,7 +31,8 @@ sys.path.insert(0, HERE)
 
 import minimal_torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch_twin  # pylint: disable=g-import-not-at-top,wrong-import-position
-from resnet_jax import cli, config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from resnet_jax.cli.commands import split_overrides  # pylint: disable=g-import-not-at-top,wrong-import-position
 from resnet_jax.training import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 from resnet_jax.training.trainer import Trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -248,7 +249,7 @@ def main(argv=None):
   parser.add_argument("--control", action="store_true",
                       help="ours against ours (cpu_fusion off in the second): rounding alone")
   args, extra = parser.parse_known_args(argv)
-  config = config_lib.load(args.config, {"num_devices": "1", **cli.split_overrides(extra)})
+  config = config_lib.load(args.config, {"num_devices": "1", **split_overrides(extra)})
   if args.control:
     rows = ours_vs_ours(config, args.steps, {int(s) for s in args.report_steps.split(",") if s})
     if args.out:

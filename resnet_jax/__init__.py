@@ -1,10 +1,10 @@
 """resnet-jax: paper-exact residual and plain networks (He et al. 2015) in JAX/Flax.
 
-The package is laid out in the order data flows, each subpackage one room that only uses rooms below
-it (each `__init__` says what it holds and may import):
+The package is laid out in the order data flows: each subpackage is one layer, which imports only the
+layers below it (each `__init__` says what it holds and may import):
 
   run/          run infrastructure: errors and exit codes, console, workdir lock and files, metrics
-                log, storage, multi-host start-up, extras, process set-up (every room may use it)
+                log, storage, multi-host start-up, extras, process set-up (every layer may import it)
   config/       every key with its default; config files and --config.key=value overrides
   data/         the sampling plan, datasets (digits, synthetic, TFDS), augmentation, preparation
   models/       layers, blocks, ResNet, pre-activation, VGG, scanned stages, FLOPs, the registry
@@ -13,8 +13,9 @@ it (each `__init__` says what it holds and may import):
   pretrained/   torchvision's ResNet weights to our variables and back, downloads, converted workdirs
   experiments/  sweeps, reports, plots, analyses of trained checkpoints
   bench/        `resnet-jax bench` and `data-bench`
-  cli.py        the `resnet-jax` command: parses arguments, calls the rooms above
-  checks.py     the one check of a string option, a floor every room may stand on (models included)
+  targets/      `resnet-jax compile`: the step compiled for accelerators we do not have
+  cli/          the `resnet-jax` command: parses arguments, calls the layers above
+  checks.py     the one check of a string option; no dependencies, so every layer may import it
 
 Importing the package is light: it pulls in neither TensorFlow nor TFDS, and not even JAX until a
 submodule is used. `from resnet_jax import models` is the entry point for embedding our networks,

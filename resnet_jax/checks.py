@@ -1,6 +1,7 @@
-"""The one check every room makes of its string options: the value is one of the allowed choices.
+"""The one check every layer makes of its string options: the value is one of the allowed choices.
 
-Imports nothing, so every room may use it, `resnet_jax.models` (jax, flax and numpy only) included.
+Has no dependencies, so every layer may import it, `resnet_jax.models` (jax, flax and numpy only)
+included.
 """
 
 from typing import Any, Iterable

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from resnet_jax.run.errors import ConfigError
 from tests.helpers import load_script
 
 BENCH_DIR = os.path.join(
@@ -69,7 +70,7 @@ def test_torch_twin_refuses_what_it_does_not_build():
                             ("zero_init_residual", True, "zero_init_residual")]:
     bad = default_config()
     bad[key] = value
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
       twin.check_config(bad)
 
 
@@ -83,7 +84,7 @@ def test_torch_twin_trains_on_our_batches(capsys):
   assert "twin step 2/3: loss " in capsys.readouterr().err  # progress of a long run
   assert all(math.isfinite(l) for l in result["loss"])
   assert 0.0 <= result["eval_accuracy"] <= 1.0 and math.isfinite(result["eval_loss"])
-  with pytest.raises(ValueError, match="32x32x3 and 10"):
+  with pytest.raises(ConfigError, match="32x32x3 and 10"):
     config.dataset = "digits"
     _load("torch_twin").run(config, steps=1)
 

@@ -7,6 +7,7 @@ import pytest
 
 from resnet_jax.run import storage
 from resnet_jax.run import distributed, metrics_log
+from resnet_jax.run.errors import LaunchError
 
 
 SLURM = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_LOCALID": "0"}
@@ -47,7 +48,7 @@ def test_detection_agrees_with_jax(env, monkeypatch):
 
 
 def test_open_mpi_that_jax_cannot_read_is_an_error_saying_what_to_set():
-  with pytest.raises(ValueError, match="JAX_COORDINATOR_ADDRESS=.*OMPI_COMM_WORLD_RANK"):
+  with pytest.raises(LaunchError, match="JAX_COORDINATOR_ADDRESS=.*OMPI_COMM_WORLD_RANK"):
     distributed.detect({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "1"})
 
 
@@ -55,11 +56,11 @@ def test_bad_process_variables_are_errors_naming_them(monkeypatch):
   monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1")
   monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
   monkeypatch.setenv("JAX_PROCESS_ID", "0")
-  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two' must be an integer"):
+  with pytest.raises(LaunchError, match="JAX_NUM_PROCESSES='two' must be an integer"):
     distributed.initialize()
   monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
   monkeypatch.setenv("JAX_PROCESS_ID", "2")
-  with pytest.raises(ValueError, match=r"JAX_PROCESS_ID=2 must be in \[0, JAX_NUM_PROCESSES=2\)"):
+  with pytest.raises(LaunchError, match=r"JAX_PROCESS_ID=2 must be in \[0, JAX_NUM_PROCESSES=2\)"):
     distributed.initialize()
 
 

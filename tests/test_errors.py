@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from resnet_jax import cli
+from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
+from resnet_jax import models
+from resnet_jax.config import defaults
 from resnet_jax.run import errors, extras
 from resnet_jax.training import parallel
 
@@ -51,9 +54,11 @@ def test_a_shape_failure_jax_raises_is_not_reported_as_bad_input(tmp_path, monke
     errors.ConfigError("c"), errors.WorkdirError("w"), errors.WorkdirInUseError("u"),
     errors.IncompatibleCheckpointError("i"), errors.DataError("d"), errors.WeightsError("x"),
     errors.MissingExtraError("m"), errors.LaunchError("l")])
-def test_every_user_error_is_exit_2_and_still_the_builtin_class_callers_expect(error):
+def test_every_user_error_is_exit_2_and_no_builtin_class_a_bug_could_raise(error):
   assert errors.exit_code(error) == errors.EXIT_BAD_INPUT
-  assert isinstance(error, (ValueError, RuntimeError, ImportError))
+  # `except ValueError` (or RuntimeError, ImportError) must never take a user's mistake for a bug's
+  # kind, nor a bug for a user's mistake: the classes do not overlap.
+  assert not isinstance(error, (ValueError, RuntimeError, ImportError, OSError))
   assert errors.exit_code(ValueError("jax")) is None and errors.exit_code(RuntimeError()) is None
 
 
@@ -114,6 +119,67 @@ def test_config_file_argument_errors_name_the_file_and_what_it_takes(capsys):
   err = capsys.readouterr().err
   assert "cifar10.py" in err and "expected a CIFAR net such as resnet56" in err
   assert not os.path.exists("unused")
+
+
+def _internal_bug(*args, **kwargs):
+  raise ValueError("an internal bug")  # the class a preset's own refusal raises too
+
+
+def test_a_config_files_own_error_is_a_config_error(tmp_path):
+  own = tmp_path / "own.py"
+  own.write_text("def get_config(arg):\n  raise ValueError(f'{arg}: not one of my variants')\n")
+  with pytest.raises(errors.ConfigError, match="own.py, line 2: x: not one of my variants"):
+    config_lib.load_config_file(f"{own}:x")
+  at_import = tmp_path / "at_import.py"
+  at_import.write_text("import json\nSTEPS = json.loads('{not json')\n")  # a library call it made
+  with pytest.raises(errors.ConfigError, match="at_import.py, line 2: JSONDecodeError"):
+    config_lib.load_module(str(at_import))
+  # A user's mistake our code finds for the file (a misspelt key) keeps its own message.
+  via_ours = tmp_path / "via_ours.py"
+  via_ours.write_text("from resnet_jax import config\ndef get_config():\n  c = config.default_config()\n"
+                      "  config.apply_overrides(c, {'totl_steps': '1'})\n  return c\n")
+  with pytest.raises(errors.ConfigError, match="via_ours.py, line 4: unknown config key 'totl_steps'"):
+    config_lib.load_config_file(str(via_ours))
+
+
+def test_a_bug_in_project_code_a_config_file_calls_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+  # configs/cifar10.py calls default_config(); a bug inside it is ours, not the preset's.
+  monkeypatch.setattr(defaults, "_schedule", _internal_bug)
+  with pytest.raises(ValueError, match="an internal bug") as info:
+    config_lib.load_config_file("configs/cifar10.py:resnet20")
+  assert not isinstance(info.value, errors.UserError)
+  assert "defaults.py" in info.traceback[-2].path.name  # the frame that called the broken code
+  with pytest.raises(ValueError, match="an internal bug"):  # the command too: no "error:" line
+    cli.main(["train", "--config", "configs/cifar10.py:resnet20", "--workdir", str(tmp_path / "r")])
+  assert "error:" not in capsys.readouterr().err and not (tmp_path / "r").exists()
+  at_import = tmp_path / "at_import.py"  # the same bug met while the file is imported
+  at_import.write_text("from resnet_jax.config import default_config\nBASE = default_config()\n")
+  with pytest.raises(ValueError, match="an internal bug"):
+    config_lib.load_module(str(at_import))
+
+
+def _not_found(name):
+  def fail(*args, **kwargs):
+    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+  return fail
+
+
+def test_a_module_not_found_is_a_missing_extra_only_when_its_package_is_not_installed(monkeypatch,
+                                                                                     capsys):
+  # optax (the train extra) is installed here: a module it lacks is a broken install or a bug.
+  for name in ("optax", "optax.no_such_module"):
+    monkeypatch.setattr(models, "list_models", _not_found(name))
+    with pytest.raises(ModuleNotFoundError):
+      cli.main(["models", "resnet8"])
+    assert "error:" not in capsys.readouterr().err
+  # matplotlib made absent (found by no import system): the extra that installs it is named.
+  monkeypatch.setattr(models, "list_models", _not_found("matplotlib.pyplot"))
+  real = extras.missing
+  monkeypatch.setattr(extras, "missing", lambda modules: [m for m in real(modules)] + [
+      m for m in modules if m == "matplotlib"])
+  assert cli.main(["models", "resnet8"]) == errors.EXIT_BAD_INPUT
+  assert capsys.readouterr().err.strip().endswith("pip install 'resnet-jax[report]'")
+  assert extras.missing_extra("numpy") is None  # not an extra's package at all
 
 
 def test_a_failed_prepare_leaves_nothing_behind(tmp_path, cifar10_source, capsys):

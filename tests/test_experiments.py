@@ -13,7 +13,7 @@ from resnet_jax import cli
 from resnet_jax import config as config_lib
 from resnet_jax.experiments import report, sweep
 from resnet_jax.run import metrics_log
-from resnet_jax.run.errors import WorkdirError
+from resnet_jax.run.errors import ConfigError, WorkdirError
 from resnet_jax.training import loop
 
 CIFAR = [f"{k}{d}" for k in ("resnet", "plain") for d in (20, 32, 44, 56, 110)]
@@ -56,9 +56,9 @@ def test_presets_run_one_step(spec, size):
 
 
 def test_preset_argument_errors():
-  with pytest.raises(ValueError, match="expected a CIFAR net"):
+  with pytest.raises(ConfigError, match="expected a CIFAR net"):
     config_lib.load("configs/cifar10.py:resnet50")
-  with pytest.raises(ValueError, match="the variants are -A, -B, -C .* and -modern"):
+  with pytest.raises(ConfigError, match="the variants are -A, -B, -C .* and -modern"):
     config_lib.load("configs/imagenet.py:resnet50-old")
   modern = config_lib.load("configs/imagenet.py:resnet50-modern")
   assert modern.lr_scaling == "linear" and modern.dtype == "bfloat16" and modern.label_smoothing == 0.1
@@ -122,7 +122,7 @@ def test_sweep_survives_failure_skips_finished_and_resumes(tmp_path, sweep_file)
   # --shard 1/3 runs only the second member.
   assert list(sweep.run_sweep(sweep_file, str(tmp_path / "shard"), shard="1/3", train_fn=lambda *a: None,
                               log=lambda *_: None)) == ["resnet20-seed0"]
-  with pytest.raises(ValueError, match="i/n"):
+  with pytest.raises(ConfigError, match="i/n"):
     sweep.parse_shard("1-3")
 
 

@@ -235,7 +235,7 @@ def test_resume_refuses_keys_that_change_the_run_and_keeps_every_segment(tmp_pat
   for key, value in [("seed", 1), ("batch_size", 16), ("augment", "cifar"),
                      ("validation_split", 100), ("normalization", "per_pixel_mean"),
                      ("data_on_device", True), ("learning_rate", 0.2)]:
-    with pytest.raises(ValueError, match=f"different {key}: "):
+    with pytest.raises(errors.WorkdirError, match=f"different {key}: "):
       loop.train_and_evaluate(small_config(num_devices=1, total_steps=4, **{key: value}), workdir)
   # Where the host looks and how often may change.
   loop.train_and_evaluate(small_config(num_devices=1, total_steps=4, log_every_steps=1,
@@ -250,7 +250,7 @@ def test_cosine_runs_cannot_change_their_length_on_resume(tmp_path):
   workdir = str(tmp_path)
   loop.train_and_evaluate(small_config(num_devices=1, total_steps=2, lr_schedule="cosine",
                                        lr_decay_steps=()), workdir)
-  with pytest.raises(ValueError, match="total_steps: 2 -> 4"):
+  with pytest.raises(errors.WorkdirError, match="total_steps: 2 -> 4"):
     loop.train_and_evaluate(small_config(num_devices=1, total_steps=4, lr_schedule="cosine",
                                          lr_decay_steps=()), workdir)
 

@@ -16,6 +16,7 @@ import pytest
 from resnet_jax import config as config_lib
 from resnet_jax import models
 from resnet_jax.config import default_config
+from resnet_jax.run.errors import ConfigError, WorkdirError
 from resnet_jax.training import checkpoints, loop, optim
 from resnet_jax.training import step as step_lib
 from resnet_jax.training import trainer as trainer_lib
@@ -117,20 +118,20 @@ def test_same_class_count_keeps_the_head_unless_a_new_one_is_asked_for(source):
 
 
 def test_init_from_errors_name_the_problem(source, tmp_path):
-  with pytest.raises(ValueError, match="model='resnet8' network; this run has model='plain8'"):
+  with pytest.raises(ConfigError, match="model='resnet8' network; this run has model='plain8'"):
     trainer_lib.Trainer(small_config(model="plain8", init_from=source)).first_state()
-  with pytest.raises(ValueError, match="not the workdir of a run"):
+  with pytest.raises(WorkdirError, match="not the workdir of a run"):
     trainer_lib.Trainer(small_config(init_from=str(tmp_path / "nothing"))).first_state()
   assert not (tmp_path / "nothing").exists()  # nothing created in a wrong init_from
-  with pytest.raises(ValueError, match="stem_conv/kernel has shape \\(3, 3, 1, 16\\) there and "
+  with pytest.raises(ConfigError, match="stem_conv/kernel has shape \\(3, 3, 1, 16\\) there and "
                                        "\\(3, 3, 3, 16\\) here"):
     trainer_lib.Trainer(small_config(dataset="synthetic", image_size=8, num_classes=4,
                                      init_from=source)).first_state()
-  with pytest.raises(ValueError, match="set init_from"):
+  with pytest.raises(ConfigError, match="set init_from"):
     trainer_lib.Trainer(small_config(freeze_bn_stats=True))
-  with pytest.raises(ValueError, match="set init_from"):
+  with pytest.raises(ConfigError, match="set init_from"):
     trainer_lib.Trainer(_finetune("", ""))  # the preset without its source
-  with pytest.raises(ValueError, match="only variant is ':linear'"):
+  with pytest.raises(ConfigError, match="only variant is ':linear'"):
     _finetune("probe", source)
   # init_from only ever reads: the source's checkpoints are untouched.
   assert checkpoints.Checkpointer(source).latest_step() == 4

@@ -73,7 +73,7 @@ def test_normalizers_standardise_training_statistics():
   # torchvision's fixed ImageNet statistics, whatever the images: what its converted weights expect.
   x = aug.Normalizer.fit("torchvision", images)(images)
   np.testing.assert_allclose(x[..., 1], (images[..., 1] / 255 - 0.456) / 0.224, rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match="RGB mean and std; these images have 1 channel"):
+  with pytest.raises(ConfigError, match="RGB mean and std; these images have 1 channel"):
     aug.Normalizer.fit("torchvision", images[..., :1])
 
 
@@ -86,9 +86,9 @@ def test_digits_validation_split_normalization_and_augment():
   batch = ds.train_batch(0, 3, 32)["image"]
   plain = ds.train_images[data_lib.example_indices(0, 3, 32, 1400)]
   assert batch.shape == plain.shape and not np.array_equal(batch, plain)  # crops and flips applied
-  with pytest.raises(ValueError, match="validation_split=1497"):
+  with pytest.raises(ConfigError, match="validation_split=1497"):
     data_lib.load_digits(validation_split=1497)
-  with pytest.raises(ValueError, match="augment='inception' needs variable-size images"):
+  with pytest.raises(ConfigError, match="augment='inception' needs variable-size images"):
     data_lib.load_digits(augment="inception")
 
 
@@ -165,7 +165,7 @@ def test_train_arrays_are_the_unaugmented_training_split(imagenet_data_dir, cifa
   first = ds.records(range(1000))
   np.testing.assert_array_equal(labels, [r["label"] for r in first])
   np.testing.assert_allclose(images, ds.normalizer(ds.decode(first, {}, train=False)), atol=1e-6)
-  with pytest.raises(ValueError, match="vary in size"):
+  with pytest.raises(ConfigError, match="vary in size"):
     tfds_source.TfdsDataset("imagenet2012", imagenet_data_dir[1], image_size=32).train_arrays()
 
 
@@ -180,9 +180,9 @@ def test_validation_split_holds_out_the_end_of_train(cifar10_data_dir):
   np.testing.assert_array_equal(last["label"], [r["label"] for r in held_out])
   ids = [r["id"] for r in held_out]
   assert len(set(ids)) == 5000 and last["mask"].sum() == 5000
-  with pytest.raises(ValueError, match="image_size=64, but cifar10 images are 32x32"):
+  with pytest.raises(ConfigError, match="image_size=64, but cifar10 images are 32x32"):
     tfds_source.TfdsDataset("cifar10", cifar10_data_dir, image_size=64, normalization_examples=FEW)
-  with pytest.raises(ValueError, match="validation_split=50000"):
+  with pytest.raises(ConfigError, match="validation_split=50000"):
     tfds_source.TfdsDataset("cifar10", cifar10_data_dir, validation_split=50000)
 
 
@@ -246,9 +246,9 @@ def test_imagenet_style_jpeg_pipeline(imagenet_data_dir, augment):
 
 def test_bad_data_config_is_named(imagenet_data_dir, cifar10_data_dir, tmp_path):
   _, data_dir = imagenet_data_dir
-  with pytest.raises(ValueError, match="augment='cifar' pads and crops fixed-size images"):
+  with pytest.raises(ConfigError, match="augment='cifar' pads and crops fixed-size images"):
     tfds_source.TfdsDataset("imagenet2012", data_dir, augment="cifar")
-  with pytest.raises(ValueError, match="not 'digits', 'synthetic' or a TFDS dataset name"):
+  with pytest.raises(ConfigError, match="not 'digits', 'synthetic' or a TFDS dataset name"):
     tfds_builder.open_builder("cifar11", str(tmp_path))
   with pytest.raises(tfds_builder.DataUnavailableError, match="resnet-jax prepare cifar100"):
     tfds_builder.open_builder("cifar100", str(tmp_path), download=False)
@@ -326,7 +326,7 @@ def test_ten_crop_testing_views_and_scores(imagenet_data_dir, cifar10_data_dir):
                              np.sum(probs.argmax(-1) == first["label"]), atol=1e-6)
   np.testing.assert_allclose(float(sums["loss"]), -np.sum(np.log(
       probs[np.arange(3), first["label"]])), rtol=1e-5)
-  with pytest.raises(ValueError, match="tested on their original view"):
+  with pytest.raises(ConfigError, match="tested on their original view"):
     tfds_source.TfdsDataset("cifar10", cifar10_data_dir, eval_crops="ten")
 
 

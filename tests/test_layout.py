@@ -1,6 +1,6 @@
-"""The package's layout: rooms import only rooms below them, no import circles, a light models room,
-run infrastructure outside training/, short functions, and the wheel ships the presets without a
-top-level `configs`.
+"""The package's layout: each subpackage is a layer that imports only the layers below it, no import
+circles, a light models layer, run infrastructure outside training/, short functions, and the wheel
+ships the presets without a top-level `configs`.
 """
 
 import ast
@@ -57,7 +57,7 @@ def _imports() -> dict[str, set[str]]:
 GRAPH = _imports()
 
 
-def _room(module: str) -> str:
+def _subpackage(module: str) -> str:
   parts = module.split(".")
   return parts[1] if len(parts) > 1 else "resnet_jax"
 
@@ -100,7 +100,7 @@ def test_no_import_cycles():
   assert not cycles, f"import circles: {cycles}"
 
 
-# Which rooms each room may import (besides itself and the floor `checks`).
+# The subpackages each layer may import (besides itself and `checks`, which has no dependencies).
 ALLOWED = {
     "run": set(),
     "models": set(),
@@ -114,7 +114,7 @@ ALLOWED = {
     # (a trainer built from shapes: data.DataSpec).
     "pretrained": {"models", "data", "config", "training", "run"},
 }
-FLOORS = {"resnet_jax.checks"}
+DEPENDENCY_FREE = {"resnet_jax.checks"}
 # What the command, experiments and conversions may use of training/: training itself (run, group,
 # restore, validate, checkpoints), never the infrastructure a run stands on (that is run/).
 # `lifecycle`: a run's workdir (RunFiles, which `convert` writes through; the resume check a sweep
@@ -125,19 +125,19 @@ TRAINING_API = {"resnet_jax.training.loop", "resnet_jax.training.grouping",
                 "resnet_jax.training.derived"}
 
 
-@pytest.mark.parametrize("room", sorted(ALLOWED))
-def test_rooms_import_only_rooms_below(room):
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_layers_import_only_layers_below(layer):
   for module, deps in GRAPH.items():
-    if _room(module) != room:
+    if _subpackage(module) != layer:
       continue
     assert "configs" not in deps, f"{module} imports the configs/ presets; the package must not"
-    bad = {d for d in deps - FLOORS if _room(d) not in ALLOWED[room] | {room}}
-    assert not bad, f"{module} (room {room}) imports {sorted(bad)}"
+    bad = {d for d in deps - DEPENDENCY_FREE if _subpackage(d) not in ALLOWED[layer] | {layer}}
+    assert not bad, f"{module} (layer {layer}) imports {sorted(bad)}"
 
 
 def test_the_command_experiments_and_conversions_use_training_only_for_training():
   for module, deps in GRAPH.items():
-    if _room(module) in ("cli", "experiments", "pretrained"):
+    if _subpackage(module) in ("cli", "experiments", "pretrained"):
       used = {d for d in deps if d.startswith("resnet_jax.training.")}
       assert used <= TRAINING_API, f"{module} reaches into {sorted(used - TRAINING_API)}"
 
@@ -154,18 +154,18 @@ def test_no_function_over_60_lines():
   assert not long, long
 
 
-def test_models_need_no_other_room_and_the_step_no_loop():
-  models_deps = set().union(*(d for m, d in GRAPH.items() if _room(m) == "models"))
-  assert {_room(d) for d in models_deps} <= {"models", "checks"}
+def test_models_need_no_other_layer_and_the_step_no_loop():
+  models_deps = set().union(*(d for m, d in GRAPH.items() if _subpackage(m) == "models"))
+  assert {_subpackage(d) for d in models_deps} <= {"models", "checks"}
   step_deps = GRAPH["resnet_jax.training.step"]
   assert not step_deps & {"resnet_jax.training.loop", "resnet_jax.training.trainer"}
 
 
-def test_every_room_says_what_it_holds_and_may_import():
-  for room in ALLOWED:
-    with open(os.path.join(PACKAGE, room, "__init__.py")) as f:
+def test_every_subpackage_says_what_it_holds_and_may_import():
+  for subpackage in ALLOWED:
+    with open(os.path.join(PACKAGE, subpackage, "__init__.py")) as f:
       doc = ast.get_docstring(ast.parse(f.read())) or ""
-    assert "What lives here" in doc and "may import" in doc, room
+    assert "What lives here" in doc and "may import" in doc, subpackage
 
 
 _BLOCK_EXTRAS = """

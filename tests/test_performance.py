@@ -12,6 +12,7 @@ import pytest
 from resnet_jax import bench
 from resnet_jax.run import process as runtime
 from resnet_jax.data import on_device
+from resnet_jax.run.errors import ConfigError
 from resnet_jax.training import loop, parallel
 from resnet_jax.training.cadence import Cadence
 from tests.helpers import max_abs_diff, reference_batch, small_config
@@ -40,7 +41,7 @@ def test_k_steps_per_dispatch_equal_k_single_steps(parallelism):
   multi, multi_losses = _params_after(small_config(steps_per_dispatch=3, **common), 3)
   assert max_abs_diff(single, multi) <= 1e-6
   np.testing.assert_allclose(multi_losses, single_losses, rtol=1e-6)
-  with pytest.raises(ValueError, match="multiple of steps_per_dispatch=4"):
+  with pytest.raises(ConfigError, match="multiple of steps_per_dispatch=4"):
     loop.Trainer(small_config(steps_per_dispatch=4, log_every_steps=6))
 
 
@@ -62,7 +63,7 @@ def test_cpu_fusion_keeps_the_numerics_and_reaches_the_compiled_step():
   assert with_fusion.count("transpose") < without.count("transpose")
   assert parallel.cpu_compiler_options("", "cpu") == {}
   assert parallel.cpu_compiler_options("eltwise", "cuda") == {}  # CPU-only option
-  with pytest.raises(ValueError, match="unknown fusion \\['conv'\\].*dot.*eltwise.*reduce"):
+  with pytest.raises(ConfigError, match="unknown fusion \\['conv'\\].*dot.*eltwise.*reduce"):
     loop.Trainer(small_config(cpu_fusion="eltwise,conv"))
 
 
@@ -94,7 +95,7 @@ def test_on_device_data_resumes_exactly(tmp_path):
   loop.train_and_evaluate(config, str(tmp_path / "parts"))
   finals = [jax.device_get(loop.restore(str(tmp_path / name))[1].params) for name in ("whole", "parts")]
   assert max_abs_diff(*finals) == 0.0
-  with pytest.raises(ValueError, match="needs parallelism='jit'"):
+  with pytest.raises(ConfigError, match="needs parallelism='jit'"):
     loop.Trainer(small_config(data_on_device=True, parallelism="pmap"))
 
 

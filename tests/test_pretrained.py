@@ -20,6 +20,7 @@ import torchvision
 
 from resnet_jax import cli, models, pretrained
 from resnet_jax.pretrained import hub as dl
+from resnet_jax.run.errors import ConfigError, WeightsError
 from resnet_jax.training import trainer as trainer_lib
 from tests.helpers import small_config
 
@@ -129,19 +130,19 @@ def test_scanned_layout_converts_both_ways():
 
 def test_conversion_refuses_what_is_not_the_named_resnet():
   sd = torchvision_model("resnet18").state_dict()
-  with pytest.raises(ValueError, match="is a resnet18 .*not a resnet50"):
+  with pytest.raises(WeightsError, match="is a resnet18 .*not a resnet50"):
     pretrained.from_torchvision(sd, "resnet50")
-  with pytest.raises(ValueError, match="resnet18, resnet34, resnet50, resnet101, resnet152"):
+  with pytest.raises(WeightsError, match="resnet18, resnet34, resnet50, resnet101, resnet152"):
     pretrained.from_torchvision(sd, "resnet20")
   broken = dict(sd)
   del broken["layer2.0.bn1.running_var"]
-  with pytest.raises(ValueError, match=r"no 'layer2.0.bn1.running_var'"):
+  with pytest.raises(WeightsError, match=r"no 'layer2.0.bn1.running_var'"):
     pretrained.from_torchvision(broken)
-  with pytest.raises(ValueError, match="not part of torchvision's resnet18: extra.weight"):
+  with pytest.raises(WeightsError, match="not part of torchvision's resnet18: extra.weight"):
     pretrained.from_torchvision({**sd, "extra.weight": torch.zeros(1)})
   # wide_resnet50_2 has resnet50's keys with wider blocks: the shapes give it away.
   wide = torchvision.models.wide_resnet50_2().state_dict()
-  with pytest.raises(ValueError, match=r"stage1_block1/.* has shape \(128,.*expects \(64,.*wide_resnet"):
+  with pytest.raises(WeightsError, match=r"stage1_block1/.* has shape \(128,.*expects \(64,.*wide_resnet"):
     pretrained.from_torchvision(wide)
   # DataParallel's "module." prefix and half-precision tensors are accepted.
   wrapped = {f"module.{k}": v.half() if v.is_floating_point() else v for k, v in sd.items()}
@@ -162,7 +163,7 @@ def test_pth_checkpoints_that_wrap_the_state_dict_are_unwrapped(tmp_path):
   sd = torchvision_model("resnet18").state_dict()
   torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "ckpt.pth")
   _assert_same_state_dict(pretrained.load_state_dict(str(tmp_path / "ckpt.pth")), sd)
-  with pytest.raises(ValueError, match="unknown state-dict format '.h5'"):
+  with pytest.raises(WeightsError, match="unknown state-dict format '.h5'"):
     pretrained.load_state_dict(str(tmp_path / "weights.h5"))
 
 
@@ -240,7 +241,7 @@ def test_corrupt_download_is_refused_and_not_cached(server, tmp_path):
   assert os.listdir(cache) == []  # neither the file nor a partial download stays
   with pytest.raises(dl.DownloadError, match="could not download"):
     dl.download(f"{base}/resnet18-0123abcd.pth", str(cache))  # 404
-  with pytest.raises(ValueError, match="carries no checksum"):
+  with pytest.raises(WeightsError, match="carries no checksum"):
     dl.download(f"{base}/weights.pth", str(cache))
   assert os.listdir(cache) == []
 
@@ -250,7 +251,7 @@ def test_our_urls_are_torchvisions():
     enum = getattr(torchvision.models, f"ResNet{name[len('resnet'):]}_Weights")
     assert table == {w.name: w.url for w in enum}, name
     assert dl.weights_url(name) == enum.DEFAULT.url
-  with pytest.raises(ValueError, match="no IMAGENET1K_V2 weights for resnet18"):
+  with pytest.raises(WeightsError, match="no IMAGENET1K_V2 weights for resnet18"):
     dl.weights_url("resnet18", "IMAGENET1K_V2")
 
 
@@ -265,7 +266,7 @@ def test_load_torchvision_by_weights_name_downloads_converts_and_caches(server, 
     variables = pretrained.load_torchvision("resnet18")  # DEFAULT = IMAGENET1K_V1 for resnet18
   assert len(hits) == 1 and os.path.isfile(tmp_path / "cache" / "weights" / name)
   _assert_same_state_dict(pretrained.to_torchvision(variables), sd)
-  with pytest.raises(ValueError, match="neither a file, a URL, nor"):
+  with pytest.raises(WeightsError, match="neither a file, a URL, nor"):
     pretrained.load_torchvision("resnet18", "no/such/file.pth")
 
 
@@ -341,5 +342,5 @@ def test_conversion_config_forces_torchvisions_network_and_applies_overrides_las
   config = convert.conversion_config("resnet18", overrides={"eval_crops": "ten"})
   assert (config.model, config.normalization, config.stride_placement, config.eval_crops) == (
       "resnet18", "torchvision", "v1.5", "ten")
-  with pytest.raises(ValueError, match="resnet18, resnet34"):
+  with pytest.raises(ConfigError, match="resnet18, resnet34"):
     convert.conversion_config("resnet20")

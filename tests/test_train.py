@@ -17,6 +17,7 @@ from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax.config import default_config
 from resnet_jax.run import metrics_log
+from resnet_jax.run.errors import ConfigError, WorkdirError
 from resnet_jax.training import checkpoints, loop
 from resnet_jax.training import step as step_lib
 from tests.helpers import max_abs_diff, small_config
@@ -189,15 +190,15 @@ def test_config_overrides_and_errors(tmp_path):
                                                         "lr_decay_steps": "(3, 5)", "dtype": "bfloat16"})
   assert (config.total_steps, config.learning_rate, config.lr_decay_steps, config.dtype) == (
       7, 1.0, (3, 5), "bfloat16")
-  with pytest.raises(ValueError, match="unknown config key 'totl_steps'"):
+  with pytest.raises(ConfigError, match="unknown config key 'totl_steps'"):
     config_lib.load("configs/quickstart.py", {"totl_steps": "7"})
-  with pytest.raises(ValueError, match="total_steps"):
+  with pytest.raises(ConfigError, match="total_steps"):
     config_lib.load("configs/quickstart.py", {"total_steps": "'many'"})
-  with pytest.raises(ValueError, match="does not exist"):
+  with pytest.raises(ConfigError, match="does not exist"):
     config_lib.load("configs/nope.py")
-  with pytest.raises(ValueError, match="parallelism='pmapp'"):
+  with pytest.raises(ConfigError, match="parallelism='pmapp'"):
     loop.Trainer(small_config(parallelism="pmapp"))
-  with pytest.raises(ValueError, match="batch_size=30 must be divisible"):
+  with pytest.raises(ConfigError, match="batch_size=30 must be divisible"):
     loop.Trainer(small_config(batch_size=30, num_devices=8))
 
 
@@ -217,7 +218,7 @@ def test_workdir_of_another_model_is_refused_untouched(tmp_path):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(small_config(total_steps=2), workdir)
   before = open(os.path.join(workdir, "config.json")).read()
-  with pytest.raises(ValueError, match="model: 'resnet8' -> 'plain8'"):
+  with pytest.raises(WorkdirError, match="model: 'resnet8' -> 'plain8'"):
     loop.train_and_evaluate(small_config(model="plain8"), workdir)
   assert open(os.path.join(workdir, "config.json")).read() == before
 

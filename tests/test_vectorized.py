@@ -3,11 +3,16 @@
 The specification is the solo run: every member of a group must log the metrics and end with the
 parameters its own `train_and_evaluate` gives. They are compared to a tolerance set by float
 reduction order (vmap batches the convolutions, so XLA may sum in another order): rtol 1e-3 on
-metrics, 1e-2 on the per-block gradient norms and 5e-4 (absolute) on parameters after 6 steps.
-Members agree to ~3e-7 step after step, but a block's gradient norm can jump to ~1e-3 in one step
-when a single ReLU input near 0 lands on the other side under the other summation order (seen at
-step 6 of the third member, lr 0.2 with momentum 0.95). A real difference (a member's learning
-rate, seed or momentum mixed up with another's) is orders of magnitude larger.
+metrics, 1e-2 on the per-block gradient norms, 5e-4 (absolute) on BN statistics, and 3e-5 of their
+norm on the parameters after 6 steps. Members agree to ~3e-7 step after step, but a block's gradient
+norm can jump to ~1e-3 in one step when a single ReLU input near 0 lands on the other side under the
+other summation order (seen at step 6 of the third member, lr 0.2 with momentum 0.95), which moves a
+few parameters by up to 4e-5: 1e-5 of the parameters' norm (1 and 8 devices). A mix-up of the
+members' values moves every parameter a little: a weight decay 1e-4 higher moves none by as much as
+2.5e-4 (under the 5e-4 absolute tolerance this test had), and the smallest mix-up of MEMBERS, the
+first member trained with the third's weight decay (0 for 1e-4), moves the metrics by ~1e-3, at the
+edge of their tolerance, but the parameters by 2e-4 of their norm. So the parameters are compared by
+norm, and the test trains that mix-up to show the comparison fails for it.
 """
 
 import os
@@ -17,6 +22,7 @@ import sys
 import textwrap
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -24,12 +30,12 @@ from resnet_jax import cli
 from resnet_jax.data import readahead
 from resnet_jax.experiments import sweep
 from resnet_jax.run import metrics_log
-from resnet_jax.run.errors import NonFiniteError
+from resnet_jax.run.errors import ConfigError, NonFiniteError
 from resnet_jax.training import grouping, loop, memory
 from resnet_jax.training.trainer import restore
 from tests.helpers import max_abs_diff, small_config
 
-RTOL, BLOCK_RTOL, PARAM_ATOL = 1e-3, 1e-2, 5e-4
+RTOL, BLOCK_RTOL, BN_ATOL, PARAM_RTOL = 1e-3, 1e-2, 5e-4, 3e-5
 # Three members differing in every key a group may vary.
 MEMBERS = [dict(seed=0, learning_rate=0.1, weight_decay=1e-4, momentum=0.9, label_smoothing=0.0),
            dict(seed=1, learning_rate=0.05, weight_decay=5e-4, momentum=0.8, label_smoothing=0.1),
@@ -48,6 +54,11 @@ def _train_rows(workdir):
 
 
 def _assert_same_run(solo_dir, member_dir):
+  _assert_same_metrics(solo_dir, member_dir)
+  _assert_same_state(solo_dir, member_dir)
+
+
+def _assert_same_metrics(solo_dir, member_dir):
   solo, member = _train_rows(solo_dir), _train_rows(member_dir)
   assert [r["step"] for r in solo] == [r["step"] for r in member]
   assert set(solo[-1]) == set(member[-1])  # the same keys, eval included
@@ -55,11 +66,20 @@ def _assert_same_run(solo_dir, member_dir):
     for key in a:
       rtol = BLOCK_RTOL if key.startswith("grad_norm/") else RTOL
       np.testing.assert_allclose(b[key], a[key], rtol=rtol, atol=1e-6, err_msg=f"{key} step {a['step']}")
+
+
+def _assert_same_state(solo_dir, member_dir):
   _, solo_state = restore(solo_dir, num_devices=1)
   _, member_state = restore(member_dir, num_devices=1)  # an ordinary run's checkpoint
   assert int(member_state.step) == int(solo_state.step)
-  assert max_abs_diff(solo_state.params, member_state.params) < PARAM_ATOL
-  assert max_abs_diff(solo_state.batch_stats, member_state.batch_stats) < PARAM_ATOL
+  moved = _norm(jax.tree_util.tree_map(np.subtract, member_state.params, solo_state.params))
+  assert moved < PARAM_RTOL * _norm(solo_state.params), f"the parameters differ by {moved:.3g}"
+  assert max_abs_diff(solo_state.batch_stats, member_state.batch_stats) < BN_ATOL
+
+
+def _norm(tree) -> float:
+  return float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64)))
+                           for x in jax.tree_util.tree_leaves(tree))))
 
 
 @pytest.mark.parametrize("num_devices", [1, pytest.param(8, marks=pytest.mark.e2e)])
@@ -79,6 +99,12 @@ def test_each_member_equals_its_solo_run(tmp_path, num_devices):
   # only if the solo runs were equal too).
   losses = [_train_rows(d)[-1]["train/loss"] for d in group_dirs]
   assert len({round(x, 4) for x in losses}) == len(losses)
+  # The control: the smallest mix-up of the members' values fails the comparison, for its reason.
+  mixed = _configs([dict(MEMBERS[0], weight_decay=MEMBERS[2]["weight_decay"])],
+                   num_devices=num_devices)[0]
+  loop.train_and_evaluate(mixed, str(tmp_path / "mixed"))
+  with pytest.raises(AssertionError, match="the parameters differ"):
+    _assert_same_state(str(tmp_path / "solo0"), str(tmp_path / "mixed"))
 
 
 def test_on_device_data_and_several_steps_per_dispatch_match_solo(tmp_path):
@@ -135,10 +161,10 @@ def test_members_behind_catch_up_and_the_group_equals_an_uninterrupted_one(tmp_p
 def test_check_group_names_the_key_that_differs_and_pmap_is_refused():
   a, b = _configs(MEMBERS[:2])
   b.batch_size = 64
-  with pytest.raises(ValueError, match=r"differ in batch_size \(32 vs 64\)"):
+  with pytest.raises(ConfigError, match=r"differ in batch_size \(32 vs 64\)"):
     grouping.check_group([a, b])
   b.batch_size, b.parallelism = 32, "pmap"
-  with pytest.raises(ValueError, match="parallelism='jit'"):
+  with pytest.raises(ConfigError, match="parallelism='jit'"):
     grouping.check_group([a, b])
   assert grouping.unsupported(a) is None
 

@@ -5,7 +5,7 @@ What lives here: `step` (`resnet-jax bench`: the compiled train step on syntheti
 JPEGs, or of given ones, that data-bench prepares and reads) and `photos` (JPEGs cut from real
 photographs, for data-bench and benchmarks/input_pipeline.py).
 
-What it may import: every room below the command line. Reference implementations to compare against
+What it may import: every subpackage below the command line. Reference implementations to compare against
 (a minimal Flax step, PyTorch) live outside the package, in the repository's `benchmarks/`.
 """
 

@@ -1,4 +1,4 @@
-"""The `resnet-jax` command: parses arguments (`parser`), calls the rooms (`commands`), and maps how a
+"""The `resnet-jax` command: parses arguments (`parser`), calls the library (`commands`), and maps how a
 command ends to its exit code: a user's mistake is one sentence and exit 2, a stop or a full disk its
 own code, anything else a bug with its traceback (`resnet_jax.run.errors`).
 """
@@ -6,7 +6,7 @@ own code, anything else a bug with its traceback (`resnet_jax.run.errors`).
 import os
 import sys
 
-from resnet_jax.cli.commands import COMMANDS, needs, split_overrides  # pylint: disable=unused-import
+from resnet_jax.cli.commands import COMMANDS, needs
 from resnet_jax.cli.parser import build_parser
 from resnet_jax.run import console, errors, extras, process
 
@@ -26,11 +26,11 @@ def main(argv=None) -> int:
       return args.func(args)
   except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
     code = errors.exit_code(e)
-    if code is None and isinstance(e, ModuleNotFoundError) and extras.extra_of(
-        (e.name or "").split(".")[0]):  # one that `needs` did not foresee: still name its extra
+    extra = extras.missing_extra(e.name or "") if isinstance(e, ModuleNotFoundError) else None
+    if code is None and extra:  # a package `needs` did not foresee, really not installed: name its extra
       e, code = errors.MissingExtraError(
           f"this command needs the {e.name!r} package, which this install leaves out: pip install "
-          f"'resnet-jax[{extras.extra_of(e.name.split('.')[0])}]'"), errors.EXIT_BAD_INPUT
+          f"'resnet-jax[{extra}]'"), errors.EXIT_BAD_INPUT
     if code is None:
       raise  # not a mistake a user can fix or a stop we expect: a bug, with its traceback
     if isinstance(e, KeyboardInterrupt):

@@ -125,7 +125,7 @@ def _parallelism(c: ml_collections.ConfigDict) -> None:
   c.parallelism = "jit"              # "jit" (jax.jit over a device mesh, axis "data") or "pmap"
   c.num_devices = 0                  # 0 = all local devices; else use the first N (tests, debugging)
   c.vectorize = False                # sweeps only: train compatible members together, one vmapped
-                                     # step over a member axis (resnet_jax/training/vectorized.py)
+                                     # step over a member axis (training/grouping.py, group_step.py)
   c.vectorize_max_members = 0        # cap on members per vectorised group; 0 = as many as fit in
                                      # device memory by XLA's estimate of one member's step
   c.cpu_fusion = "eltwise,reduce"    # XLA:CPU only: YNNPACK library fusions for the compiled steps

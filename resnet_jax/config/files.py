@@ -24,9 +24,10 @@ from etils import epath
 import ml_collections
 
 from resnet_jax.config.defaults import default_config
-from resnet_jax.run.errors import ConfigError
+from resnet_jax.run.errors import ConfigError, UserError
 
 PRESETS = "configs"  # the checkout's folder of presets, shipped in the wheel as resnet_jax/presets
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this package's code
 
 
 def presets_dir() -> str | None:
@@ -85,7 +86,9 @@ def load_module(path: str):
     except SyntaxError as e:
       raise ConfigError(f"config file {e.filename}, line {e.lineno}: {e.msg}: "
                        f"{(e.text or '').strip()!r}. Fix the file and re-run.") from None
-    except Exception as e:  # pylint: disable=broad-except  # any error in the user's file
+    except Exception as e:  # pylint: disable=broad-except
+      if not _users_mistake(e, root or path):
+        raise  # a bug in the project code the file called: keep its traceback
       raise ConfigError(f"config file {_where(e, root or path)}: {type(e).__name__}: {e}. Fix the "
                        "file and re-run.") from None
   finally:
@@ -96,12 +99,36 @@ def load_module(path: str):
   return module
 
 
+def _within(path: str, folder: str) -> bool:
+  path, folder = os.path.abspath(path), os.path.abspath(folder)
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _is_project_code(path: str) -> bool:
+  """A file of this package's own code; the presets a wheel ships inside it are config files."""
+  return _within(path, _PACKAGE) and not _within(path, os.path.join(_PACKAGE, "presets"))
+
+
+def _in_config_file(frame, inside: str) -> bool:
+  return _within(frame.filename, inside) and not _is_project_code(frame.filename)
+
+
+def _users_mistake(error: BaseException, inside: str) -> bool:
+  """Whether `error`, raised while a config file under `inside` ran, is the file's own: raised by
+  the file itself (a preset refusing its ARG) or by a library call it made, or a `UserError`. An
+  error raised in this package's code below the file's last frame is a bug there, which keeps its
+  traceback however the file called it; so is one raised outside any config file."""
+  if isinstance(error, UserError):
+    return True
+  frames = traceback.extract_tb(error.__traceback__)  # outermost first
+  mine = [i for i, f in enumerate(frames) if _in_config_file(f, inside)]
+  return bool(mine) and not any(_is_project_code(f.filename) for f in frames[mine[-1] + 1:])
+
+
 def _where(error: BaseException, inside: str, fallback: str | None = None) -> str:
-  """'file, line N' of the innermost traceback frame in a file under `inside` (the user's config),
-  else `fallback` (the file itself) or `inside`."""
-  inside = os.path.abspath(inside)
-  frames = [f for f in traceback.extract_tb(error.__traceback__)
-            if os.path.abspath(f.filename).startswith(inside)]
+  """'file, line N' of the innermost traceback frame in a config file under `inside`, else
+  `fallback` (the file itself) or `inside`."""
+  frames = [f for f in traceback.extract_tb(error.__traceback__) if _in_config_file(f, inside)]
   return f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else (fallback or inside)
 
 
@@ -141,10 +168,13 @@ def call(module, fn: str, path: str, *args):
   _check_arity(getattr(module, fn), fn, path, args)
   try:
     result = getattr(module, fn)(*args)
-  except Exception as e:  # pylint: disable=broad-except  # any error in the user's file
-    where = _where(e, os.path.dirname(resolve_path(path)), resolve_path(path))
-    # A ValueError is a preset's own message (e.g. an unknown model name): it says enough.
-    what = (str(e) if isinstance(e, ValueError)
+  except Exception as e:  # pylint: disable=broad-except
+    inside = os.path.dirname(resolve_path(path))
+    if not _users_mistake(e, inside):
+      raise  # a bug in the project code the file called: keep its traceback
+    where = _where(e, inside, resolve_path(path))
+    # A preset's own ValueError (e.g. an unknown model name) or a UserError says enough.
+    what = (str(e) if isinstance(e, (ValueError, UserError))
             else f"{fn}({', '.join(map(repr, args))}) raised {type(e).__name__}: {e}.")
     raise ConfigError(f"config file {where}: {what}") from None
   if fn not in ("get_config", "member_config"):

@@ -23,6 +23,7 @@ TORCHVISION_STD = (0.229, 0.224, 0.225)
 # The test view: one centre crop, the paper's 10-crop testing (Tables 2-4), or its multi-scale testing
 # (Tables 4-5): the central square at several scales of the shorter side, scores averaged.
 EVAL_CROPS = ("center", "ten", "multiscale")
+TEN_CROP_VIEWS = 10  # eval_crops="ten": the four corner crops and the centre crop, and their mirrors
 COLOR_AUGMENTS = ("none", "pca")
 # AlexNet's colour augmentation (Krizhevsky et al. 2012, sec. 4.1), which He et al. 2015 use on
 # ImageNet (sec. 3.4, "the standard color augmentation in [21]"): add to every pixel of an RGB image
@@ -127,7 +128,8 @@ def scale_boxes(u: np.ndarray, heights: np.ndarray, widths: np.ndarray, size: in
 
 
 def ten_crop_boxes(heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
-  """The 10-crop test view's five boxes per image (B, 5, 4); their mirror images are the other five.
+  """The 10-crop test view's five boxes per image (B, 5, 4); their mirror images are the other five
+  (TEN_CROP_VIEWS in all).
 
   He et al. 2015 (sec. 3.4) compare models with "the standard 10-crop testing" (Krizhevsky et al.
   2012): the four corner and the centre crops of the image resized so its shorter side is 256, each

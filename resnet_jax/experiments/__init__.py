@@ -5,6 +5,6 @@ and test error curves from metrics rows), `report` (summary.csv and summary.md, 
 `plots` (Fig. 1/6 curves, per-block gradient norms, Fig. 7 responses) and `responses` (Fig. 7's layer
 response statistics from a checkpoint).
 
-What it may import: every room below it (`run`, `config`, `data`, `models`, `training`); only `cli` imports
+What it may import: every layer below it (`run`, `config`, `data`, `models`, `training`); only `cli` imports
 it.
 """

@@ -181,9 +181,7 @@ def _record_status(member: Member, run_dir: str, error: BaseException | None, tb
     _write_status(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}",
                             "traceback": tb, "overrides": member.overrides})
     return "failed"
-  seconds = wall_time_s(run_dir)
-  _write_status(run_dir, {"status": "done", "wall_time_s": seconds,
-                          "seconds": seconds,  # the name before 0.2; same definition now
+  _write_status(run_dir, {"status": "done", "wall_time_s": wall_time_s(run_dir),
                           "overrides": member.overrides})
   return "done"
 

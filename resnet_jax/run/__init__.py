@@ -9,6 +9,6 @@ multi-host run), `extras` (the packages a command needs, checked before it start
 (the command's process set-up: huge pages, the persistent compilation cache).
 
 What it may import: the standard library, etils, and JAX (lazily, where a function needs it);
-nothing of resnet_jax but `checks`. Every other room may use it: the CLI, sweeps, reports and data
+nothing of resnet_jax but `checks`. Every other subpackage may import it: the CLI, sweeps, reports and data
 preparation do so without reaching into training/.
 """

@@ -6,9 +6,9 @@ reported as one sentence with exit 2; a run that stopped on purpose or hit a wal
 from has its own code; everything else is a bug and keeps its traceback (exit 1). JAX raises
 `ValueError` for its own shape and sharding failures, so a `ValueError` alone never means "user".
 
-Each user error also derives from the built-in class library callers expect (`ValueError` for a bad
-value, `RuntimeError` for a workdir in use, `ImportError` for a missing package), so code that
-catches those keeps working. Imports nothing, so every room may raise these.
+The user errors derive from `UserError` alone, not from `ValueError` or `RuntimeError` as well: a
+caller that handles a user's mistake catches `UserError` (or one kind of it), and an `except
+ValueError` can never take a bug for one. Imports nothing, so every layer may raise these.
 """
 
 EXIT_NON_FINITE = 1        # a NaN or infinite loss or gradient norm; earlier checkpoints are kept
@@ -24,35 +24,35 @@ class UserError(Exception):
   """A mistake the user can fix: its message names the problem and the fix; exit 2."""
 
 
-class ConfigError(UserError, ValueError):
+class ConfigError(UserError):
   """A config key (or a config or sweep file) that cannot work."""
 
 
-class WorkdirError(UserError, ValueError):
+class WorkdirError(UserError):
   """A workdir that cannot be used: not writable, not a run's, or another run's config."""
 
 
-class WorkdirInUseError(UserError, RuntimeError):
+class WorkdirInUseError(UserError):
   """Another process holds the workdir's lock."""
 
 
-class IncompatibleCheckpointError(UserError, ValueError):
+class IncompatibleCheckpointError(UserError):
   """A checkpoint that holds another state tree (another model, dataset or optimizer)."""
 
 
-class DataError(UserError, ValueError):
+class DataError(UserError):
   """A dataset or source file that cannot be read as asked (missing, corrupt, not prepared)."""
 
 
-class WeightsError(UserError, ValueError):
+class WeightsError(UserError):
   """A weights file, URL or name that cannot be converted as asked (format, architecture, checksum)."""
 
 
-class LaunchError(UserError, ValueError):
+class LaunchError(UserError):
   """The environment of a multi-process launch is incomplete or inconsistent."""
 
 
-class MissingExtraError(UserError, ImportError):
+class MissingExtraError(UserError):
   """The command needs packages that the installed extras leave out."""
 
 
@@ -60,7 +60,7 @@ class StoppedEarly(Exception):
   """SIGTERM or Ctrl-C arrived; a checkpoint was saved and the run can resume."""
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(Exception):
   """A loss or gradient norm was NaN or infinite; checkpoints from before it are kept."""
 
 
@@ -68,7 +68,7 @@ class StorageUnavailableError(Exception):
   """The workdir's storage kept failing for a transient reason past the retries; nothing was moved."""
 
 
-class DiskFullError(OSError):
+class DiskFullError(Exception):
   """The disk filled up while writing a checkpoint or metrics; earlier checkpoints are kept."""
 
 

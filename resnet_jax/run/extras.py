@@ -53,9 +53,13 @@ def require(command: str, modules) -> None:
       f"with: pip install 'resnet-jax[{','.join(covered)}]'")
 
 
-def extra_of(module: str) -> str | None:
-  """The extra that installs the top-level `module`, if it is one of ours."""
+def missing_extra(module: str) -> str | None:
+  """The extra to install after `import` failed to find `module` (`ModuleNotFoundError.name`): only
+  when `module` is, or lies in, or holds one of our extras' packages and that package is really not
+  installed here. A module missing from a package that is installed (an incompatible version, a
+  broken install, a bug) is no missing extra: None."""
   for name, extra in PACKAGES.items():
-    if name.split(".")[0] == module:
+    related = module == name or module.startswith(name + ".") or name.startswith(module + ".")
+    if related and missing([name]):
       return extra
   return None

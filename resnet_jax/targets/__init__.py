@@ -8,5 +8,5 @@ its step) and `compile` (`resnet-jax compile`: the step a run would compile, com
 or machine's compile-only devices). `chips` and `gpu` import no JAX: the command line reads them
 before it sets the environment JAX starts in.
 
-What it may import: every room below the command line (`training` builds the step, as a run does).
+What it may import: every subpackage below the command line (`training` builds the step, as a run does).
 """

@@ -164,13 +164,12 @@ def report(config: ml_collections.ConfigDict, target: Target, devices: list,
   """Per chip: memory fit, FLOPs, collectives, roofline, host cores; everything a user needs to decide."""
   chip, per_device = target.chip, target.devices_per_chip  # figures per chip; JAX's devices per chip
   n = len(devices) // per_device  # chips
-  k = config.steps_per_dispatch
   per_chip = config.batch_size // n
   train_mem, eval_mem = analysis.memory(compiled["train"]), analysis.memory(compiled["eval"])
   cost = analysis.costs(compiled["train"], compiled.get("train_lowered"), len(devices))
   comms = analysis.collectives(compiled["train"].as_text())
   # XLA's figures are per device (per TensorCore on v3): per chip, times the devices of a chip.
-  xla_flops, step_bytes, comm_bytes = (per_device * x for x in _per_step(cost, comms, k))
+  xla_flops, step_bytes, comm_bytes = (per_device * x for x in _per_step(cost, comms))
   counted = 3 * 2 * flops_lib.count_macs(trainer.model, trainer.image_shape[0],
                                          trainer.image_shape[-1]) * per_chip
   roof = analysis.roofline(xla_flops, step_bytes, comm_bytes, chip, n,
@@ -213,14 +212,13 @@ def _header(config: ml_collections.ConfigDict, target: Target, devices: list) ->
           "batch_per_chip": config.batch_size // n, "steps_per_dispatch": config.steps_per_dispatch}
 
 
-def _per_step(cost: dict, comms: dict, k: int) -> tuple[float, float, float]:
+def _per_step(cost: dict, comms: dict) -> tuple[float, float, float]:
   """FLOPs, HBM bytes and collective bytes of one step, from the dispatch's figures.
 
   On TPU and GPU the K steps of a dispatch are a loop (`lax.scan`), and XLA's analyses count a
   loop's body once: its figures are already one step's. (On CPU the K steps are unrolled; see
   parallel.scan.)
   """
-  del k  # one loop body is one step
   return cost["flops"], cost["bytes_accessed"], float(sum(c["bytes"] for c in comms.values()))
 
 

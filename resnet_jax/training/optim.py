@@ -20,6 +20,9 @@ from resnet_jax.checks import check_choice
 # (resnet_jax.training.group_step) pass one value per member through `jax.vmap`, so the optimizer's
 # state has the same tree as a solo run's and a member's checkpoint restores as an ordinary run.
 TRACEABLE = ("learning_rate", "weight_decay", "momentum")
+# lr_scaling="linear" (Goyal et al. 2017, sec. 2.1): learning_rate is the peak for a batch of 256
+# images (their 0.1 for 256), and grows in proportion to batch_size.
+LINEAR_SCALING_BATCH = 256
 
 
 def _value(config: ml_collections.ConfigDict, hparams: dict | None, key: str):
@@ -60,8 +63,8 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
   peak = _value(config, hparams, "learning_rate")
   if config.lr_scaling == "linear":
     # Linear scaling rule (Goyal et al. 2017, sec. 2.1): lr grows with the
-    # batch, relative to the reference batch of 256. Only the peak scales.
-    peak *= config.batch_size / 256
+    # batch, relative to the reference batch. Only the peak scales.
+    peak *= config.batch_size / LINEAR_SCALING_BATCH
   boundaries = jnp.asarray(tuple(config.lr_decay_steps), dtype=jnp.int32)
   factor = float(config.lr_decay_factor)
   gated = config.warmup_mode == "error"

@@ -1,21 +1,15 @@
 """Data parallelism: one pure step, compiled with `jax.jit` over a device mesh or with `jax.pmap`.
 
 Every strategy (these two, and the vectorised group of `group_step`), the memory estimate, `bench`
-and `compile` bind the step one way (`config_step`) and give the loop one interface, for the members it trains (a solo run is one):
-
-- `bind_members(configs)`: the per-member values a dispatch needs (a solo run: its seed);
-- `stack(states)` / `put_state(state)` / `member_state(state, i)`: the members' states to the
-  devices, and one member's back in a device-count-independent form for its checkpoint;
-- `put_batch(member_batches)`, `put_batches(steps)`: this process's share of one step's batch per
-  member, or of K steps' batches, placed for `train_step` and `multi_step(k)`;
-- `device_steps(k, batch_size, augment)`: K steps whose batches are drawn on the devices;
-- `put_eval_batch(batch)` and `eval_step`: a test batch, the same for every member;
-- `fetch(tree)` and `member_values(fetched, i)`: host values of one member.
+and `compile` bind the step one way (`config_step`), and every strategy gives the loop one
+interface, `Strategy`, for the members it trains. A solo run is a group of one: `MeshJit` and `Pmap`
+take the member-shaped methods from `OneMember`, where one member's list is that member and its
+values come back as they are.
 """
 
 import functools
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +34,81 @@ def config_step(model, config, hparams: dict | None = None, axis_name=None) -> C
                            learning_rate_fn=optim.create_learning_rate_fn(config, hparams),
                            label_smoothing=smoothing, freeze_bn_stats=config.freeze_bn_stats,
                            axis_name=axis_name)
+
+
+class Strategy(Protocol):
+  """What the loop asks of a strategy, for the M members it trains (M = 1 for a solo run).
+
+  `MeshJit` (and `GroupJit`) add `mesh`, `replicated` and `sharded`, which the ahead-of-time compile
+  reads.
+  """
+  devices: list                  # this process's devices (Pmap), or the mesh's (MeshJit)
+  platform: str                  # the platform the programs are for
+  compiler_options: Any          # XLA options of the compiled steps, or None
+  train_step: Callable           # (state, batch) -> (state, metrics)
+  eval_step: Callable            # (state, eval batch) -> summed metrics, the same batch for every member
+  state_sharding: Any            # where a restored state's arrays go
+
+  def bind_members(self, configs: list) -> None:
+    """The per-member values the dispatches that follow need (seeds, a group's optimizer values)."""
+
+  def stack(self, states: list) -> Any:
+    """The members' states as the one state the step takes."""
+
+  def put_state(self, state) -> Any:
+    """A state (host or global arrays) placed on the devices."""
+
+  def member_state(self, state, i: int = 0) -> Any:
+    """Member i's state as device-count-independent global arrays, for its checkpoint."""
+
+  def put_batch(self, member_batches: list[dict]) -> Any:
+    """This process's share of one step's batch per member, placed for `train_step`."""
+
+  def put_batches(self, steps: list[list[dict]]) -> Any:
+    """K steps of `put_batch`'s batches, placed for `multi_step(k)`."""
+
+  def multi_step(self, k: int) -> Callable:
+    """K steps in one dispatch: (state, batches) -> (state, metrics stacked [K])."""
+
+  def device_steps(self, k: int, batch_size: int, augment: str) -> Callable:
+    """K steps whose batches are drawn on the devices: (state, `put_data`'s data) -> as above."""
+
+  def put_data(self, images: np.ndarray, labels: np.ndarray) -> Any:
+    """The whole training set on the devices, for `device_steps`."""
+
+  def put_eval_batch(self, local_batch: dict) -> Any:
+    """A test batch (this process's share), placed for `eval_step`."""
+
+  def fetch(self, tree) -> Any:
+    """Host values of the step's replicated outputs."""
+
+  def member_values(self, fetched, i: int = 0) -> Any:
+    """Member i's share of fetched values."""
+
+
+class OneMember:
+  """The member-shaped methods of a strategy that trains one member: a list of one member's states
+  or batches is that member's, and what comes back is that member's already."""
+
+  def bind_members(self, configs: list) -> None:
+    (config,) = configs
+    del config  # nothing per member on the devices
+
+  def stack(self, states: list):
+    (state,) = states
+    return state
+
+  def put_batch(self, member_batches: list[dict]):
+    (local_batch,) = member_batches
+    return self.put_eval_batch(local_batch)
+
+  def member_state(self, state, i: int = 0):
+    del i
+    return state
+
+  def member_values(self, fetched, i: int = 0):
+    del i
+    return fetched
 
 
 def select_devices(num_devices: int = 0) -> list:
@@ -76,7 +145,7 @@ def _probed_cpu_options(names: tuple[str, ...]) -> tuple:
   return tuple(options.items())
 
 
-class MeshJit:
+class MeshJit(OneMember):
   """`jax.jit` with the batch sharded on its leading axis over a 1-D mesh and the state replicated.
 
   The step sees the global batch, so BN statistics over the whole batch are exact (XLA inserts the
@@ -149,10 +218,6 @@ class MeshJit:
   def state_sharding(self):
     return self.replicated
 
-  def stack(self, states: list):
-    (state,) = states
-    return state
-
   def put_state(self, state):
     def put(x):
       if isinstance(x, jax.Array) and x.sharding == self.replicated:
@@ -161,29 +226,17 @@ class MeshJit:
       return jax.make_array_from_callback(x.shape, self.replicated, lambda i: x[i])
     return jax.tree_util.tree_map(put, state)
 
-  def put_batch(self, member_batches: list[dict]):
-    (local_batch,) = member_batches
-    return self.put_eval_batch(local_batch)
-
   def put_eval_batch(self, local_batch: dict):
     """A test batch (its images may be a tuple of scales), sharded on the batch axis."""
     return jax.tree_util.tree_map(
         lambda v: jax.make_array_from_process_local_data(self.sharded, v), local_batch)
 
-  def member_state(self, state, i: int = 0):
-    del i
-    return state
-
   def fetch(self, tree):
     """Host copy of replicated outputs; one local replica is enough (also in multi-process runs)."""
     return jax.device_get(jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree))
 
-  def member_values(self, fetched, i: int = 0):
-    del i
-    return fetched
 
-
-class Pmap:
+class Pmap(OneMember):
   """`jax.pmap` over the local devices with axis name "data": gradients and metrics are averaged."""
   axis_name = AXIS
 
@@ -200,10 +253,6 @@ class Pmap:
     self.eval_step = jax.pmap(functools.partial(eval_step, model=model, axis_name=AXIS),
                               axis_name=AXIS, devices=devices)
     self._step, self._all_devices, self._compiled = step, devices, {}
-
-  def bind_members(self, configs: list) -> None:
-    (config,) = configs
-    del config  # batches come from the host: nothing per member on the devices
 
   def multi_step(self, k: int):
     """K steps per dispatch: `lax.scan` inside the pmap; metrics come back stacked [K]."""
@@ -229,10 +278,6 @@ class Pmap:
     # Orbax refuses process-local arrays in a multi-process run, and either strategy restores either.
     return NamedSharding(Mesh(np.asarray(self._all_devices), (AXIS,)), P())
 
-  def stack(self, states: list):
-    (state,) = states
-    return state
-
   def put_state(self, state):
     n = len(self.devices)
 
@@ -240,10 +285,6 @@ class Pmap:
       x = np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)  # a local replica
       return jax.device_put(np.broadcast_to(x, (n,) + x.shape), self.stacked)
     return jax.tree_util.tree_map(put, state)
-
-  def put_batch(self, member_batches: list[dict]):
-    (local_batch,) = member_batches
-    return self.put_eval_batch(local_batch)
 
   def put_eval_batch(self, local_batch: dict):
     n = len(self.devices)
@@ -264,10 +305,6 @@ class Pmap:
     """Host copy of the (identical, averaged) first device's outputs."""
     return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
 
-  def member_values(self, fetched, i: int = 0):
-    del i
-    return fetched
-
 
 def scan(strategy, body, state, xs, k: int):
   """`lax.scan(body, state, xs, length=k)`, with per-step outputs stacked [k]."""
@@ -284,6 +321,6 @@ def scan(strategy, body, state, xs, k: int):
 
 
 def create(parallelism: str, devices, step: Callable, model, compiler_options=None,
-           platform=None) -> Any:
+           platform=None) -> Strategy:
   """The data-parallel strategy named by `config.parallelism` (validated: "jit" or "pmap")."""
   return (MeshJit if parallelism == "jit" else Pmap)(devices, step, model, compiler_options, platform)

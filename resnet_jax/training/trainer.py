@@ -23,7 +23,7 @@ import ml_collections
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax import models
-from resnet_jax.data import on_device
+from resnet_jax.data import augment, on_device
 from resnet_jax.run import workdir as workdir_lib
 from resnet_jax.run.errors import WorkdirError
 from resnet_jax.training import checkpoints, derived, parallel, validation
@@ -156,7 +156,7 @@ class Trainer:
   def abstract_eval_batch(self) -> dict:
     """An evaluation batch's shapes: images (B[, views], H, W, C), labels and the mask."""
     c, sharding, size = self.config, self.strategy.sharded, self.derived.eval_batch_size
-    views = (10,) if c.eval_crops == "ten" else ()
+    views = (augment.TEN_CROP_VIEWS,) if c.eval_crops == "ten" else ()
     image = jax.ShapeDtypeStruct((size, *views) + self.image_shape, jnp.float32, sharding=sharding)
     if c.eval_crops == "multiscale":
       image = tuple(jax.ShapeDtypeStruct((size, s, s, self.image_shape[-1]), jnp.float32,
