@@ -32,9 +32,9 @@ class TfdsDataset:
   """
 
   def __init__(self, name: str, data_dir: str = "", augment: str = "none",
-               normalization: str = "per_channel", validation_split: int = 0, image_size: int = 224,
+               normalization: str = "per_channel", validation_split: int = 0, image_size: int = 0,
                normalization_examples: int = 50000, data_threads: int = 0, prefetch_batches: int = 2,
-               cache_dir: str = "", eval_crops: str = "center",
+               cache_dir: str = "", default_image_size: int = 224, eval_crops: str = "center",
                color_std: float = 0.0, eval_scales: tuple = (), data_workers: int = 0):
     self.eval_crops, self.color_std, self.eval_scales = eval_crops, color_std, tuple(eval_scales)
     builder = open_builder(name, data_dir, cache_dir)
@@ -62,7 +62,7 @@ class TfdsDataset:
       if augment == "cifar":
         raise ConfigError(f"augment='cifar' pads and crops fixed-size images; {name} images vary in "
                          "size: use 'inception' or 'scale'.")
-      self.size = image_size  # the side the network sees: ImageNet nets' 224 (sec. 3.4) by default
+      self.size = image_size or default_image_size  # ImageNet nets: 224x224 crops (sec. 3.4)
 
     decoders = {self.image_key: tfds_module().decode.SkipDecoding()}  # we decode (and crop) with PIL
     aug.keep_image_blocks()
@@ -94,10 +94,11 @@ class TfdsDataset:
 
   @classmethod
   def from_config(cls, config, image_size: int) -> "TfdsDataset":
-    """The dataset of a validated config; `image_size` is `training.derived.image_size(config)`."""
+    """The dataset of a validated config; `image_size` is `training.derived.image_size(config)`,
+    the side variable-size images are cropped to (fixed-size ones keep theirs)."""
     return cls(config.dataset, config.data_dir, config.augment, config.normalization,
-               config.validation_split, image_size, config.normalization_examples,
-               config.data_threads, config.prefetch_batches, config.data_cache_dir,
+               config.validation_split, config.image_size, config.normalization_examples,
+               config.data_threads, config.prefetch_batches, config.data_cache_dir, image_size,
                config.eval_crops, config.color_augment_std if config.color_augment == "pca" else 0.0,
                config.eval_scales, config.data_workers)
 
