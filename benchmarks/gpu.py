@@ -2,6 +2,11 @@
 
   python benchmarks/gpu.py            # on a CUDA machine (benchmarks/gpu.sh sets it up)
   python benchmarks/gpu.py --smoke    # tiny sizes, any machine: checks the script end to end
+  python benchmarks/gpu.py --check h100-1   # before renting: compile every case for that GPU here
+
+`--check TOPOLOGY` compiles each case's exact step for the named GPU machine on this host
+(`resnet-jax compile`, the `gpu` extra; no GPU needed) and exits 1 if any does not fit, so the paid
+run does not find out on the machine.
 
 Each case runs `resnet-jax bench` in its own process (fresh device memory), then this prints a
 markdown table and one JSON line: images/s, achieved TFLOP/s and the fraction of the card's dense
@@ -33,6 +38,39 @@ def cases(smoke: bool) -> list[list[str]]:
     r56 = ["--model", "resnet56", "--batch-size", "128", "--steps", "50"]
     k = "16"
   return [r50, r56, r56 + ["--data-on-device"], r56 + ["--data-on-device", "--steps-per-dispatch", k]]
+
+
+def compile_command(case: list[str], topology: str) -> list[str]:
+  """`resnet-jax compile` of the config `resnet-jax bench` builds for `case` (resnet_jax.bench.step)."""
+  values, on_device, i = {}, False, 0
+  while i < len(case):
+    if case[i] == "--data-on-device":
+      on_device, i = True, i + 1
+    else:
+      values[case[i]], i = case[i + 1], i + 2
+  k = values.get("--steps-per-dispatch", "1")
+  overrides = [f"--config.model={values['--model']}", f"--config.batch_size={values['--batch-size']}",
+               f"--config.dtype={values.get('--dtype', 'float32')}", "--config.dataset=synthetic",
+               "--config.lr_decay_steps=()", "--config.eval_every_steps=0",
+               "--config.checkpoint_every_steps=0", f"--config.steps_per_dispatch={k}",
+               f"--config.log_every_steps={k}"]
+  if on_device:
+    overrides += ["--config.data_on_device=True", "--config.augment=cifar"]
+  return [sys.executable, "-m", "resnet_jax.cli", "compile", "--topology", topology, "--config",
+          "configs/default.py", *overrides]
+
+
+def check(topology: str, smoke: bool) -> int:
+  """Compiles every case for `topology`; 0 when all fit, 1 when one does not, 2 on bad input."""
+  worst = 0
+  for case_args in cases(smoke):
+    cmd = compile_command(case_args, topology)
+    print("$ resnet-jax " + " ".join(cmd[3:]), flush=True)
+    code = subprocess.run(cmd, check=False).returncode
+    worst = max(worst, code if code in (1, 2) else (1 if code else 0))
+  print(f"check for {topology}: " + ("every case fits" if worst == 0 else
+                                      "a case does not fit (exit 1)" if worst == 1 else "bad input"))
+  return worst
 
 
 def label(result: dict) -> str:
@@ -77,7 +115,11 @@ def run_case(args: list[str]) -> dict:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--smoke", action="store_true", help="tiny sizes: runs anywhere in seconds")
+  parser.add_argument("--check", metavar="TOPOLOGY", default="",
+                      help="compile every case for this GPU machine (h100-1, a3-highgpu-8g, ...) here")
   args = parser.parse_args(argv)
+  if args.check:
+    return check(args.check, args.smoke)
   name = device_name()
   peak = peak_tflops(name)
   results = []

@@ -4,10 +4,12 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 
 import numpy as np
 import pytest
 
+from resnet_jax import config as config_lib
 from resnet_jax.run.errors import ConfigError
 from tests.helpers import load_script
 
@@ -207,3 +209,27 @@ def test_gpu_compile_rows_are_256_images_per_gpu_and_tabulate_against_the_usable
   assert "| machine |" in lines[0] and "memory needed / usable GiB" in lines[0]
   assert lines[2] == ("| resnet50 | bfloat16 | h100-1 (1 host) | 256 | 10.78 / 56 | yes | 0.96 | "
                       "0.0 (102.2) | 29.4 | HBM bandwidth | 8,700 | 39 / 26 |")
+
+
+@pytest.mark.parametrize("smoke", [True, False])
+def test_gpu_benchmarks_check_compiles_the_config_each_case_benchmarks(smoke):
+  """`benchmarks/gpu.sh --check TOPOLOGY` compiles, for each case, the config `resnet-jax bench`
+  builds for it (resnet_jax.bench.step): same model, batch, dtype, data path and dispatch size."""
+  from resnet_jax.cli.commands import split_overrides  # pylint: disable=g-import-not-at-top
+  from resnet_jax.training import validation  # pylint: disable=g-import-not-at-top
+
+  gpu = _load("gpu")
+  for case in gpu.cases(smoke):
+    cmd = gpu.compile_command(case, "h100-1")
+    assert cmd[3:7] == ["compile", "--topology", "h100-1", "--config"]
+    config = config_lib.load(cmd[7], split_overrides(cmd[8:]))
+    validation.validate(config)
+    args = dict(zip(case[::2], case[1::2])) if "--data-on-device" not in case else {}
+    if args:
+      assert config.model == args["--model"] and config.batch_size == int(args["--batch-size"])
+      assert config.dtype == args.get("--dtype", "float32")
+    assert config.data_on_device == ("--data-on-device" in case)
+    assert config.steps_per_dispatch == (int(case[-1]) if "--steps-per-dispatch" in case else 1)
+  out = subprocess.run(["bash", "benchmarks/gpu.sh", "--help"], capture_output=True, text=True,
+                       check=True).stdout
+  assert "--check h100-1" in out
