@@ -106,9 +106,9 @@ def _report(args) -> int:
 
 
 def _read_text(path: str) -> str:
-  from etils import epath  # pylint: disable=g-import-not-at-top  # a bucket path too
+  from resnet_jax.run import storage  # pylint: disable=g-import-not-at-top  # a bucket path too
 
-  return epath.Path(path).read_text()
+  return storage.read_text(path)
 
 
 def _bench(args) -> int:
@@ -175,6 +175,8 @@ def needs(args) -> tuple[str, ...]:
     modules += ("tensorflow",)
   if command == "compile":
     modules += ("libtpu",)
+  if "://" in str(getattr(args, "workdir", "") or ""):  # gs:// goes through gcsfs (run/storage.py)
+    modules += ("gcsfs",)
   if command == "convert":
     source = str(args.source)
     if source.endswith(".safetensors"):

@@ -16,6 +16,7 @@ EXIT_BUG = 1               # an unexpected error: Python's own exit status, with
 EXIT_BAD_INPUT = 2         # config, workdir, data or install that cannot work; nothing was changed
 EXIT_IO_ERROR = 74         # sysexits.h EX_IOERR: e.g. the disk filled up; re-run once fixed
 EXIT_STOPPED_EARLY = 75    # sysexits.h EX_TEMPFAIL: SIGTERM or Ctrl-C, checkpoint saved; re-run resumes
+EXIT_STORAGE_UNAVAILABLE = 75  # EX_TEMPFAIL too: the bucket kept failing; nothing moved; re-run
 EXIT_ABORTED = 130         # a second Ctrl-C: stopped at once (128 + SIGINT), no new checkpoint
 
 
@@ -67,6 +68,13 @@ class DiskFullError(OSError):
   """The disk filled up while writing a checkpoint or metrics; earlier checkpoints are kept."""
 
 
+class StorageUnavailableError(Exception):
+  """Storage kept failing with transient errors (timeouts, resets, 429/5xx) past the retry budget.
+
+  Not an OSError, so that no handler of local file errors mistakes it for a full or read-only disk.
+  """
+
+
 def exit_code(error: BaseException) -> int | None:
   """The exit code of an ending we expect; None for anything else (a bug: keep its traceback)."""
   if isinstance(error, KeyboardInterrupt):
@@ -75,6 +83,8 @@ def exit_code(error: BaseException) -> int | None:
     return EXIT_STOPPED_EARLY
   if isinstance(error, NonFiniteError):
     return EXIT_NON_FINITE
+  if isinstance(error, StorageUnavailableError):
+    return EXIT_STORAGE_UNAVAILABLE
   if isinstance(error, DiskFullError):
     return EXIT_IO_ERROR
   if isinstance(error, UserError):
