@@ -38,11 +38,11 @@ from tests import gcs  # pylint: disable=g-import-not-at-top,wrong-import-positi
 KINDS = ("kill9", "sigterm", "bucket_away")
 
 
-def train_command(workdir: str, steps: int) -> list[str]:
+def train_command(workdir: str, steps: int, checkpoint_every: int = 1) -> list[str]:
   return [sys.executable, "-m", "resnet_jax.cli", "train", "--config", "configs/quickstart.py",
           "--workdir", workdir, "--config.model=resnet8", f"--config.total_steps={steps}",
           "--config.batch_size=32", f"--config.lr_decay_steps=({steps // 2},)",
-          "--config.num_devices=1", "--config.checkpoint_every_steps=1",
+          "--config.num_devices=1", f"--config.checkpoint_every_steps={checkpoint_every}",
           "--config.log_every_steps=1", "--config.eval_every_steps=0", "--config.keep_checkpoints=2"]
 
 
@@ -57,7 +57,7 @@ def _printed_steps(text: str) -> int:
 
 def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
          fault_fraction: float = 0.05, stall_s: float = 2.0, outage_s: float = 10.0,
-         seed: int = 0, log=print) -> dict:
+         checkpoint_every: int = 1, seed: int = 0, log=print) -> dict:
   """Trains `steps` steps in a bucket through `interruptions` random interruptions; returns figures.
 
   `point_at(url)` points this process's gcsfs at the server (to watch the run's metrics and read its
@@ -70,7 +70,7 @@ def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
   t0 = time.monotonic()
   rng = random.Random(seed)
   reference = os.path.join(folder, "reference")
-  subprocess.run(train_command(reference, steps), cwd=ROOT, env=_environment("http://unused"),
+  subprocess.run(train_command(reference, steps, checkpoint_every), cwd=ROOT, env=_environment("http://unused"),
                  check=True, capture_output=True)
   server = gcs.Server(os.path.join(folder, "gcs")).start()
   proxy = gcs.FaultProxy(server.url, fraction=fault_fraction, stall_s=stall_s, max_faults=10**6,
@@ -94,7 +94,7 @@ def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
       known_starts = len(starts())
       out_path = os.path.join(folder, f"segment{restarts}.log")
       with open(out_path, "w") as out:
-        proc = subprocess.Popen(train_command(workdir, steps), cwd=ROOT,
+        proc = subprocess.Popen(train_command(workdir, steps, checkpoint_every), cwd=ROOT,
                                 env=_environment(proxy.url), stdout=out, stderr=subprocess.STDOUT)
       kind = None
       while proc.poll() is None and sum(done.values()) < interruptions:
@@ -124,7 +124,7 @@ def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
       if code == 0 and logged()[-1:] == [steps]:
         break
       if code not in (-signal.SIGKILL, -signal.SIGTERM, 75):
-        raise RuntimeError(f"segment {restarts} exited {code} unasked:\n{text[-3000:]}")
+        raise RuntimeError(f"segment {restarts} exited {code} unasked; its output: {out_path}")
       restarts += 1
   finally:
     proxy.stop()
@@ -149,7 +149,9 @@ def main():
   parser.add_argument("--fault-fraction", type=float, default=0.05)
   parser.add_argument("--stall-s", type=float, default=2.0)
   parser.add_argument("--outage-s", type=float, default=10.0)
+  parser.add_argument("--checkpoint-every", type=int, default=1)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--keep", default="", help="a folder to keep the segments' logs and the bucket in")
   args = parser.parse_args()
 
   def point_at(url):
@@ -157,10 +159,12 @@ def main():
     gcs.clear_client_caches()
 
   os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # before gcsfs is imported
-  with tempfile.TemporaryDirectory(prefix="resnet-jax-soak-") as folder:
+  with tempfile.TemporaryDirectory(prefix="resnet-jax-soak-") as scratch:
+    folder = args.keep or scratch
+    os.makedirs(folder, exist_ok=True)
     figures = soak(folder, point_at, steps=args.steps, interruptions=args.interruptions,
                    fault_fraction=args.fault_fraction, stall_s=args.stall_s,
-                   outage_s=args.outage_s, seed=args.seed,
+                   outage_s=args.outage_s, checkpoint_every=args.checkpoint_every, seed=args.seed,
                    log=lambda text: print(text, file=sys.stderr, flush=True))
   print(json.dumps(figures))
   ok = (figures["max_abs_param_diff"] == 0.0 and figures["batch_stats_equal"]

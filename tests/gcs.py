@@ -162,6 +162,12 @@ class FaultProxy:
       def log_message(self, *args):  # quiet
         pass
 
+      def handle(self):
+        try:
+          super().handle()
+        except (ConnectionError, TimeoutError):  # the client went away (killed, or gave up)
+          self.close_connection = True
+
       def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
           data = b""
