@@ -57,11 +57,14 @@ def _printed_steps(text: str) -> int:
 
 def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
          fault_fraction: float = 0.05, stall_s: float = 2.0, outage_s: float = 10.0,
-         checkpoint_every: int = 1, seed: int = 0, log=print) -> dict:
+         checkpoint_every: int = 1, max_gap_steps: int = 3, seed: int = 0, reference: str = "",
+         log=print) -> dict:
   """Trains `steps` steps in a bucket through `interruptions` random interruptions; returns figures.
 
-  `point_at(url)` points this process's gcsfs at the server (to watch the run's metrics and read its
-  final checkpoint); `folder` is a local scratch folder.
+  The kinds of interruption come in a random order, each as often as the others; between two, the
+  run stores 1 to `max_gap_steps` more steps. `point_at(url)` points this process's gcsfs at the server (to watch the run's metrics and read its
+  final checkpoint); `folder` is a local scratch folder; `reference`, the local workdir of the same
+  run uninterrupted (made here when not given).
   """
   from resnet_jax.run import metrics_log, storage  # pylint: disable=g-import-not-at-top
   from resnet_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
@@ -69,9 +72,10 @@ def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
 
   t0 = time.monotonic()
   rng = random.Random(seed)
-  reference = os.path.join(folder, "reference")
-  subprocess.run(train_command(reference, steps, checkpoint_every), cwd=ROOT, env=_environment("http://unused"),
-                 check=True, capture_output=True)
+  if not reference:
+    reference = os.path.join(folder, "reference")
+    subprocess.run(train_command(reference, steps, checkpoint_every), cwd=ROOT,
+                   env=_environment("http://unused"), check=True, capture_output=True)
   server = gcs.Server(os.path.join(folder, "gcs")).start()
   proxy = gcs.FaultProxy(server.url, fraction=fault_fraction, stall_s=stall_s, max_faults=10**6,
                          active_s=10**6, seed=seed).start()
@@ -88,6 +92,8 @@ def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
     return [json.loads(line)["start_step"] for line in storage.read_text(history).splitlines()]
 
   done = {kind: 0 for kind in KINDS}
+  order = [KINDS[i % len(KINDS)] for i in range(interruptions)]
+  rng.shuffle(order)
   executed = restarts = 0
   try:
     while True:
@@ -98,14 +104,15 @@ def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
                                 env=_environment(proxy.url), stdout=out, stderr=subprocess.STDOUT)
       kind = None
       while proc.poll() is None and sum(done.values()) < interruptions:
-        # A random moment: after 1-4 more steps are stored, then 0-0.5 s into the next step or save.
-        target = len(logged()) + rng.randint(1, 4)
+        # A random moment: after 1 to max_gap_steps more steps are stored, then 0-0.5 s into the
+        # next step or save.
+        target = len(logged()) + rng.randint(1, max_gap_steps)
         while len(logged()) < target and proc.poll() is None:
           time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 0.5))
         if proc.poll() is not None:
           break
-        kind = rng.choice(KINDS)
+        kind = order[sum(done.values())]
         done[kind] += 1
         log(f"interruption {sum(done.values())}/{interruptions}: {kind} at ~step {len(logged())}")
         if kind == "bucket_away":
@@ -121,6 +128,8 @@ def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
       new = starts()[known_starts:]
       if new:
         executed += max(0, _printed_steps(text) - new[0])
+      if "is read and written through gcsfs" not in text:
+        raise RuntimeError(f"segment {restarts} did not say it uses gcsfs; its output: {out_path}")
       if code == 0 and logged()[-1:] == [steps]:
         break
       if code not in (-signal.SIGKILL, -signal.SIGTERM, 75):
