@@ -9,8 +9,9 @@ trains, it is interrupted `--interruptions` times at random moments, each time b
 
 - kill -9 (nothing runs after it: the run resumes from its newest committed checkpoint);
 - SIGTERM (the run saves a checkpoint and exits 75);
-- the bucket going away: the server stopped for `--outage-s` seconds, then started again over the
-  same objects, while the run goes on (its clients retry).
+- the bucket going away: for `--outage-s` seconds every request's connection is reset unanswered
+  (the proxy's `go_away`), while the run goes on (its clients retry). Not by stopping the server:
+  fake-gcs-server then also forgets the resumable uploads in progress, which GCS keeps for a week.
 
 A killed or stopped run is started again with the same command. At the end it must hold exactly the
 parameters of an uninterrupted run with a local workdir (bit for bit) and every step once in
@@ -116,9 +117,8 @@ def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
         done[kind] += 1
         log(f"interruption {sum(done.values())}/{interruptions}: {kind} at ~step {len(logged())}")
         if kind == "bucket_away":
-          server.stop()
+          proxy.go_away(outage_s)
           time.sleep(outage_s)
-          server.start()
           continue  # the run goes on (or, past the retry budget, ends with 75 and is restarted)
         proc.send_signal(signal.SIGKILL if kind == "kill9" else signal.SIGTERM)
         break
@@ -144,6 +144,7 @@ def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
   return {
       "steps": steps, "interruptions": done, "restarts": restarts,
       "faults_injected": dict(proxy.counts), "requests": proxy.requests,
+      "requests_refused_while_away": proxy.refused,
       "steps_computed": executed, "steps_recomputed": executed - steps,
       "max_abs_param_diff": max_abs_diff(state.params, expected.params),
       "batch_stats_equal": max_abs_diff(state.batch_stats, expected.batch_stats) == 0.0,

@@ -137,7 +137,8 @@ class FaultProxy:
   """An HTTP proxy on loopback in front of `upstream` that injects faults on a fraction of requests.
 
   Each request is, with probability `fraction` while faults remain (`max_faults`) and `active_s`
-  seconds have not passed since `start`, answered by one fault drawn from `kinds`:
+  seconds have not passed since `start`, answered by one fault drawn from `kinds` (and while
+  `go_away` says so, every request is reset):
   503 or 429 with a GCS-style JSON error; `reset` (TCP RST before the request is forwarded);
   `reset_after` (forwarded, then RST instead of the response: the write happened, the client does
   not know; except a resumable upload's data, see `_handle`); `stall` (held `stall_s` seconds, then
@@ -153,6 +154,7 @@ class FaultProxy:
     self.counts = {kind: 0 for kind in self.kinds}
     self.requests = 0
     self.log = []  # (method, path, fault or None) of every request
+    self.away_until, self.refused = 0.0, 0  # `go_away`
     self.started = None
     proxy = self
 
@@ -182,6 +184,9 @@ class FaultProxy:
 
       def _handle(self):
         body = self._body()
+        if time.monotonic() < proxy.away_until:  # the bucket is away: no answer at all
+          proxy.refused += 1
+          return self._reset()
         fault = proxy.draw()
         proxy.log.append((self.command, self.path, fault))
         if fault in ("503", "429"):
@@ -244,6 +249,14 @@ class FaultProxy:
       kind = self.rng.choice(self.kinds)
       self.counts[kind] += 1
       return kind
+
+  def go_away(self, seconds: float) -> None:
+    """For `seconds`, every request's connection is reset unanswered, as if GCS were unreachable.
+
+    Stopping fake-gcs-server instead (`Server.stop`) also makes it forget the resumable upload
+    sessions in progress, which GCS keeps for a week: that tests the emulator more than the run.
+    """
+    self.away_until = time.monotonic() + seconds
 
   def start(self) -> "FaultProxy":
     self.started = time.monotonic()

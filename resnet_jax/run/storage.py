@@ -74,8 +74,9 @@ def is_transient(error: BaseException) -> bool:
   """Whether `error`, or an error it was raised from, is one that a retry may cure.
 
   Timeouts, refused or reset connections, HTTP 408/429/5xx (gcsfs's HttpError, or anything with
-  such a status), what gcsfs itself deems retriable, and tensorstore's UNAVAILABLE and
-  DEADLINE_EXCEEDED. A full or read-only disk, a missing object or a permission error is not.
+  such a status), what gcsfs itself deems retriable, tensorstore's UNAVAILABLE and
+  DEADLINE_EXCEEDED, and a lost resumable upload session. A full or read-only disk, a missing
+  object or a permission error is not.
   """
   seen = set()
   while error is not None and id(error) not in seen:
@@ -88,6 +89,11 @@ def is_transient(error: BaseException) -> bool:
     if "gcsfs.retry" in sys.modules and sys.modules["gcsfs.retry"].is_retriable(error):
       return True
     if isinstance(error, ValueError) and str(error).startswith(("UNAVAILABLE:", "DEADLINE_EXCEEDED:")):
+      return True
+    if isinstance(error, FileNotFoundError) and "upload_id=" in str(error):
+      # A resumable upload session that the server no longer knows (gcsfs names its URL): GCS's
+      # remedy is a new upload (cloud.google.com/storage/docs/resumable-uploads, "404 Not Found"),
+      # which repeating the whole write is.
       return True
     error = error.__cause__ or error.__context__
   return False
