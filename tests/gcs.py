@@ -146,10 +146,11 @@ class FaultProxy:
   """
 
   def __init__(self, upstream: str, fraction: float = 0.2, kinds=FAULTS, max_faults: int = 100,
-               active_s: float = 600.0, stall_s: float = 3.0, seed: int = 0):
+               active_s: float = 600.0, stall_s: float = 3.0, seed: int = 0, methods=None):
     self.upstream = upstream.removeprefix("http://")
     self.fraction, self.kinds, self.max_faults = fraction, tuple(kinds), max_faults
     self.active_s, self.stall_s = active_s, stall_s
+    self.methods = methods  # faults only on requests of these HTTP methods (None: all)
     self.rng, self.lock = random.Random(seed), threading.Lock()
     self.counts = {kind: 0 for kind in self.kinds}
     self.requests = 0
@@ -187,7 +188,7 @@ class FaultProxy:
         if time.monotonic() < proxy.away_until:  # the bucket is away: no answer at all
           proxy.refused += 1
           return self._reset()
-        fault = proxy.draw()
+        fault = proxy.draw() if proxy.methods is None or self.command in proxy.methods else None
         proxy.log.append((self.command, self.path, fault))
         if fault in ("503", "429"):
           message = json.dumps({"error": {"code": int(fault), "message": f"injected {fault}"}})

@@ -126,6 +126,15 @@ def test_our_writes_survive_503_429_resets_and_stalls(gcs_url, monkeypatch, fast
   assert json.loads(storage.read_text(f"{root}/status.json")) == {"status": "done"}
 
 
+def test_a_lost_answer_to_the_probes_delete_is_not_an_unwritable_workdir(gcs_url, monkeypatch):
+  # The DELETE happened, its answer was lost, gcsfs sent it again and GCS answered 404.
+  with gcs.FaultProxy(gcs_url, fraction=1.0, kinds=("reset_after",), max_faults=1,
+                      methods=("DELETE",)) as proxy:
+    gcs.point_at(proxy.url, monkeypatch)
+    workdir_lib.check_writable(f"gs://{gcs.BUCKET}/{os.getpid()}-probe")
+  assert proxy.counts["reset_after"] == 1
+
+
 def test_a_bucket_that_stays_away_ends_the_run_with_exit_75_and_changes_nothing(
     gcs_url, monkeypatch, capsys, fast_gcsfs_retries):
   root = f"gs://{gcs.BUCKET}/{os.getpid()}-away"

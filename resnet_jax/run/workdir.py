@@ -79,7 +79,8 @@ def check_writable(workdir: str) -> None:
   def write_probe():
     path.mkdir(parents=True, exist_ok=True)
     probe.write_text("ok")
-    probe.unlink()
+    # A DELETE whose answer was lost, retried by gcsfs, finds the probe gone (404): that is success.
+    probe.unlink(missing_ok=True)
 
   try:  # a timeout or a 503 is retried, not reported as an unwritable workdir
     storage.retrying(f"writing a probe file in {workdir}", write_probe)
