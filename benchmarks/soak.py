@@ -63,9 +63,9 @@ def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
   """Trains `steps` steps in a bucket through `interruptions` random interruptions; returns figures.
 
   The kinds of interruption come in a random order, each as often as the others; between two, the
-  run stores 1 to `max_gap_steps` more steps. `point_at(url)` points this process's gcsfs at the server (to watch the run's metrics and read its
-  final checkpoint); `folder` is a local scratch folder; `reference`, the local workdir of the same
-  run uninterrupted (made here when not given).
+  run stores 1 to `max_gap_steps` more steps. `point_at(url)` points this process's gcsfs at the
+  server (to watch the run's metrics and read its final checkpoint); `folder` is a local scratch
+  folder; `reference`, the local workdir of the same run uninterrupted (made here when not given).
   """
   from resnet_jax.run import metrics_log, storage  # pylint: disable=g-import-not-at-top
   from resnet_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
@@ -96,6 +96,7 @@ def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
   order = [KINDS[i % len(KINDS)] for i in range(interruptions)]
   rng.shuffle(order)
   executed = restarts = 0
+  proc = None
   try:
     while True:
       known_starts = len(starts())
@@ -135,12 +136,15 @@ def soak(folder: str, point_at, steps: int = 60, interruptions: int = 20,
       if code not in (-signal.SIGKILL, -signal.SIGTERM, 75):
         raise RuntimeError(f"segment {restarts} exited {code} unasked; its output: {out_path}")
       restarts += 1
-  finally:
+    _, expected = trainer_lib.restore(reference)
+    _, state = trainer_lib.restore(workdir)
+    once = logged() == list(range(1, steps + 1))
+  finally:  # nothing left running, whatever happened
+    if proc is not None and proc.poll() is None:
+      proc.kill()
+      proc.wait()
     proxy.stop()
-  _, expected = trainer_lib.restore(reference)
-  _, state = trainer_lib.restore(workdir)
-  once = logged() == list(range(1, steps + 1))
-  server.stop()
+    server.stop()
   return {
       "steps": steps, "interruptions": done, "restarts": restarts,
       "faults_injected": dict(proxy.counts), "requests": proxy.requests,
@@ -161,7 +165,8 @@ def main():
   parser.add_argument("--outage-s", type=float, default=10.0)
   parser.add_argument("--checkpoint-every", type=int, default=1)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--keep", default="", help="a folder to keep the segments' logs and the bucket in")
+  parser.add_argument("--keep", default="",
+                      help="a folder to keep the segments' logs and the bucket in")
   args = parser.parse_args()
 
   def point_at(url):

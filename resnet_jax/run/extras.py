@@ -21,8 +21,8 @@ PACKAGES = {
 TRAIN = tuple(m for m, extra in PACKAGES.items() if extra == "train")
 # What each extra adds on top of the ones it includes (pyproject.toml): the smallest install line
 # names the extra that covers the most.
-INCLUDES = {"report": {"train"}, "data": {"train"}, "torch": {"train"}, "tpu": {"train"}, "gcs": {"train"},
-            "bench": {"torch", "train"}}
+INCLUDES = {"report": {"train"}, "data": {"train"}, "torch": {"train"}, "tpu": {"train"},
+            "gcs": {"train"}, "bench": {"torch", "train"}}
 
 
 def missing(modules) -> list[str]:

@@ -34,6 +34,7 @@ RETRY_BUDGET_S = 120.0
 RETRY_MAX_DELAY_S = 32.0  # GCS's retry strategy: truncated exponential backoff, 32 s at most
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _EPATH_USE_TF = "EPATH_USE_TF"
+_JITTER = random.Random()  # its own: a retry must not move any other user of `random`
 
 
 def is_remote(path) -> bool:
@@ -88,7 +89,8 @@ def is_transient(error: BaseException) -> bool:
       return True
     if "gcsfs.retry" in sys.modules and sys.modules["gcsfs.retry"].is_retriable(error):
       return True
-    if isinstance(error, ValueError) and str(error).startswith(("UNAVAILABLE:", "DEADLINE_EXCEEDED:")):
+    if isinstance(error, ValueError) and str(error).startswith(("UNAVAILABLE:",
+                                                                "DEADLINE_EXCEEDED:")):
       return True
     if isinstance(error, FileNotFoundError) and "upload_id=" in str(error):
       # A resumable upload session that the server no longer knows (gcsfs names its URL): GCS's
@@ -126,7 +128,7 @@ def retrying(what: str, fn, *args, budget_s: float | None = None, sleep=time.sle
         ) from e
       print(f"resnet-jax: {what}: {type(e).__name__}: {e}; retrying in {delay:.0f} s",
             file=sys.stderr, flush=True)
-      sleep(delay * random.uniform(1.0, 1.5))
+      sleep(delay * _JITTER.uniform(1.0, 1.5))
       delay = min(2 * delay, RETRY_MAX_DELAY_S)
 
 
