@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from etils import epath
 import jax
@@ -53,12 +52,16 @@ def reference(tmp_path_factory):
 def test_soak_kill_9_sigterm_faults_and_an_outage_end_bit_identical(reference, tmp_path,
                                                                        monkeypatch):
   """benchmarks/soak.py at a size for this tier (the longer run: docs/results/faults): a gs://
-  workdir killed -9, stopped by SIGTERM and left without its bucket for 5 s (every connection
+  workdir killed -9, stopped by SIGTERM and left without its bucket for 10 s (every connection
   reset unanswered), in a random order at random points, while 1.5% of requests meet a 503, a 429,
   a reset connection or a 1 s stall. Each segment says it uses gcsfs; the restarted ones resume
-  from the bucket."""
+  from the bucket.
+
+  The outage is the proxy's, not fake-gcs-server stopped and started again: a restarted emulator
+  forgets the resumable uploads in progress, which GCS keeps for a week, and then Orbax's own
+  metadata upload fails with a 404 (about 1 run in 6 here), a failure GCS would not cause."""
   figures = soak_lib.soak(str(tmp_path), lambda url: gcs.point_at(url, monkeypatch), steps=STEPS,
-                          interruptions=3, fault_fraction=0.015, stall_s=1.0, outage_s=5.0,
+                          interruptions=3, fault_fraction=0.015, stall_s=1.0, outage_s=10.0,
                           max_gap_steps=2, seed=1, reference=reference, log=lambda text: None)
   assert figures["interruptions"] == {"kill9": 1, "sigterm": 1, "bucket_away": 1}, figures
   assert sum(figures["faults_injected"].values()) >= 3 and figures["requests_refused_while_away"], (
@@ -66,29 +69,6 @@ def test_soak_kill_9_sigterm_faults_and_an_outage_end_bit_identical(reference, t
   assert figures["max_abs_param_diff"] == 0.0 and figures["batch_stats_equal"], figures
   assert figures["steps_logged_once"] and figures["final_step"] == STEPS, figures
   assert figures["restarts"] >= 1 and figures["steps_recomputed"] >= 0, figures
-
-
-def test_the_server_stopped_10_s_mid_run_ends_bit_identical(reference, tmp_path, monkeypatch):
-  """fake-gcs-server itself stopped and started again, with no other fault: it also forgets the
-  resumable uploads in progress (GCS keeps them), so the run's own files start new uploads."""
-  server = gcs.Server(str(tmp_path / "gcs")).start()  # its own: stopping the session's would
-  gcs.point_at(server.url, monkeypatch)  # hurt the other tests
-  workdir = f"gs://{gcs.BUCKET}/stopped"
-  proc = subprocess.Popen(soak_lib.train_command(workdir, STEPS), cwd=REPO_ROOT,
-                          env=_env(server.url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-  while len(_steps_logged(workdir)) < 3 and proc.poll() is None:
-    time.sleep(0.05)
-  assert proc.poll() is None, "the run finished before the outage; slow it down"
-  server.stop()
-  time.sleep(10)
-  server.start()
-  out, _ = proc.communicate(timeout=400)
-  assert proc.returncode == 0, out[-3000:]
-  params, step = _params(workdir)
-  assert step == STEPS and max_abs_diff(params, _params(reference)[0]) == 0.0
-  assert _steps_logged(workdir) == list(range(1, STEPS + 1))
-  server.stop()
 
 
 SWEEP = """
