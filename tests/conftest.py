@@ -131,7 +131,9 @@ def gcs_url():
   from tests import gcs  # pylint: disable=g-import-not-at-top
 
   def start(folder):
-    server = gcs.Server(os.path.join(folder, "root")).start()
+    # Owned by the session's controller: the xdist workers' parent, or this process without xdist.
+    owner = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+    server = gcs.Server(os.path.join(folder, "root"), owner_pid=owner).start()
     with open(os.path.join(folder, "pid"), "w") as f:
       f.write(f"{server.proc.pid} {server.url}")
 

@@ -24,6 +24,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -75,11 +76,34 @@ def clear_client_caches() -> None:
   gcsfs.GCSFileSystem.clear_instance_cache()
 
 
-class Server:
-  """fake-gcs-server on a loopback port, its objects kept under `root`; `stop`/`start` at will."""
+# Ends the server when the process that owns it is gone, however it went (a crash, kill -9, an
+# xdist controller that never reached its session finish): argv = owner pid, server pid.
+_WATCHDOG = """
+import os, signal, sys, time
+owner, server = int(sys.argv[1]), int(sys.argv[2])
+while True:
+  time.sleep(1)
+  try:
+    os.kill(server, 0)
+  except OSError:
+    break
+  try:
+    os.kill(owner, 0)
+  except OSError:
+    os.kill(server, signal.SIGTERM)
+    break
+"""
 
-  def __init__(self, root: str, port: int | None = None):
+
+class Server:
+  """fake-gcs-server on a loopback port, its objects kept under `root`; `stop`/`start` at will.
+
+  It never outlives `owner_pid` (default: this process) by more than a second or so.
+  """
+
+  def __init__(self, root: str, port: int | None = None, owner_pid: int | None = None):
     self.root, self.port = root, port or free_port()
+    self.owner_pid = owner_pid or os.getpid()
     self.url = f"http://127.0.0.1:{self.port}"
     self.proc = None
     os.makedirs(root, exist_ok=True)
@@ -92,6 +116,8 @@ class Server:
          "-host", "127.0.0.1", "-port", str(self.port), "-external-url", self.url,
          "-log-level", "error"],
         stdout=log, stderr=log, start_new_session=True)  # outlives the worker that started it
+    subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(self.owner_pid), str(self.proc.pid)],
+                     start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
     while True:
       try:
