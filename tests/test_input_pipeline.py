@@ -14,7 +14,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 from resnet_jax import cli
-from resnet_jax.run import storage
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax.data import augment as aug
@@ -257,11 +256,15 @@ def test_bad_data_config_is_named(imagenet_data_dir, cifar10_data_dir, tmp_path)
     validation.validate(config_lib.from_dict({"dataset": "cifar10", "augment": "flip"}))
 
 
-def test_remote_data_dir_is_read_through_a_local_copy(cifar10_data_dir, tmp_path, monkeypatch):
-  # array_record cannot open gs:// files; a remote data_dir is mirrored once into data_cache_dir.
-  monkeypatch.setattr(storage, "is_remote", lambda path: str(path).startswith(cifar10_data_dir))
+def test_gs_data_dir_is_read_through_a_local_copy(cifar10_data_dir, gcs_env, tmp_path):
+  # array_record cannot open gs:// files; a gs:// data_dir (here in the GCS emulator, tests/gcs.py)
+  # is mirrored once into data_cache_dir, through gcsfs.
+  import gcsfs  # pylint: disable=g-import-not-at-top
+
+  data_dir = f"gs://bucket/{tmp_path.name}/tensorflow_datasets"
+  gcsfs.GCSFileSystem().put(cifar10_data_dir, data_dir, recursive=True)
   cache = str(tmp_path / "cache")
-  builder = tfds_builder.open_builder("cifar10", cifar10_data_dir, cache_dir=cache)
+  builder = tfds_builder.open_builder("cifar10", data_dir, cache_dir=cache)
   assert str(builder.data_dir).startswith(cache)
   assert sorted(os.listdir(os.path.join(cache, "cifar10", "3.0.2"))) == sorted(
       os.listdir(os.path.join(cifar10_data_dir, "cifar10", "3.0.2")))

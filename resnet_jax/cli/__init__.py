@@ -8,7 +8,7 @@ import sys
 
 from resnet_jax.cli.commands import COMMANDS, needs
 from resnet_jax.cli.parser import build_parser
-from resnet_jax.run import console, errors, extras, process
+from resnet_jax.run import console, errors, extras, process, storage
 
 
 def main(argv=None) -> int:
@@ -20,8 +20,13 @@ def main(argv=None) -> int:
   quiet = process.platforms_without_tpu_probe(os.environ)
   if quiet is not None:
     os.environ["JAX_PLATFORMS"] = quiet
+  storage.use_gcsfs()  # before any gs:// path is touched: epath keeps its first choice
   try:
     extras.require(args.command, needs(args))
+    workdir = getattr(args, "workdir", None)
+    if workdir and storage.is_remote(workdir):
+      print(f"resnet-jax {args.command}: {workdir} is read and written through "
+            f"{storage.backend(workdir)}", file=sys.stderr)
     with console.routed_warnings():  # `resnet-jax: warning: ...`, each once, libraries' too
       return args.func(args)
   except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except

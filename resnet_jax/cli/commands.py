@@ -107,9 +107,9 @@ def _report(args) -> int:
 
 
 def _read_text(path: str) -> str:
-  from etils import epath  # pylint: disable=g-import-not-at-top  # a bucket path too
+  from resnet_jax.run import storage  # pylint: disable=g-import-not-at-top  # a bucket path too
 
-  return epath.Path(path).read_text()
+  return storage.read_text(path)
 
 
 def _bench(args) -> int:
@@ -180,6 +180,8 @@ def needs(args) -> tuple[str, ...]:
     from resnet_jax.targets import gpu  # pylint: disable=g-import-not-at-top  # tables only, no jax
 
     modules += ("jax_cuda12_plugin",) if gpu.find(args.topology) else ("libtpu",)
+  if "://" in str(getattr(args, "workdir", "") or ""):  # gs:// goes through gcsfs (run/storage.py)
+    modules += ("gcsfs",)
   if command == "convert":
     source = str(args.source)
     if source.endswith(".safetensors"):

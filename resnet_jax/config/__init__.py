@@ -8,8 +8,9 @@ under the repository's `configs/` (shipped in the wheel too), loaded by path. Wh
 work together is checked once, before any I/O, by `resnet_jax.training.validation`, which knows the
 models and datasets.
 
-What it may import: ml_collections, etils and `resnet_jax.run` (its errors); no other subpackage.
-Every layer above reads a config, none writes one.
+What it may import: ml_collections, etils and `resnet_jax.run` (its errors; storage, to read a
+run's config.json from a bucket); no other subpackage. Every layer above reads a config, none writes
+one.
 """
 
 from resnet_jax.config.defaults import CHANGEABLE_ON_RESUME, default_config

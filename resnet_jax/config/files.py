@@ -20,10 +20,10 @@ import sys
 import traceback
 import types
 
-from etils import epath
 import ml_collections
 
 from resnet_jax.config.defaults import default_config
+from resnet_jax.run import storage
 from resnet_jax.run.errors import ConfigError, UserError
 
 PRESETS = "configs"  # the checkout's folder of presets, shipped in the wheel as resnet_jax/presets
@@ -251,4 +251,4 @@ def from_json(path: str) -> ml_collections.ConfigDict:
   Keys added to the defaults after the run was written take their defaults, so a run from an older
   version still evaluates and reports.
   """
-  return from_dict(json.loads(epath.Path(path).read_text()))
+  return from_dict(json.loads(storage.read_text(path)))

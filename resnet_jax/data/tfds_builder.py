@@ -59,10 +59,11 @@ def local_copy(builder, cache_dir: str):
   config = f"/{builder.builder_config.name}" if builder.builder_config else ""
   dst = epath.Path(root) / f"{builder.name}{config}" / str(builder.version)  # TFDS's own layout
   dst.mkdir(parents=True, exist_ok=True)
-  for f in src.iterdir():
+  for f in storage.retrying(f"listing {src}", lambda: list(src.iterdir())):
     target = dst / f.name
-    if not (target.exists() and target.stat().length == f.stat().length):
-      f.copy(target, overwrite=True)
+    if not (target.exists() and target.stat().length == storage.retrying(
+        f"reading the size of {f}", f.stat).length):
+      storage.retrying(f"copying {f}", f.copy, target, overwrite=True)  # whole file: safe to repeat
   return tfds_module().builder(f"{builder.name}{config}:{builder.version}", data_dir=root,
                          file_format="array_record")
 

@@ -18,7 +18,7 @@ from etils import epath
 import numpy as np
 
 from resnet_jax.experiments import curves, responses as responses_lib
-from resnet_jax.run import console, metrics_log
+from resnet_jax.run import console, metrics_log, storage
 from resnet_jax.run import workdir as workdir_lib
 
 
@@ -207,7 +207,7 @@ def _save(fig, path) -> None:
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=120)
   _plt().close(fig)
-  epath.Path(path).write_bytes(buffer.getvalue())
+  storage.write_bytes(path, buffer.getvalue())
 
 
 def write_all(root, run_dirs, responses: bool = True, log=None) -> list[epath.Path]:

@@ -94,13 +94,13 @@ def parse_shard(shard: str) -> tuple[int, int]:
 
 def read_status(run_dir) -> dict:
   path = epath.Path(run_dir) / workdir_lib.STATUS_FILE
-  if not path.exists():
+  if not storage.exists(path):
     return {}
-  return json.loads(path.read_text())
+  return json.loads(storage.read_text(path))
 
 
 def _write_status(run_dir, status: dict) -> None:
-  epath.Path(run_dir).mkdir(parents=True, exist_ok=True)
+  storage.retrying(f"creating {run_dir}", epath.Path(run_dir).mkdir, parents=True, exist_ok=True)
   storage.write_atomic(epath.Path(run_dir) / workdir_lib.STATUS_FILE, json.dumps(status, indent=2))
 
 

@@ -16,7 +16,7 @@ EXIT_BUG = 1               # an unexpected error: Python's own exit status, with
 EXIT_BAD_INPUT = 2         # config, workdir, data or install that cannot work; nothing was changed
 EXIT_IO_ERROR = 74         # sysexits.h EX_IOERR: e.g. the disk filled up; re-run once fixed
 EXIT_STOPPED_EARLY = 75    # sysexits.h EX_TEMPFAIL: SIGTERM or Ctrl-C, checkpoint saved; re-run resumes
-EXIT_TEMPFAIL = 75         # the same code: storage unavailable past the retries; re-run resumes
+EXIT_STORAGE_UNAVAILABLE = 75  # EX_TEMPFAIL too: the bucket kept failing; nothing moved; re-run
 EXIT_ABORTED = 130         # a second Ctrl-C: stopped at once (128 + SIGINT), no new checkpoint
 
 
@@ -64,12 +64,15 @@ class NonFiniteError(Exception):
   """A loss or gradient norm was NaN or infinite; checkpoints from before it are kept."""
 
 
-class StorageUnavailableError(Exception):
-  """The workdir's storage kept failing for a transient reason past the retries; nothing was moved."""
-
-
 class DiskFullError(Exception):
   """The disk filled up while writing a checkpoint or metrics; earlier checkpoints are kept."""
+
+
+class StorageUnavailableError(Exception):
+  """Storage kept failing with transient errors (timeouts, resets, 429/5xx) past the retry budget.
+
+  Not an OSError, so that no handler of local file errors mistakes it for a full or read-only disk.
+  """
 
 
 def exit_code(error: BaseException) -> int | None:
@@ -81,7 +84,7 @@ def exit_code(error: BaseException) -> int | None:
   if isinstance(error, NonFiniteError):
     return EXIT_NON_FINITE
   if isinstance(error, StorageUnavailableError):
-    return EXIT_TEMPFAIL
+    return EXIT_STORAGE_UNAVAILABLE
   if isinstance(error, DiskFullError):
     return EXIT_IO_ERROR
   if isinstance(error, UserError):

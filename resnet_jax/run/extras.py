@@ -16,13 +16,13 @@ PACKAGES = {
     "chex": "train", "sklearn": "train", "grain": "train", "array_record": "train",
     "tensorflow_datasets": "train", "PIL": "train", "importlib_resources": "train",
     "matplotlib": "report", "tensorflow": "data", "torch": "torch", "safetensors": "torch",
-    "libtpu": "tpu", "jax_cuda12_plugin": "gpu",
+    "libtpu": "tpu", "jax_cuda12_plugin": "gpu", "gcsfs": "gcs",
 }
 TRAIN = tuple(m for m, extra in PACKAGES.items() if extra == "train")
 # What each extra adds on top of the ones it includes (pyproject.toml): the smallest install line
 # names the extra that covers the most.
 INCLUDES = {"report": {"train"}, "data": {"train"}, "torch": {"train"}, "tpu": {"train"},
-            "gpu": {"train"},
+            "gpu": {"train"}, "gcs": {"train"},
             "bench": {"torch", "train"}}
 
 

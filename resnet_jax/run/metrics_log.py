@@ -43,9 +43,9 @@ def read_metrics(workdir: str) -> list[dict]:
   A torn line (cut short by a crash) is skipped here; the next run of the workdir sets it aside.
   """
   path = epath.Path(workdir) / METRICS_FILE
-  if not path.exists():
+  if not storage.exists(path):
     return []
-  return _parse(path.read_text())[0]
+  return _parse(storage.read_text(path))[0]
 
 
 class MetricsLog:
@@ -65,7 +65,8 @@ class MetricsLog:
                upload_every_s: float = 120.0):
     self.path = epath.Path(workdir) / METRICS_FILE
     self.remote = storage.is_remote(workdir)
-    rows, torn = _parse(self.path.read_text()) if self.path.exists() else ([], [])
+    # A read that fails is retried, never taken for an empty log: the upload below would erase it.
+    rows, torn = _parse(storage.read_text(self.path)) if storage.exists(self.path) else ([], [])
     superseded = [json.dumps(r) for r in rows if r["step"] > start_step]
     for lines, name, what in ((torn, TORN_FILE, "torn line(s) (a crash in the middle of a write)"),
                               (superseded, SUPERSEDED_FILE,
@@ -73,7 +74,7 @@ class MetricsLog:
                                "recomputes")):
       if lines:
         aside = epath.Path(workdir) / name
-        previous = aside.read_text() if aside.exists() else ""
+        previous = storage.read_text(aside) if storage.exists(aside) else ""
         storage.write_atomic(aside, previous + "".join(line + "\n" for line in lines))
         warnings.warn(f"{self.path} had {len(lines)} {what}; kept them in {aside} and dropped them "
                       "from the log.", stacklevel=2)
@@ -92,7 +93,7 @@ class MetricsLog:
       self.tb = EventWriter(os.path.join(workdir, TENSORBOARD_DIR), purge_step=start_step + 1)
 
   def _upload(self) -> None:
-    self.path.write_text("".join(self.lines))
+    storage.write_atomic(self.path, "".join(self.lines))
     self.uploaded_at = time.monotonic()
 
   def write(self, rows: Iterable[dict]) -> None:

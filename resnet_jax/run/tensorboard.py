@@ -14,6 +14,8 @@ import time
 
 from etils import epath
 
+from resnet_jax.run import storage
+
 FILE_VERSION = b"brain.Event:2"
 _SESSION_START = 1  # SessionLog.SessionStatus.START
 
@@ -90,7 +92,7 @@ class EventWriter:
   """
 
   def __init__(self, logdir: str, purge_step: int | None = None):
-    epath.Path(logdir).mkdir(parents=True, exist_ok=True)
+    storage.retrying(f"creating {logdir}", epath.Path(logdir).mkdir, parents=True, exist_ok=True)
     name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
     self.path = epath.Path(logdir) / name
     self._remote = "://" in str(logdir)
@@ -113,7 +115,7 @@ class EventWriter:
 
   def flush(self) -> None:
     if self._remote:
-      self.path.write_bytes(bytes(self._buffer))
+      storage.write_bytes(self.path, bytes(self._buffer))
     else:
       self._file.flush()
 

@@ -104,10 +104,15 @@ def check_writable(workdir: str) -> None:
   """Creates `workdir` and writes a probe file there, or raises a WorkdirError saying why not."""
   path = epath.Path(workdir)
   probe = path / f".write_test.{os.getpid()}"
-  try:
+
+  def write_probe():
     path.mkdir(parents=True, exist_ok=True)
     probe.write_text("ok")
-    probe.unlink()
+    # A DELETE whose answer was lost, retried by gcsfs, finds the probe gone (404): that is success.
+    probe.unlink(missing_ok=True)
+
+  try:  # a timeout or a 503 is retried, not reported as an unwritable workdir
+    storage.retrying(f"writing a probe file in {workdir}", write_probe)
   except OSError as e:
     raise WorkdirError(f"cannot write to the workdir {workdir}: {_why_not(workdir, e)}. Choose a "
                        "--workdir you can write to (nothing was changed).") from None
@@ -139,10 +144,10 @@ def _why_not(workdir: str, error: OSError) -> str:
 def read_config(workdir: str) -> dict | None:
   """The config a run wrote to `<workdir>/config.json`, as a dict; None when there is none."""
   path = epath.Path(workdir) / CONFIG_FILE
-  if not path.exists():
+  if not storage.exists(path):
     return None
   try:
-    return json.loads(path.read_text())
+    return json.loads(storage.read_text(path))
   except json.JSONDecodeError:
     raise WorkdirError(f"{path} is not valid JSON (damaged?); the config that wrote this workdir's "
                        f"checkpoints is also in {HISTORY_FILE} there. Restore config.json from it, or "
@@ -158,7 +163,8 @@ def record_config(workdir: str, config, start_step: int) -> None:
                       "config": json.loads(text)}) + "\n"
   history = root / HISTORY_FILE
   if storage.is_remote(workdir):  # objects cannot be appended to: rewrite the whole (small) file
-    history.write_text((history.read_text() if history.exists() else "") + entry)
+    storage.write_atomic(history, (storage.read_text(history) if storage.exists(history) else "")
+                         + entry)
   else:
     with open(history, "a") as f:
       f.write(entry)
