@@ -46,7 +46,9 @@ class RunFiles:
     self._created = False
 
   def __enter__(self) -> "RunFiles":
-    self._created = not epath.Path(self.workdir).exists()
+    # A local workdir this run makes is removed again if it fails before writing anything (a
+    # bucket has no empty folders to leave behind, and is touched only through retried calls).
+    self._created = not storage.is_remote(self.workdir) and not os.path.exists(self.workdir)
     workdir_lib.check_writable(self.workdir)
     if self.lead:
       self._lock = workdir_lib.Lock(self.workdir)
