@@ -8,7 +8,7 @@ in flight) is alternated with it as the reference, so both meet the same machine
 
   python benchmarks/preemption.py --config configs/cifar10_fast.py:resnet20 \\
       --config.data_dir=/path/to/tfds --repeats 2
-  python benchmarks/preemption.py --workdir gs://bucket/preempt ...    # a bucket workdir
+  python benchmarks/preemption.py --bucket ...    # the workdir in a bucket (GCS emulator, loopback)
 
 Prints one line per trial and a summary with the CPU model.
 """
@@ -27,6 +27,8 @@ import time
 from etils import epath
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
 # The loop, entered with its in-flight bound replaced (`--unbounded`: as before the bound).
 LAUNCH = ("import sys; from resnet_jax.training import loop; loop.MAX_IN_FLIGHT = int(sys.argv[1]); "
           "from resnet_jax import cli; sys.exit(cli.main(sys.argv[2:]))")
@@ -51,7 +53,8 @@ def trial(args, overrides: list[str], in_flight: int, workdir: str) -> dict:
   """One run: SIGTERM `args.delay_s` (+ up to 5 s, at random) after the first metrics row."""
   cmd = [sys.executable, "-c", LAUNCH, str(in_flight), "train", "--config", args.config,
          "--workdir", workdir, *overrides]
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env=os.environ.copy())
   try:
     while not rows(workdir):
       if proc.poll() is not None:
@@ -67,7 +70,7 @@ def trial(args, overrides: list[str], in_flight: int, workdir: str) -> dict:
     if proc.poll() is None:
       proc.kill()
   steps = sorted(int(p.name) for p in (epath.Path(workdir) / "checkpoints").iterdir()
-                 if p.name.isdigit())
+                 if p.name.isdigit() and (p / "commit_success.txt").exists())
   # The step the signal met: the steps done by then at the rate of the logged rows.
   rate = first.get("perf/images_per_sec", 0.0) / args.batch_size
   at_signal = first["step"] + rate * (sent - logged_at)
@@ -78,7 +81,9 @@ def trial(args, overrides: list[str], in_flight: int, workdir: str) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   parser.add_argument("--config", default="configs/cifar10_fast.py:resnet20")
-  parser.add_argument("--workdir", default="", help="folder or gs:// URL for the runs (default: temp)")
+  parser.add_argument("--workdir", default="", help="folder for the runs (default: temp)")
+  parser.add_argument("--bucket", action="store_true",
+                      help="the runs' workdirs in a bucket: fake-gcs-server on loopback (test extra)")
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--delay_s", type=float, default=5.0, help="seconds after the first row, + 0-5")
   parser.add_argument("--batch_size", type=int, default=128)
@@ -87,6 +92,15 @@ def main() -> None:
                 "--config.eval_every_steps=0", "--config.total_steps=100000",
                 "--config.lr_decay_steps=()", "--config.lr_schedule=constant"]
   root = args.workdir or tempfile.mkdtemp(prefix="preemption-")
+  server = None
+  if args.bucket:
+    from tests import gcs  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # the emulator has no HNS
+    server = gcs.Server(os.path.join(root, "gcs")).start()
+    os.environ.update(gcs.env(server.url))
+    gcs.clear_client_caches()
+    root = f"gs://{gcs.BUCKET}/preemption"
   results = {"bounded": [], "unbounded": []}
   for r in range(args.repeats):
     for name, in_flight in (("bounded", 2), ("unbounded", 10**9)):
@@ -96,8 +110,12 @@ def main() -> None:
       print(f"{name:9s} trial {r}: exit {result['exit']}, {result['seconds']:.1f} s from SIGTERM to a "
             f"durable checkpoint (step {result['checkpoint']}, ~{result['steps_after_signal']:.0f} "
             "steps after the signal)", flush=True)
-      if not args.workdir:
+      if result["exit"] != 75:  # SIGTERM's exit: saved and stopped; anything else is worth seeing
+        print(result["stderr"][-3000:], file=sys.stderr)
+      if not args.workdir and not args.bucket:
         shutil.rmtree(workdir, ignore_errors=True)
+  if server is not None:
+    server.stop()
   print(f"\n{args.config}, {'bucket' if '://' in root else 'local'} workdir, {cpu_model()}, "
         f"{time.strftime('%Y-%m-%d')}")
   for name, trials in results.items():

@@ -231,7 +231,8 @@ print("report", cli.main(["report", "unused"]))
 """)
   assert out.returncode == 0, out.stderr
   assert "resnet8" in out.stdout and "train 2" in out.stdout and "report 2" in out.stdout
-  train, report = out.stderr.strip().splitlines()  # one line each, naming every missing package
+  # One line each, naming every missing package (a CUDA plugin, where installed, logs its own lines).
+  train, report = [l for l in out.stderr.splitlines() if l.startswith("resnet-jax ")]
   assert "`resnet-jax train` needs packages" in train and "optax (train)" in train
   assert "ml_collections (train)" in train and "matplotlib" not in train
   assert train.endswith("pip install 'resnet-jax[train]'")

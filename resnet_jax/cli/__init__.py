@@ -8,7 +8,17 @@ import sys
 
 from resnet_jax.cli.commands import COMMANDS, needs
 from resnet_jax.cli.parser import build_parser
-from resnet_jax.run import console, errors, extras, process, storage
+from resnet_jax.run import console, errors, extras, process
+
+
+def _storage():
+  """`resnet_jax.run.storage`, or None in the light install (jax, flax, numpy: no etils), where
+  only `models` runs and no path is read."""
+  try:
+    from resnet_jax.run import storage  # pylint: disable=g-import-not-at-top
+  except ModuleNotFoundError:
+    return None
+  return storage
 
 
 def main(argv=None) -> int:
@@ -20,11 +30,13 @@ def main(argv=None) -> int:
   quiet = process.platforms_without_tpu_probe(os.environ)
   if quiet is not None:
     os.environ["JAX_PLATFORMS"] = quiet
-  storage.use_gcsfs()  # before any gs:// path is touched: epath keeps its first choice
   try:
     extras.require(args.command, needs(args))
+    storage = _storage()
+    if storage is not None:
+      storage.use_gcsfs()  # before any gs:// path is touched: epath keeps its first choice
     workdir = getattr(args, "workdir", None)
-    if workdir and storage.is_remote(workdir):
+    if workdir and storage is not None and storage.is_remote(workdir):
       print(f"resnet-jax {args.command}: {workdir} is read and written through "
             f"{storage.backend(workdir)}", file=sys.stderr)
     with console.routed_warnings():  # `resnet-jax: warning: ...`, each once, libraries' too

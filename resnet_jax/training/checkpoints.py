@@ -81,14 +81,17 @@ class Checkpointer:
       return
     record = {k: v for k, v in record.items() if int(k) in steps}
     for step in missing:
-      record[str(step)] = _file_sizes(epath.Path(self.directory) / str(step))
+      if not storage.exists(epath.Path(self.directory) / str(step)):
+        continue  # listed by a manager whose save then failed (a refused write): nothing to record
+      record[str(step)] = storage.retrying(f"listing checkpoint {step}", _file_sizes,
+                                           epath.Path(self.directory) / str(step))
     storage.write_atomic(epath.Path(self.workdir) / CHECKPOINT_SIZES_FILE,
                          json.dumps(record, sort_keys=True))
 
   def _read_sizes(self) -> dict:
     path = epath.Path(self.workdir) / CHECKPOINT_SIZES_FILE
     try:
-      return json.loads(path.read_text()) if path.exists() else {}
+      return json.loads(storage.read_text(path)) if storage.exists(path) else {}
     except ValueError:  # a torn record proves nothing about the checkpoints: start it again
       return {}
 
@@ -120,7 +123,8 @@ class Checkpointer:
       except IncompatibleCheckpointError:
         raise
       except Exception as e:  # pylint: disable=broad-except  # sorted below: damage, transient, other
-        proof = self.damage(step)
+        # The proof is read from storage too: a transient error there ends in StorageUnavailableError.
+        proof = storage.retrying(f"checking the files of checkpoint {step}", self.damage, step)
         if proof is None:
           if storage.is_transient(e):
             raise StorageUnavailableError(
@@ -264,12 +268,18 @@ class Checkpointer:
 
 
 def _file_sizes(root: epath.Path) -> dict[str, int]:
-  """{path relative to `root`: bytes} of every file under `root` (a few listings in a bucket)."""
-  sizes = {}
-  for folder, _, files in root.walk():
-    for name in files:
-      path = folder / name
-      sizes[str(path.relative_to(root))] = path.stat().length
+  """{path relative to `root`: bytes} of every file under `root` (a few listings in a bucket).
+
+  Folder by folder with `iterdir`, which keeps a bucket's gs:// prefix (epath's `walk` gives bucket
+  objects' bare names).
+  """
+  sizes, todo, prefix = {}, [root], len(str(root).rstrip("/")) + 1
+  while todo:
+    for path in todo.pop().iterdir():
+      if path.is_dir():
+        todo.append(path)
+      else:
+        sizes[str(path)[prefix:]] = path.stat().length
   return sizes
 
 
