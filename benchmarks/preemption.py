@@ -50,7 +50,7 @@ def rows(workdir: str) -> list[dict]:
 
 
 def trial(args, overrides: list[str], in_flight: int, workdir: str) -> dict:
-  """One run: SIGTERM `args.delay_s` (+ up to 5 s, at random) after the first metrics row."""
+  """One run: SIGTERM `args.delay_s` (+ up to 5 s, at random) after the first metrics log."""
   cmd = [sys.executable, "-c", LAUNCH, str(in_flight), "train", "--config", args.config,
          "--workdir", workdir, *overrides]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -60,7 +60,7 @@ def trial(args, overrides: list[str], in_flight: int, workdir: str) -> dict:
       if proc.poll() is not None:
         raise SystemExit(f"the run ended before logging (exit {proc.returncode}):\n{proc.stderr.read()}")
       time.sleep(0.2)
-    logged_at, first = time.perf_counter(), rows(workdir)[0]
+    logged_at, first = time.perf_counter(), rows(workdir)[-1]  # the log step's row has the rate
     time.sleep(args.delay_s + random.uniform(0, 5))
     sent = time.perf_counter()
     proc.send_signal(signal.SIGTERM)
