@@ -22,8 +22,6 @@ Rows, in the order they run:
 A ResNet-50 row takes 1-3 minutes of a 2-core host.
 """
 
-import argparse
-import concurrent.futures
 import os
 import sys
 
@@ -61,22 +59,10 @@ def rows() -> list[dict]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", required=True, help="results folder (rows/ and table.md)")
-  parser.add_argument("--jobs", type=int, default=1, help="compiles at once")
-  parser.add_argument("--only", default="", help="only rows whose name contains this")
-  args = parser.parse_args(argv)
-  folder = os.path.join(args.out, "rows")
-  os.makedirs(folder, exist_ok=True)
-  todo = [r for r in rows() if args.only in r["name"]]
-  with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-    for line in pool.map(lambda r: tpu_compile.compile_row(r, folder), todo):
-      print(line, flush=True)
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write(tpu_compile.table(folder, rows()).replace("| slice |", "| machine |")
-            .replace("HBM needed / chip GiB", "memory needed / usable GiB"))
-  print(f"wrote {os.path.join(args.out, 'table.md')}")
-  return 0
+  # One compile at a time by default: a GPU compile of ResNet-50 takes most of 2 cores.
+  return tpu_compile.main(argv, rows(), jobs=1, make_table=lambda folder: (
+      tpu_compile.table(folder, rows()).replace("| slice |", "| machine |")
+      .replace("HBM needed / chip GiB", "memory needed / usable GiB")))
 
 
 if __name__ == "__main__":

@@ -116,20 +116,26 @@ def _usable(r: dict) -> float:
   return r["hbm"].get("usable", r["hbm"]["chip"])  # rows compiled before GPUs have no "usable"
 
 
-def main(argv=None) -> int:
+def main(argv=None, all_rows=None, jobs: int = 2, make_table=None) -> int:
+  """Compiles the rows (`all_rows`, default this matrix) not yet in --out, then writes table.md.
+
+  benchmarks/gpu_compile.py runs its own matrix and table through here.
+  """
+  all_rows = rows() if all_rows is None else all_rows
+  make_table = make_table or table
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", required=True, help="results folder (rows/ and table.md)")
-  parser.add_argument("--jobs", type=int, default=2, help="compiles at once")
+  parser.add_argument("--jobs", type=int, default=jobs, help="compiles at once")
   parser.add_argument("--only", default="", help="only rows whose name contains this")
   args = parser.parse_args(argv)
   folder = os.path.join(args.out, "rows")
   os.makedirs(folder, exist_ok=True)
-  todo = [r for r in rows() if args.only in r["name"]]
+  todo = [r for r in all_rows if args.only in r["name"]]
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
     for line in pool.map(lambda r: compile_row(r, folder), todo):
       print(line, flush=True)
   with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write(table(folder))
+    f.write(make_table(folder))
   print(f"wrote {os.path.join(args.out, 'table.md')}")
   return 0
 

@@ -17,6 +17,7 @@ cloud.google.com/storage/docs/retry-strategy). Three layers retry, each its own 
   same command), having moved and deleted nothing.
 """
 
+import errno
 import importlib.metadata
 import importlib.util
 import os
@@ -161,3 +162,24 @@ def write_bytes(path, data: bytes) -> None:
   """Replaces the object or file at `path` with `data` (a bucket: retried like `write_atomic`)."""
   path = epath.Path(path)
   retrying(f"writing {path}", path.write_bytes, data)
+
+
+# Why the storage refused a write, by errno: each is a wall the run can resume from once removed.
+REFUSALS = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota",
+            errno.EFBIG: "refused a file over the file-size limit (ulimit -f)"}
+
+
+def refusal(error: BaseException) -> str | None:
+  """How the storage refused a write, if `error` (or anything in its chain) is such a refusal:
+  no space left, a quota, a file-size limit. None for anything else."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in REFUSALS:
+      return REFUSALS[error.errno]
+    text = str(error)  # Orbax and TensorStore re-raise these as text
+    for code, words in REFUSALS.items():
+      if os.strerror(code) in text:
+        return words
+    error = error.__cause__ or error.__context__
+  return None

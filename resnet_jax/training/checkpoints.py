@@ -16,7 +16,6 @@ interpret, is refused (`IncompatibleCheckpointError`), and nothing is moved eith
 """
 
 import datetime
-import errno
 import json
 import os
 import time
@@ -292,29 +291,3 @@ def _shapes(tree) -> dict[str, tuple]:
 def _first_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return text[0][:200] if text else ""
-
-
-# Why the storage refused a write, by errno: each is a wall the run can resume from once removed.
-REFUSALS = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota",
-            errno.EFBIG: "refused a file over the file-size limit (ulimit -f)"}
-
-
-def refusal(error: BaseException) -> Optional[str]:
-  """How the storage refused a write, if `error` (or anything in its chain) is such a refusal:
-  no space left, a quota, a file-size limit. None for anything else."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in REFUSALS:
-      return REFUSALS[error.errno]
-    text = str(error)  # Orbax and TensorStore re-raise these as text
-    for code, words in REFUSALS.items():
-      if os.strerror(code) in text:
-        return words
-    error = error.__cause__ or error.__context__
-  return None
-
-
-def is_disk_full(error: BaseException) -> bool:
-  """Whether `error`, or anything in its chain, is the storage refusing a write (`refusal`)."""
-  return refusal(error) is not None

@@ -21,14 +21,6 @@ class Derived:
   batch_size: int           # the global training batch (config.batch_size; divisible by both)
   eval_batch_size: int      # the global evaluation batch the step compiles for: config's, padded
 
-  @property
-  def per_device_batch(self) -> int:
-    return self.batch_size // self.num_devices
-
-  @property
-  def per_process_batch(self) -> int:
-    return self.batch_size // self.num_processes
-
 
 def eval_batch_size(requested: int, num_devices: int, num_processes: int) -> int:
   """`requested` rounded up to a multiple of the devices and processes.

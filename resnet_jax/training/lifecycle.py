@@ -99,14 +99,14 @@ class RunFiles:
       # full disk, say) must not hide the one on its way up.
       _close(None if aborted else self.ckpt, self.log, quiet=exc_type is not None)
     except Exception as e:  # pylint: disable=broad-except  # raised only when nothing failed before
-      if checkpoints.is_disk_full(e):
+      if storage.refusal(e):
         raise self.disk_full(e) from e
       raise
     finally:
       self._release()
       if exc_type is not None and self._created and self.log is None:
         _remove_skeleton(self.workdir)  # failed before writing anything: leave no empty workdir
-    if exc is not None and not isinstance(exc, DiskFullError) and checkpoints.is_disk_full(exc):
+    if exc is not None and not isinstance(exc, DiskFullError) and storage.refusal(exc):
       raise self.disk_full(exc) from exc
     return False
 
@@ -128,7 +128,7 @@ class RunFiles:
                        if p.name.isdigit())
     last = (f"The last good checkpoint is step {committed[-1]} in {self.ckpt.directory}"
             if committed else "No checkpoint was completed")
-    why = checkpoints.refusal(error) or "is full"
+    why = storage.refusal(error) or "is full"
     return DiskFullError(f"the disk holding {self.workdir} {why}{free}: a checkpoint or metrics "
                          f"write failed. {last}; nothing was deleted. Free some space (or give "
                          "keep_checkpoints a smaller value) and re-run the same command to resume.")
@@ -139,11 +139,11 @@ def _remove_skeleton(workdir: str) -> None:
   empty checkpoints folder); anything else in it is left alone."""
   if storage.is_remote(workdir):
     return  # a bucket has no empty folders to leave behind
-  for root, dirs, files in os.walk(workdir):
-    if (root == workdir and set(files) - {workdir_lib.LOCK_FILE}) or (root != workdir and files) or (
-        root == workdir and set(dirs) - {workdir_lib.CHECKPOINTS_DIR}) or (root != workdir and dirs):
-      return
-  shutil.rmtree(workdir, ignore_errors=True)
+  skeleton = {workdir_lib.LOCK_FILE, workdir_lib.CHECKPOINTS_DIR}
+  checkpoints_dir = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR)
+  if set(os.listdir(workdir)) <= skeleton and not (os.path.isdir(checkpoints_dir)
+                                                   and os.listdir(checkpoints_dir)):
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
