@@ -90,11 +90,14 @@ def _train(sub, commands):
   p = _add(sub, "train", "train a run, or resume it from its workdir", OVERRIDES, STOPPING,
            "The resolved config goes to WORKDIR/config.json, metrics to WORKDIR/metrics.jsonl and "
            "TensorBoard; the last line on stdout is the last metrics row as JSON.")
-  p.add_argument("--config", required=True, metavar="FILE[:ARG]",
-                 help="config file, optionally with its argument, e.g. configs/quickstart.py")
-  p.add_argument("--workdir", required=True,
-                 help="where checkpoints, metrics and config.json go (local or gs://)")
+  _config_and_workdir(p, "config file, optionally with its argument, e.g. configs/quickstart.py",
+                      "where checkpoints, metrics and config.json go (local or gs://)")
   p.set_defaults(func=commands["train"], overrides=[])
+
+
+def _config_and_workdir(p, config_help: str, workdir_help: str):
+  p.add_argument("--config", required=True, metavar="FILE[:ARG]", help=config_help)
+  p.add_argument("--workdir", required=True, help=workdir_help)
 
 
 def _sweep(sub, commands):
@@ -102,9 +105,8 @@ def _sweep(sub, commands):
            OVERRIDES + " An override applies to every member; one of a key the grid sets is an "
            "error.", "Finished members are skipped, unfinished ones resume from their checkpoints. "
            + STOPPING)
-  p.add_argument("--config", required=True, metavar="FILE[:ARG]",
-                 help="a sweep file, e.g. configs/sweeps/degradation_digits.py")
-  p.add_argument("--workdir", required=True, help="one folder per member, plus summary.* and plots")
+  _config_and_workdir(p, "a sweep file, e.g. configs/sweeps/degradation_digits.py",
+                      "one folder per member, plus summary.* and plots")
   p.add_argument("--shard", default="0/1", metavar="I/N",
                  help="run members I, I+N, ... (split a sweep across machines)")
   p.add_argument("--no-plots", action="store_true", help="write only summary.csv and summary.md")

@@ -14,16 +14,33 @@ ModuleDef = Any
 SHORTCUTS = ("A", "B", "C", "none")
 
 
-def _shortcut(x, filters: int, strides: int, kind: str, conv: ModuleDef, norm: ModuleDef):
-  """The block's identity path, or None for a plain block. Options from the paper, section 3.3."""
+def shortcut_path(x, filters: int, strides: int, kind: str, conv: ModuleDef, norm: ModuleDef = None,
+                  source=None):
+  """The block's identity path, or None for a plain block. Options from the paper, section 3.3.
+
+  The projection (B, C) and option A read `source` (default `x`; a pre-activation block passes its
+  pre-activated input); `norm` None leaves the projection without BN, as pre-activation blocks have it.
+  """
   if kind == "none":
     return None
+  source = x if source is None else source
   changes = strides != 1 or x.shape[-1] != filters
   if kind == "C" or (kind == "B" and changes):
-    return norm(name="proj_bn")(conv(filters, (1, 1), strides, name="proj_conv")(x))
+    y = conv(filters, (1, 1), strides, name="proj_conv")(source)
+    return y if norm is None else norm(name="proj_bn")(y)
   if kind == "A" and changes:
-    return pad_shortcut(x, filters, strides)
+    return pad_shortcut(source, filters, strides)
   return x
+
+
+class Block(nn.Module):
+  """The fields every block shares: width, the conv and norm partials, activation, stride, shortcut."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable = nn.relu
+  strides: int = 1
+  shortcut: str = "B"
 
 
 def _merge(y, shortcut, act):
@@ -31,14 +48,8 @@ def _merge(y, shortcut, act):
   return act(y) if shortcut is None else act(y + shortcut)
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(Block):
   """Basic block: conv3x3-BN-ReLU-conv3x3-BN, + shortcut, ReLU."""
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable = nn.relu
-  strides: int = 1
-  shortcut: str = "B"
   zero_init_residual: bool = False
 
   @nn.compact
@@ -50,22 +61,16 @@ class ResidualBlock(nn.Module):
     y = self.conv(self.filters, (3, 3), name="conv2")(self.act(y))
     y = self.norm(name="bn2", scale_init=_last_bn_init(self))(y)
     self.sow("intermediates", "response", y)
-    return _merge(y, _shortcut(x, self.filters, self.strides, self.shortcut, self.conv, self.norm),
+    return _merge(y, shortcut_path(x, self.filters, self.strides, self.shortcut, self.conv, self.norm),
                   self.act)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(Block):
   """1x1 (reduce) - 3x3 - 1x1 (x4), BN after each conv; shortcut; ReLU.
 
   `stride_placement` "v1" strides the first 1x1 as the paper does (Table 1 FLOPs); "v1.5" strides the
   3x3 as torchvision does, which costs ~8% more FLOPs and is ~0.5% more accurate.
   """
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable = nn.relu
-  strides: int = 1
-  shortcut: str = "B"
   zero_init_residual: bool = False
   stride_placement: str = "v1.5"
   expansion: int = 4
@@ -81,7 +86,7 @@ class BottleneckBlock(nn.Module):
     y = self.norm(name="bn3", scale_init=_last_bn_init(self))(
         self.conv(out, (1, 1), name="conv3")(self.act(y)))
     self.sow("intermediates", "response", y)
-    return _merge(y, _shortcut(x, out, self.strides, self.shortcut, self.conv, self.norm), self.act)
+    return _merge(y, shortcut_path(x, out, self.strides, self.shortcut, self.conv, self.norm), self.act)
 
 
 def _last_bn_init(block) -> Callable:

@@ -3,23 +3,13 @@
 BN-ReLU-conv ordering; the sum is left un-activated, so the identity path stays clean end to end.
 """
 
-from typing import Any, Callable
-
 import flax.linen as nn
 
-from resnet_jax.models.layers import pad_shortcut
-
-ModuleDef = Any
+from resnet_jax.models.blocks import Block, shortcut_path
 
 
-class PreActResidualBlock(nn.Module):
+class PreActResidualBlock(Block):
   """Pre-activation basic block (He et al. 2016): BN-ReLU-conv twice; the sum is not activated."""
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable = nn.relu
-  strides: int = 1
-  shortcut: str = "B"
 
   @nn.compact
   def __call__(self, x):
@@ -27,18 +17,12 @@ class PreActResidualBlock(nn.Module):
     y = self.conv(self.filters, (3, 3), self.strides, name="conv1")(pre)
     y = self.conv(self.filters, (3, 3), name="conv2")(self.act(self.norm(name="bn2")(y)))
     # Where shapes change, the projection (or option-A subsampling) reads the pre-activated input.
-    sc = _preact_shortcut(x, pre, self.filters, self.strides, self.shortcut, self.conv)
+    sc = shortcut_path(x, self.filters, self.strides, self.shortcut, self.conv, source=pre)
     return y if sc is None else y + sc
 
 
-class PreActBottleneckBlock(nn.Module):
+class PreActBottleneckBlock(Block):
   """Pre-activation bottleneck (He et al. 2016); strides the 3x3 unless stride_placement is v1."""
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable = nn.relu
-  strides: int = 1
-  shortcut: str = "B"
   stride_placement: str = "v1.5"
   expansion: int = 4
 
@@ -50,14 +34,6 @@ class PreActBottleneckBlock(nn.Module):
     y = self.conv(self.filters, (3, 3), s2, name="conv2")(self.act(self.norm(name="bn2")(y)))
     out = self.filters * self.expansion
     y = self.conv(out, (1, 1), name="conv3")(self.act(self.norm(name="bn3")(y)))
-    sc = _preact_shortcut(x, pre, out, self.strides, self.shortcut, self.conv)
+    sc = shortcut_path(x, out, self.strides, self.shortcut, self.conv, source=pre)
     return y if sc is None else y + sc
 
-
-def _preact_shortcut(x, pre, filters, strides, kind, conv):
-  if kind == "none":
-    return None
-  changes = strides != 1 or x.shape[-1] != filters
-  if kind == "C" or (kind == "B" and changes):
-    return conv(filters, (1, 1), strides, name="proj_conv")(pre)
-  return pad_shortcut(pre, filters, strides) if (kind == "A" and changes) else x

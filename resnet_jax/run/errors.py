@@ -75,18 +75,12 @@ class StorageUnavailableError(Exception):
   """
 
 
+# The exit code of each ending we expect, the first matching kind winning (the more specific first).
+_EXIT_CODES = ((KeyboardInterrupt, EXIT_ABORTED), (StoppedEarly, EXIT_STOPPED_EARLY),
+               (NonFiniteError, EXIT_NON_FINITE), (StorageUnavailableError, EXIT_STORAGE_UNAVAILABLE),
+               (DiskFullError, EXIT_IO_ERROR), (UserError, EXIT_BAD_INPUT))
+
+
 def exit_code(error: BaseException) -> int | None:
   """The exit code of an ending we expect; None for anything else (a bug: keep its traceback)."""
-  if isinstance(error, KeyboardInterrupt):
-    return EXIT_ABORTED
-  if isinstance(error, StoppedEarly):
-    return EXIT_STOPPED_EARLY
-  if isinstance(error, NonFiniteError):
-    return EXIT_NON_FINITE
-  if isinstance(error, StorageUnavailableError):
-    return EXIT_STORAGE_UNAVAILABLE
-  if isinstance(error, DiskFullError):
-    return EXIT_IO_ERROR
-  if isinstance(error, UserError):
-    return EXIT_BAD_INPUT
-  return None
+  return next((code for kind, code in _EXIT_CODES if isinstance(error, kind)), None)
