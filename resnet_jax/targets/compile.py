@@ -41,6 +41,9 @@ FLOPS_TOLERANCE = 0.25
 # with 0 threads (README, Data).
 IMAGES_PER_CORE = {"jpeg": 527.0, "png": 3373.0}
 MAX_PER_CHIP_BATCH = 1 << 16  # --max-batch stops doubling here
+# --max-batch tries per-chip batches in multiples of this: a TPU vreg's sublane tile is 8 rows (a
+# batch of 8k fills whole tiles), and GPU kernels favour batches in multiples of 8 too.
+BATCH_GRANULE = 8
 
 Target = Union[chips.Slice, gpu.Target]
 
@@ -312,12 +315,11 @@ def not_fitting(config: ml_collections.ConfigDict, target: Target, devices: list
 
 def max_batch(config: ml_collections.ConfigDict, topology: str, say=print) -> tuple[int, dict]:
   """The largest per-chip batch whose step fits the chip's memory: doubling, then bisection over
-  compiles, in multiples of 8 (TPU's sublane tile, and the batch granularity GPU kernels favour)
-  that keep the global batch a multiple of `bn_group_size`. Returns (batch per chip, its report)."""
+  compiles, in multiples of BATCH_GRANULE that keep the global batch a multiple of `bn_group_size`. Returns (batch per chip, its report)."""
   target = find_target(topology)
   n = len(devices_of(target)) // target.devices_per_chip  # chips (a v3 chip is two devices)
   group = config.bn_group_size  # under jit BN groups split the global batch: n x per-chip batch
-  step = math.lcm(8, group // math.gcd(group, n)) if group else 8
+  step = math.lcm(BATCH_GRANULE, group // math.gcd(group, n)) if group else BATCH_GRANULE
   fits = {}
 
   def fit(b: int) -> bool:
