@@ -26,6 +26,12 @@ from resnet_jax.training import validation
 FEW = 2000
 
 
+def _refused(match: str, **keys) -> None:
+  """The config of `keys` is refused before any data is read (the data layer trusts validated keys)."""
+  with pytest.raises(ConfigError, match=match):
+    validation.validate(config_lib.from_dict(keys))
+
+
 def test_pad_crop_flip_equals_per_example_loop():
   rng = np.random.default_rng(0)
   images = rng.standard_normal((6, 5, 7, 2)).astype(np.float32)
@@ -67,13 +73,12 @@ def test_normalizers_standardise_training_statistics():
   x = aug.Normalizer.fit("per_channel", images)(images)
   np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0, atol=1e-5)
   np.testing.assert_allclose(x.std(axis=(0, 1, 2)), 1, atol=1e-4)
-  with pytest.raises(ValueError, match="normalization='nope'"):
-    aug.Normalizer.fit("nope", images)
+  _refused("normalization='nope' is not one of", dataset="digits", normalization="nope")
   # torchvision's fixed ImageNet statistics, whatever the images: what its converted weights expect.
   x = aug.Normalizer.fit("torchvision", images)(images)
   np.testing.assert_allclose(x[..., 1], (images[..., 1] / 255 - 0.456) / 0.224, rtol=1e-5, atol=1e-5)
-  with pytest.raises(ConfigError, match="RGB mean and std; these images have 1 channel"):
-    aug.Normalizer.fit("torchvision", images[..., :1])
+  _refused("RGB mean and std; digits images have 1 channel", dataset="digits",
+           normalization="torchvision")
 
 
 def test_digits_validation_split_normalization_and_augment():
@@ -85,10 +90,8 @@ def test_digits_validation_split_normalization_and_augment():
   batch = ds.train_batch(0, 3, 32)["image"]
   plain = ds.train_images[data_lib.example_indices(0, 3, 32, 1400)]
   assert batch.shape == plain.shape and not np.array_equal(batch, plain)  # crops and flips applied
-  with pytest.raises(ConfigError, match="validation_split=1497"):
-    data_lib.load_digits(validation_split=1497)
-  with pytest.raises(ConfigError, match="augment='inception' needs variable-size images"):
-    data_lib.load_digits(augment="inception")
+  _refused("validation_split=1497", dataset="digits", validation_split=1497)
+  _refused("augment='inception' crops variable-size images", dataset="digits", augment="inception")
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +167,7 @@ def test_train_arrays_are_the_unaugmented_training_split(imagenet_data_dir, cifa
   first = ds.records(range(1000))
   np.testing.assert_array_equal(labels, [r["label"] for r in first])
   np.testing.assert_allclose(images, ds.normalizer(ds.decode(first, {}, train=False)), atol=1e-6)
-  with pytest.raises(ConfigError, match="vary in size"):
-    tfds_source.TfdsDataset("imagenet2012", imagenet_data_dir[1], image_size=32).train_arrays()
+  _refused("imagenet2012 images vary in size", dataset="imagenet2012", data_on_device=True)
 
 
 def test_validation_split_holds_out_the_end_of_train(cifar10_data_dir):
@@ -179,10 +181,8 @@ def test_validation_split_holds_out_the_end_of_train(cifar10_data_dir):
   np.testing.assert_array_equal(last["label"], [r["label"] for r in held_out])
   ids = [r["id"] for r in held_out]
   assert len(set(ids)) == 5000 and last["mask"].sum() == 5000
-  with pytest.raises(ConfigError, match="image_size=64, but cifar10 images are 32x32"):
-    tfds_source.TfdsDataset("cifar10", cifar10_data_dir, image_size=64, normalization_examples=FEW)
-  with pytest.raises(ConfigError, match="validation_split=50000"):
-    tfds_source.TfdsDataset("cifar10", cifar10_data_dir, validation_split=50000)
+  _refused("image_size=64, but cifar10 images are 32x32", dataset="cifar10", image_size=64)
+  _refused("validation_split=50000", dataset="cifar10", validation_split=50000)
 
 
 def _cli_train(workdir, data_dir, steps):
@@ -243,10 +243,9 @@ def test_imagenet_style_jpeg_pipeline(imagenet_data_dir, augment):
     assert params["flip"].any()
 
 
-def test_bad_data_config_is_named(imagenet_data_dir, cifar10_data_dir, tmp_path):
-  _, data_dir = imagenet_data_dir
-  with pytest.raises(ConfigError, match="augment='cifar' pads and crops fixed-size images"):
-    tfds_source.TfdsDataset("imagenet2012", data_dir, augment="cifar")
+def test_bad_data_config_is_named(tmp_path):
+  _refused("augment='cifar' pads and crops fixed-size images", dataset="imagenet2012",
+           augment="cifar")
   with pytest.raises(ConfigError, match="not 'digits', 'synthetic' or a TFDS dataset name"):
     tfds_builder.open_builder("cifar11", str(tmp_path))
   with pytest.raises(tfds_builder.DataUnavailableError, match="resnet-jax prepare cifar100"):
@@ -254,6 +253,22 @@ def test_bad_data_config_is_named(imagenet_data_dir, cifar10_data_dir, tmp_path)
   # Keys that need no data are checked before a dataset opens (resnet_jax.training.validation).
   with pytest.raises(ConfigError, match="augment='flip' is not one of"):
     validation.validate(config_lib.from_dict({"dataset": "cifar10", "augment": "flip"}))
+
+
+def test_a_dataset_known_only_by_its_metadata_is_checked_as_it_opens(cifar10_data_dir, monkeypatch):
+  """The same rules, read from the metadata before any example, for a dataset KNOWN_TFDS lacks."""
+  config = config_lib.from_dict({"dataset": "cifar10", "data_dir": cifar10_data_dir,
+                                 "eval_crops": "ten", "normalization_examples": FEW})
+  with pytest.raises(ConfigError, match="tested whole"):
+    validation.validate(config)  # known: refused before anything is read
+  assert validation.metadata_check(config) is None
+  monkeypatch.delitem(data_lib.KNOWN_TFDS, "cifar10")
+  validation.validate(config)  # unknown: nothing to check it against yet
+  with pytest.raises(ConfigError, match="cifar10 images are 32x32 and are tested whole"):
+    data_lib.get_dataset(config, 32, validation.metadata_check(config))
+  config.eval_crops, config.validation_split = "center", 50000  # would leave no training example
+  with pytest.raises(ConfigError, match=r"validation_split=50000 must be in \[0, 50000\)"):
+    data_lib.get_dataset(config, 32, validation.metadata_check(config))
 
 
 def test_gs_data_dir_is_read_through_a_local_copy(cifar10_data_dir, gcs_env, tmp_path):
@@ -329,8 +344,7 @@ def test_ten_crop_testing_views_and_scores(imagenet_data_dir, cifar10_data_dir):
                              np.sum(probs.argmax(-1) == first["label"]), atol=1e-6)
   np.testing.assert_allclose(float(sums["loss"]), -np.sum(np.log(
       probs[np.arange(3), first["label"]])), rtol=1e-5)
-  with pytest.raises(ConfigError, match="tested on their original view"):
-    tfds_source.TfdsDataset("cifar10", cifar10_data_dir, eval_crops="ten")
+  _refused("cifar10 images are 32x32 and are tested whole", dataset="cifar10", eval_crops="ten")
 
 
 
@@ -359,8 +373,7 @@ def test_batches_do_not_depend_on_worker_processes(imagenet_data_dir):
   for got, want in zip(two.eval_batches(2), alone.eval_batches(2), strict=True):
     np.testing.assert_array_equal(got["image"], want["image"])
     np.testing.assert_array_equal(got["mask"], want["mask"])
-  with pytest.raises(ConfigError, match="data_workers=-1 must be >= 0"):
-    make(-1)
+  _refused("data_workers=-1 must be >= 0", dataset="imagenet2012", data_workers=-1)
 
 
 def test_default_jpeg_path_is_exact_on_photographs():

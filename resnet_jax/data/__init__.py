@@ -64,16 +64,16 @@ def spec(config, image_size: int) -> Optional[DataSpec]:
   return DataSpec((size, size, channels), classes, train, side is not None, False)
 
 
-def get_dataset(config, image_size: int):
-  """The dataset named by `config.dataset`: digits, synthetic, or a TFDS dataset name (`image_size`
-  as for `spec`)."""
+def get_dataset(config, image_size: int, check=None):
+  """The dataset named by `config.dataset` (validated): digits, synthetic, or a TFDS dataset name
+  (`image_size` as for `spec`; `check` as for `tfds_source.TfdsDataset`)."""
   if config.dataset == "digits":
     return load_digits(config.normalization, config.validation_split, config.augment)
   if config.dataset == "synthetic":
-    ds = make_synthetic(image_size, config.num_classes or 10,
-                        channels=config.synthetic_channels, seed=config.seed,
-                        validation_split=config.validation_split)
+    shape = spec(config, image_size)
+    ds = make_synthetic(shape.image_shape[0], shape.num_classes, channels=shape.image_shape[-1],
+                        seed=config.seed, validation_split=config.validation_split)
     return dataclasses.replace(ds, augment=config.augment)
   from resnet_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  # TFDS is heavy
 
-  return tfds_source.TfdsDataset.from_config(config, image_size)
+  return tfds_source.TfdsDataset.from_config(config, image_size, check)

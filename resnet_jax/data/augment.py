@@ -11,8 +11,7 @@ import io
 
 import numpy as np
 
-from resnet_jax.checks import check_choice
-from resnet_jax.run.errors import ConfigError, DataError
+from resnet_jax.run.errors import DataError
 
 AUGMENTS = ("none", "cifar", "inception", "scale")
 NORMALIZATIONS = ("per_channel", "per_pixel_mean", "torchvision")
@@ -50,7 +49,6 @@ def sample_params(augment: str, rng: np.random.Generator, batch_size: int,
   `color_std` > 0 adds the PCA colour augmentation's alphas, drawn after everything else so that
   the other draws do not change with it.
   """
-  check_choice("augment", augment, AUGMENTS)
   params = {"flip": rng.random(batch_size) < 0.5} if augment != "none" else {}
   if augment == "cifar":
     params["offset"] = rng.integers(0, 2 * CIFAR_PAD + 1, (batch_size, 2))
@@ -285,17 +283,13 @@ class Normalizer:
 
     "torchvision" takes no statistics: it is torchvision's fixed RGB mean and std.
     """
-    check_choice("normalization", kind, NORMALIZATIONS)
     if kind == "torchvision":
-      return cls.torchvision(images.shape[-1])
+      return cls.torchvision()
     return cls.from_sums(kind, *moments(images))
 
   @classmethod
-  def torchvision(cls, channels: int = 3) -> "Normalizer":
-    """torchvision's ImageNet mean and std (RGB images only)."""
-    if channels != 3:
-      raise ConfigError(f"normalization='torchvision' is torchvision's RGB mean and std; these images "
-                       f"have {channels} channel(s). Use per_channel.")
+  def torchvision(cls) -> "Normalizer":
+    """torchvision's ImageNet mean and std (RGB images only: validated with the config)."""
     return cls(np.asarray(TORCHVISION_MEAN), np.asarray(TORCHVISION_STD))
 
   @classmethod

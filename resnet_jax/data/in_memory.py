@@ -7,11 +7,9 @@ import numpy as np
 
 from resnet_jax.data import sampling
 from resnet_jax.data.augment import Normalizer, pad_crop_flip
-from resnet_jax.run.errors import ConfigError
 
 DIGITS_TRAIN = 1497  # of scikit-learn's 1,797 digits: the first 1,497 train, the last 300 test
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 1024, 256
-IN_MEMORY_AUGMENTS = ("none", "cifar")  # fixed-size images: no crops that need the original size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +17,7 @@ class InMemoryDataset:
   """A decoded, normalised dataset held in host memory (float32 NHWC images, int32 labels).
 
   `test_*` is the evaluation split: the test set, or the validation hold-out when one is configured.
+  Its images are all one size, so `augment` is 'none' or 'cifar' (validated with the config).
   """
   name: str
   num_classes: int
@@ -27,11 +26,6 @@ class InMemoryDataset:
   test_images: np.ndarray
   test_labels: np.ndarray
   augment: str = "none"
-
-  def __post_init__(self):
-    if self.augment not in IN_MEMORY_AUGMENTS:
-      raise ConfigError(f"augment={self.augment!r} needs variable-size images from a TFDS dataset "
-                       f"(e.g. imagenet2012); {self.name!r} supports 'none' or 'cifar'.")
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -59,11 +53,9 @@ class InMemoryDataset:
       yield {"image": self.test_images[idx], "label": self.test_labels[idx], "mask": mask}
 
 
-def hold_out(images: np.ndarray, labels: np.ndarray, count: int, what: str):
-  """Splits off the last `count` training examples as a validation set (the paper's 45k/5k)."""
-  if not 0 <= count < len(labels):
-    raise ConfigError(f"validation_split={count} must be in [0, {len(labels)}) for {what} "
-                     f"({len(labels)} training examples).")
+def hold_out(images: np.ndarray, labels: np.ndarray, count: int):
+  """Splits off the last `count` (validated: fewer than all) training examples as a validation set
+  (the paper's 45k/5k)."""
   cut = len(labels) - count
   return (images[:cut], labels[:cut]), (images[cut:], labels[cut:])
 
@@ -84,7 +76,7 @@ def load_digits(normalization: str = "per_channel", validation_split: int = 0,
   (train, train_y), (evals, eval_y) = ((images[:DIGITS_TRAIN], labels[:DIGITS_TRAIN]),
                                       (images[DIGITS_TRAIN:], labels[DIGITS_TRAIN:]))
   if validation_split:
-    (train, train_y), (evals, eval_y) = hold_out(train, train_y, validation_split, "digits")
+    (train, train_y), (evals, eval_y) = hold_out(train, train_y, validation_split)
   norm = Normalizer.fit(normalization, train)
   return InMemoryDataset("digits", 10, norm(train), train_y, norm(evals), eval_y, augment)
 
@@ -104,5 +96,5 @@ def make_synthetic(image_size: int, num_classes: int, channels: int = 3,
 
   train, test = split(train_size), split(test_size)
   if validation_split:
-    train, test = hold_out(*train, validation_split, "synthetic")
+    train, test = hold_out(*train, validation_split)
   return InMemoryDataset("synthetic", num_classes, *train, *test)

@@ -13,11 +13,7 @@ the augmentation is the host's own `augment.pad_crop_flip`, run with jax.numpy. 
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.checks import check_choice
 from resnet_jax.data.augment import CIFAR_PAD, pad_crop_flip
-from resnet_jax.run.errors import ConfigError
-
-AUGMENTS = ("none", "cifar")
 
 
 def _keys(seed: int, step):
@@ -30,9 +26,10 @@ def _epoch_permutation(order_key, epoch, n: int):
 
 
 def example_indices(seed: int, step, batch_size: int, n: int):
-  """Global batch `step` of a stream of per-epoch shuffles: example i lies in epoch i // n."""
-  if batch_size > n:
-    raise ValueError(f"batch_size={batch_size} exceeds the {n} training examples held on device.")
+  """Global batch `step` of a stream of per-epoch shuffles: example i lies in epoch i // n.
+
+  `batch_size` <= n (validated with the config: data_on_device).
+  """
   order_key, _ = _keys(seed, step)
   pos = step * batch_size + jnp.arange(batch_size)
   first = (step * batch_size) // n
@@ -50,8 +47,10 @@ def augment_params(seed: int, step, batch_size: int):
 
 
 def sample_batch(data: dict, seed: int, step, batch_size: int, augment: str) -> dict:
-  """The batch for `step` from on-device `data` ({"image", "label"}); traceable, vectorised."""
-  check_choice("augment (with data_on_device)", augment, AUGMENTS)
+  """The batch for `step` from on-device `data` ({"image", "label"}); traceable, vectorised.
+
+  `augment` is 'none' or 'cifar': on-device data is fixed-size (validated with the config).
+  """
   n = data["image"].shape[0]
   idx = example_indices(seed, step, batch_size, n)
   images, labels = data["image"][idx], data["label"][idx]
@@ -59,11 +58,3 @@ def sample_batch(data: dict, seed: int, step, batch_size: int, augment: str) -> 
     offsets, flips = augment_params(seed, step, batch_size)
     images = pad_crop_flip(images, offsets, flips, xp=jnp)
   return {"image": images, "label": labels}
-
-
-def train_arrays(dataset) -> tuple:
-  """The decoded, normalised, un-augmented training set of a dataset that supports it."""
-  if not hasattr(dataset, "train_arrays"):
-    raise ConfigError(f"dataset {getattr(dataset, 'name', dataset)!r} cannot be held on device; set "
-                     "data_on_device=False.")
-  return dataset.train_arrays()

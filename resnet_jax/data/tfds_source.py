@@ -15,6 +15,7 @@ from resnet_jax.data import augment as aug
 from resnet_jax.data import sampling
 from resnet_jax.data.readahead import ReadAhead
 from resnet_jax.data.tfds_builder import base_name, open_builder, tfds_module
+from resnet_jax.data import DataSpec
 from resnet_jax.run.errors import ConfigError, DataError
 
 # Datasets whose `test` split carries no labels (ImageNet's test images are unlabelled: label -1).
@@ -27,15 +28,17 @@ class TfdsDataset:
   """A TFDS dataset behind the interface of `in_memory.InMemoryDataset` (train_batch, eval_batches).
 
   The arguments are config keys, validated before the dataset opens
-  (`resnet_jax.training.validation`); what needs the dataset's own metadata (its image size and
-  classes, for a dataset `resnet_jax.data.KNOWN_TFDS` does not list) is checked here, as it opens.
+  (`resnet_jax.training.validation`), and trusted here. `image_size` is the side variable-size
+  images are cropped to (fixed-size images keep theirs). `check`, if given, is called with the
+  dataset's `DataSpec` as read from its metadata, before any example is read: how a config is
+  checked against a dataset that `resnet_jax.data.KNOWN_TFDS` does not list (`validation.metadata_check`).
   """
 
   def __init__(self, name: str, data_dir: str = "", augment: str = "none",
-               normalization: str = "per_channel", validation_split: int = 0, image_size: int = 0,
+               normalization: str = "per_channel", validation_split: int = 0, image_size: int = 224,
                normalization_examples: int = 50000, data_threads: int = 0, prefetch_batches: int = 2,
-               cache_dir: str = "", default_image_size: int = 224, eval_crops: str = "center",
-               color_std: float = 0.0, eval_scales: tuple = (), data_workers: int = 0):
+               cache_dir: str = "", eval_crops: str = "center", color_std: float = 0.0,
+               eval_scales: tuple = (), data_workers: int = 0, check=None):
     self.eval_crops, self.color_std, self.eval_scales = eval_crops, color_std, tuple(eval_scales)
     builder = open_builder(name, data_dir, cache_dir)
     self._data_dir = str(builder.data_dir)
@@ -49,27 +52,14 @@ class TfdsDataset:
     native = tuple(info.features[self.image_key].shape)
     self.channels = native[-1]
     self.fixed = None not in native  # CIFAR: every image 32x32x3; ImageNet: any size
-    if self.fixed and eval_crops != "center":
-      raise ConfigError(f"eval_crops={eval_crops!r} is ImageNet's 10-crop testing; {name} images are "
-                       f"{native[0]}x{native[1]} and are tested on their original view (CIFAR, "
-                       "sec. 4.2). Set eval_crops='center'.")
-    if self.fixed:
-      if image_size and image_size != native[0]:
-        raise ConfigError(f"image_size={image_size}, but {name} images are {native[0]}x{native[1]}; "
-                         "set image_size=0.")
-      self.size = native[0]
-    else:
-      if augment == "cifar":
-        raise ConfigError(f"augment='cifar' pads and crops fixed-size images; {name} images vary in "
-                         "size: use 'inception' or 'scale'.")
-      self.size = image_size or default_image_size  # ImageNet nets: 224x224 crops (sec. 3.4)
+    self.size = native[0] if self.fixed else image_size
 
     decoders = {self.image_key: tfds_module().decode.SkipDecoding()}  # we decode (and crop) with PIL
     aug.keep_image_blocks()
     self._train = builder.as_data_source(split="train", decoders=decoders)
     n = len(self._train)
-    if not 0 <= validation_split < n:
-      raise ConfigError(f"validation_split={validation_split} must be in [0, {n}) for {name}.")
+    if check is not None:
+      check(DataSpec(self.image_shape, self.num_classes, n, self.fixed, False))
     self.train_size = n - validation_split
     if validation_split:  # the last examples of the stored (TFDS-shuffled) train split
       self._eval, self._eval_offset, self.eval_size = self._train, self.train_size, validation_split
@@ -80,27 +70,25 @@ class TfdsDataset:
       self._eval = builder.as_data_source(split=split, decoders=decoders)
       self._eval_offset, self.eval_size, self.eval_split = 0, len(self._eval), split
 
-    if data_workers < 0:
-      raise ConfigError(f"data_workers={data_workers} must be >= 0 (0: no worker processes).")
     self._ahead = ReadAhead(self._load_train, data_threads, prefetch_batches, data_workers)
     self._eval_ahead = ReadAhead(self._load_eval, data_threads, prefetch_batches, data_workers)
     key = (name, str(builder.data_dir), self.train_size, min(normalization_examples, self.train_size),
            normalization, self.size)
     if normalization == "torchvision":  # fixed constants: no pass over the images
-      _STATS_CACHE[key] = aug.Normalizer.torchvision(self.channels)
+      _STATS_CACHE[key] = aug.Normalizer.torchvision()
     if key not in _STATS_CACHE:
       _STATS_CACHE[key] = self._fit_normalizer(normalization, key[3])
     self.normalizer = _STATS_CACHE[key]
 
   @classmethod
-  def from_config(cls, config, image_size: int) -> "TfdsDataset":
+  def from_config(cls, config, image_size: int, check=None) -> "TfdsDataset":
     """The dataset of a validated config; `image_size` is `training.derived.image_size(config)`,
-    the side variable-size images are cropped to (fixed-size ones keep theirs)."""
+    the side variable-size images are cropped to (fixed-size ones keep theirs); `check` as above."""
     return cls(config.dataset, config.data_dir, config.augment, config.normalization,
-               config.validation_split, config.image_size, config.normalization_examples,
-               config.data_threads, config.prefetch_batches, config.data_cache_dir, image_size,
+               config.validation_split, image_size, config.normalization_examples,
+               config.data_threads, config.prefetch_batches, config.data_cache_dir,
                config.eval_crops, config.color_augment_std if config.color_augment == "pca" else 0.0,
-               config.eval_scales, config.data_workers)
+               config.eval_scales, config.data_workers, check)
 
   def close(self) -> None:
     """Stops reading ahead (and so any worker processes); a later request starts again."""
@@ -240,11 +228,9 @@ class TfdsDataset:
   def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
     """The whole training split decoded, normalised and un-augmented (for data_on_device).
 
-    Only for fixed-size images (CIFAR: 50k x 32x32x3 float32 = 614 MB); ImageNet does not fit.
+    Only for fixed-size images (CIFAR: 50k x 32x32x3 float32 = 614 MB; validated); ImageNet does
+    not fit.
     """
-    if not self.fixed:
-      raise ConfigError(f"{self.name} images vary in size, so they cannot be held on device; set "
-                       "data_on_device=False.")
     parts = list(self._chunks(self.train_size, lambda recs: (
         self.normalizer(self.decode(recs, {}, train=False)), self._labels(recs))))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -48,6 +48,26 @@ def conv(features, kernel_size, strides=1, *, dtype, name):
                  param_dtype=jnp.float32, kernel_init=he_normal, name=name)
 
 
+def bn_group_problem(group_size: int, batch: int, num_devices: Optional[int] = None) -> Optional[str]:
+  """Why BN groups of `group_size` examples cannot be cut from `num_devices` batches of `batch`
+  examples (what one BN layer sees: a device's share under pmap; under jit the global batch, and
+  `num_devices` None: no group spans devices), or None when they can (`group_size` 0: the whole
+  batch; a group larger than a global batch: that batch).
+
+  The rule's one statement: `BatchNorm` raises it for a model applied directly, and
+  `resnet_jax.training.validation` for a config, before a run builds anything.
+  """
+  if group_size and group_size < batch and batch % group_size:
+    return (f"bn_group_size={group_size} does not divide the batch of {batch} examples each BN layer "
+            "sees; choose a divisor (or 0 for whole-batch statistics).")
+  if num_devices is not None and group_size > batch:  # a group spans devices: whole devices, evenly
+    k = group_size // batch
+    if group_size % batch or num_devices % k:
+      return (f"bn_group_size={group_size} spans devices of {batch} examples each; it must be a "
+              f"multiple of {batch} that divides their {num_devices * batch} examples.")
+  return None
+
+
 def _group_moments(x: jax.Array, group_size: int, axis_name: Optional[str]):
   """Per-group mean and mean of squares over (examples, H, W), computed in float32.
 
@@ -56,10 +76,11 @@ def _group_moments(x: jax.Array, group_size: int, axis_name: Optional[str]):
   under jit over a mesh the batch is already global, so XLA reduces across devices for us.
   """
   b = x.shape[0]
+  n = None if axis_name is None else jax.lax.axis_size(axis_name)
+  problem = bn_group_problem(group_size, b, n)
+  if problem:
+    raise ValueError(problem)
   if group_size and group_size < b:
-    if b % group_size:
-      raise ValueError(f"bn_group_size={group_size} does not divide the per-step batch of {b} "
-                       "examples; choose a divisor of the batch (or 0 for whole-batch statistics).")
     x = x.reshape((b // group_size, group_size) + x.shape[1:])
   else:
     x = x[None]
@@ -69,14 +90,9 @@ def _group_moments(x: jax.Array, group_size: int, axis_name: Optional[str]):
   if axis_name is not None and (group_size == 0 or group_size > b):
     # Statistics span devices: whole batch (0) or groups of several devices' examples.
     groups = None
-    if group_size:
-      if group_size % b:
-        raise ValueError(f"bn_group_size={group_size} must be a multiple of the per-device batch {b}.")
-      k, n = group_size // b, jax.lax.axis_size(axis_name)
-      if k < n:  # k >= n: one group holds the whole global batch, i.e. synchronised BN.
-        if n % k:
-          raise ValueError(f"bn_group_size={group_size} spans {k} devices, which does not divide {n}.")
-        groups = [list(range(i, i + k)) for i in range(0, n, k)]
+    k = group_size // b
+    if group_size and k < n:  # k = n: one group holds the whole global batch, i.e. synchronised BN
+      groups = [list(range(i, i + k)) for i in range(0, n, k)]
     mean = jax.lax.pmean(mean, axis_name, axis_index_groups=groups)
     mean2 = jax.lax.pmean(mean2, axis_name, axis_index_groups=groups)
   return x, mean, mean2

@@ -23,7 +23,7 @@ import ml_collections
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax import models
-from resnet_jax.data import augment, on_device
+from resnet_jax.data import augment
 from resnet_jax.run import workdir as workdir_lib
 from resnet_jax.run.errors import WorkdirError
 from resnet_jax.training import checkpoints, derived, parallel, validation
@@ -59,7 +59,8 @@ class Trainer:
       validation.validate(member, devices)  # before anything is read, made or compiled
     self.devices = devices or parallel.select_devices(config.num_devices)
     self.derived = derived.derive(config, self.devices)
-    self.dataset = (data_lib.get_dataset(config, derived.image_size(config)) if data is None
+    self.dataset = (data_lib.get_dataset(config, derived.image_size(config),
+                                         validation.metadata_check(config)) if data is None
                     else data)
     self.image_shape = tuple(self.dataset.image_shape)
     self.num_classes = self.dataset.num_classes
@@ -115,7 +116,7 @@ class Trainer:
 
   def device_data(self):
     if self._device_data is None:
-      self._device_data = self.strategy.put_data(*on_device.train_arrays(self.dataset))
+      self._device_data = self.strategy.put_data(*self.dataset.train_arrays())
     return self._device_data
 
   def dispatch_call(self, step: int, k: int, abstract: bool = False):

@@ -9,11 +9,15 @@ lives here and not in `config/`. Each error is a `ConfigError` that names the ke
 trainer, sweeps, conversions and benchmarks call it first, so an error never waits for the data.
 """
 
+import functools
+from typing import Callable, Optional
+
 import jax
 import ml_collections
 
 from resnet_jax import models
 from resnet_jax.data import augment as aug
+from resnet_jax.models.layers import bn_group_problem
 from resnet_jax.run.errors import ConfigError
 from resnet_jax.training import derived
 
@@ -36,7 +40,7 @@ POSITIVE = ("batch_size", "eval_batch_size", "total_steps", "log_every_steps", "
             "steps_per_dispatch", "normalization_examples", "synthetic_channels", "width_multiplier")
 NON_NEGATIVE = ("eval_every_steps", "checkpoint_every_steps", "bn_group_size", "num_devices",
                 "num_classes", "image_size", "label_smoothing", "vectorize_max_members",
-                "validation_split", "data_threads", "prefetch_batches", "warmup_steps",
+                "validation_split", "data_threads", "data_workers", "prefetch_batches", "warmup_steps",
                 "grad_clip_norm", "weight_decay", "momentum", "learning_rate",
                 "warmup_learning_rate", "color_augment_std")
 # XLA:CPU library fusions (DebugOptions.LibraryFusionType) that `cpu_fusion` may name.
@@ -98,12 +102,22 @@ def _model(config) -> None:
 
 
 def _data(config) -> None:
-  spec = derived.data_spec(config)
-  if spec is None:
-    return  # a TFDS dataset we do not know: its metadata is checked as it opens
   if config.eval_crops == "multiscale" and (not config.eval_scales or min(config.eval_scales) < 1):
     _fail(f"eval_scales={config.eval_scales!r}: multiscale testing needs at least one positive side, "
           "e.g. (224, 256, 384, 480, 640).")
+  spec = derived.data_spec(config)
+  if spec is not None:  # else a TFDS dataset we do not know: checked as it opens (`metadata_check`)
+    check_data(config, spec)
+
+
+def metadata_check(config) -> Optional[Callable]:
+  """What the data layer calls with the `DataSpec` it reads from a dataset's metadata, before any
+  example: `check_data` for a dataset whose spec `validate` could not know, else None (checked)."""
+  return None if derived.data_spec(config) is not None else functools.partial(check_data, config)
+
+
+def check_data(config, spec) -> None:
+  """The data keys of `config` against the dataset `spec` describes (`resnet_jax.data.DataSpec`)."""
   if config.color_augment == "pca":
     if spec.image_shape[-1] != 3:
       _fail(f"color_augment='pca' shifts RGB colours; {config.dataset} images have "
@@ -191,15 +205,10 @@ def _devices(config, devices) -> None:
   if config.batch_size % n or config.batch_size % processes:
     _fail(f"batch_size={config.batch_size} must be divisible by the number of devices ({n}) and "
           f"processes ({processes}).")
-  group = config.bn_group_size
-  if group:
-    # Under jit each BN layer sees the global batch; under pmap a device's share, and a group larger
-    # than that spans devices (resnet_jax.models.layers.BatchNorm).
-    seen = config.batch_size // n if config.parallelism == "pmap" else config.batch_size
-    if group < seen and seen % group:
-      _fail(f"bn_group_size={group} does not divide the batch of {seen} each BN layer sees "
-            f"({'per device' if config.parallelism == 'pmap' else 'the global batch'}); choose a "
-            "divisor.")
-    if config.parallelism == "pmap" and group > seen and (group % seen or config.batch_size % group):
-      _fail(f"bn_group_size={group} spans devices of {seen} examples each; it must be a multiple of "
-            f"{seen} that divides batch_size={config.batch_size}.")
+  # Under jit each BN layer sees the global batch; under pmap a device's share, and a group larger
+  # than that spans devices (resnet_jax.models.layers.BatchNorm, whose rule this is).
+  pmap = config.parallelism == "pmap"
+  problem = bn_group_problem(config.bn_group_size, config.batch_size // n if pmap else config.batch_size,
+                             n if pmap else None)
+  if problem:
+    _fail(problem)
