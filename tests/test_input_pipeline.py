@@ -265,10 +265,10 @@ def test_a_dataset_known_only_by_its_metadata_is_checked_as_it_opens(cifar10_dat
   monkeypatch.delitem(data_lib.KNOWN_TFDS, "cifar10")
   validation.validate(config)  # unknown: nothing to check it against yet
   with pytest.raises(ConfigError, match="cifar10 images are 32x32 and are tested whole"):
-    data_lib.get_dataset(config, 32, validation.metadata_check(config))
+    data_lib.get_dataset(config, 32, check=validation.metadata_check(config))
   config.eval_crops, config.validation_split = "center", 50000  # would leave no training example
   with pytest.raises(ConfigError, match=r"validation_split=50000 must be in \[0, 50000\)"):
-    data_lib.get_dataset(config, 32, validation.metadata_check(config))
+    data_lib.get_dataset(config, 32, check=validation.metadata_check(config))
 
 
 def test_gs_data_dir_is_read_through_a_local_copy(cifar10_data_dir, gcs_env, tmp_path):
@@ -315,7 +315,8 @@ def test_ten_crop_testing_views_and_scores(imagenet_data_dir, cifar10_data_dir):
   from resnet_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
 
   _, data_dir = imagenet_data_dir
-  ds = tfds_source.TfdsDataset("imagenet2012", data_dir, image_size=32, eval_crops="ten")
+  ds = tfds_source.TfdsDataset("imagenet2012", data_dir, image_size=32,
+                               eval_layout=data_lib.EvalLayout("ten"))
   (first, second) = list(ds.eval_batches(3))
   assert first["image"].shape == (3, 10, 32, 32, 3) and second["mask"].tolist() == [1, 1, 0]
   records = ds.records([0], "eval")

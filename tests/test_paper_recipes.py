@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import config as config_lib
-from resnet_jax import models
+from resnet_jax import data, models
 from resnet_jax.data import augment as aug
 from resnet_jax.data import tfds_source
 from resnet_jax.models import flops
@@ -78,8 +78,8 @@ def test_table2_and_table3_presets_have_the_parameters_the_tables_imply():
 
 def test_multiscale_testing_views_and_equality_with_one_scale(imagenet_data_dir):
   _, data_dir = imagenet_data_dir
-  ds = tfds_source.TfdsDataset("imagenet2012", data_dir, image_size=32, eval_crops="multiscale",
-                               eval_scales=(16, 24))
+  ds = tfds_source.TfdsDataset("imagenet2012", data_dir, image_size=32,
+                               eval_layout=data.EvalLayout("multiscale", (16, 24)))
   first, second = ds.eval_batches(3)
   assert [x.shape for x in first["image"]] == [(3, 16, 16, 3), (3, 24, 24, 3)]
   assert second["mask"].tolist() == [1, 1, 0]
@@ -88,8 +88,8 @@ def test_multiscale_testing_views_and_equality_with_one_scale(imagenet_data_dir)
   state = step_lib.TrainState(step=0, params=variables["params"],
                               batch_stats=variables["batch_stats"], opt_state=None, rng=None)
   # One scale: exactly single-scale testing of the central squares at that size.
-  one = tfds_source.TfdsDataset("imagenet2012", data_dir, image_size=32, eval_crops="multiscale",
-                                eval_scales=(24,))
+  one = tfds_source.TfdsDataset("imagenet2012", data_dir, image_size=32,
+                                eval_layout=data.EvalLayout("multiscale", (24,)))
   batch = next(iter(one.eval_batches(3)))
   square = one.normalizer(one.square_crops(one.records([0, 1, 2], "eval"), 24))
   np.testing.assert_array_equal(batch["image"][0], square)

@@ -115,3 +115,21 @@ def test_padded_eval_batch_gives_the_same_metrics():
   np.testing.assert_allclose(b["eval/accuracy"], a["eval/accuracy"], rtol=0, atol=1e-7)
   np.testing.assert_allclose(b["eval/loss"], a["eval/loss"], rtol=1e-5)
   assert list(itertools.islice(eight.dataset.eval_batches(104), 3))[-1]["mask"].sum() == 300 - 208
+
+
+def test_a_runs_facts_are_derived_once_and_read_by_every_layer():
+  """Derived holds the batch each device sees, the crop side, the test view's layout and, once the
+  data is known, its image shape and classes; the trainer shapes its evaluation step from them."""
+  config = small_config(dataset="imagenet2012", model="resnet8", image_size=48, batch_size=64,
+                        eval_batch_size=6, eval_crops="multiscale", eval_scales=(32, 40),
+                        num_devices=0)
+  facts = derived.derive(config, devices(8, 2))
+  assert (facts.device_batch_size, facts.image_size, facts.eval_batch_size) == (8, 48, 8)
+  assert facts.eval_layout.image_shapes(8, (48, 48, 3)) == ((8, 32, 32, 3), (8, 40, 40, 3))
+  spec = derived.data_spec(config)
+  assert (facts.with_data(spec).image_shape, facts.with_data(spec).num_classes) == ((48, 48, 3), 1000)
+  ten = small_config(dataset="imagenet2012", model="resnet8", image_size=48, eval_crops="ten",
+                     eval_batch_size=6, num_devices=1)
+  trainer = Trainer(ten, data=derived.data_spec(ten))
+  assert (trainer.derived.image_shape, trainer.num_classes) == ((48, 48, 3), 1000)
+  assert trainer.abstract_eval_batch()["image"].shape == (6, 10, 48, 48, 3)

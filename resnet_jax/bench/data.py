@@ -73,7 +73,7 @@ def run_data_bench(data: str, data_dir: str = "", augment: str = "", batch_size:
                     eval_batch_size=batch_size, model="resnet50", num_devices=1)
       validation.validate(config)  # the checks a run makes of these keys
       ds = tfds_source.TfdsDataset.from_config(config, derived.image_size(config),
-                                               validation.metadata_check(config))
+                                               check=validation.metadata_check(config))
       ds.train_batch(0, 0, batch_size)  # warm-up: opens files, starts the threads
       t = time.perf_counter()
       for step in range(1, steps + 1):

@@ -16,11 +16,12 @@ nothing from `models`, `training` or `experiments`. TensorFlow is needed only by
 import dataclasses
 from typing import Optional
 
+from resnet_jax.data.augment import TEN_CROP_VIEWS
 from resnet_jax.data.in_memory import (DIGITS_TRAIN, InMemoryDataset, hold_out, load_digits,
                                        make_synthetic, SYNTHETIC_TRAIN)
 from resnet_jax.data.sampling import batch_plan, eval_plan, example_indices, process_slice
 
-__all__ = ["get_dataset", "spec", "DataSpec", "InMemoryDataset", "load_digits", "make_synthetic",
+__all__ = ["get_dataset", "spec", "DataSpec", "EvalLayout", "InMemoryDataset", "load_digits", "make_synthetic",
            "hold_out", "example_indices", "batch_plan", "eval_plan", "process_slice"]
 
 
@@ -33,6 +34,26 @@ class DataSpec:
   train_size: int          # the stored training split, before any validation hold-out
   fixed_size: bool         # every image the same size (CIFAR), or any size (ImageNet): crops
   in_memory: bool          # decoded into host memory at start (digits, synthetic)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalLayout:
+  """The test view as an evaluation batch holds it (`eval_crops`, derived once per run:
+  `training.derived.Derived.eval_layout`): the source makes it, the compiled step is shaped for it.
+
+  "center": one view, images (B, H, W, C); "ten": the ten crops, (B, TEN_CROP_VIEWS, H, W, C);
+  "multiscale": a tuple of one (B, s, s, C) array per scale s of `scales`. The step averages the
+  softmax scores of an example's views, whichever layout holds them (`training.step.eval_step`).
+  """
+  crops: str = "center"
+  scales: tuple[int, ...] = ()
+
+  def image_shapes(self, batch: int, image_shape: tuple[int, int, int]):
+    """The shape of a batch's images, or for "multiscale" the tuple of each scale's shape."""
+    if self.crops == "multiscale":
+      return tuple((batch, s, s, image_shape[-1]) for s in self.scales)
+    views = (TEN_CROP_VIEWS,) if self.crops == "ten" else ()
+    return (batch, *views, *image_shape)
 
 
 # TFDS datasets whose layout is known without opening them: (side or None if sizes vary, channels,
@@ -64,9 +85,10 @@ def spec(config, image_size: int) -> Optional[DataSpec]:
   return DataSpec((size, size, channels), classes, train, side is not None, False)
 
 
-def get_dataset(config, image_size: int, check=None):
+def get_dataset(config, image_size: int, eval_layout: EvalLayout = EvalLayout(), *, check=None):
   """The dataset named by `config.dataset` (validated): digits, synthetic, or a TFDS dataset name
-  (`image_size` as for `spec`; `check` as for `tfds_source.TfdsDataset`)."""
+  (`image_size` as for `spec`; `eval_layout` the run's, which in-memory data, all one size, holds
+  as "center"; `check` as for `tfds_source.TfdsDataset`)."""
   if config.dataset == "digits":
     return load_digits(config.normalization, config.validation_split, config.augment)
   if config.dataset == "synthetic":
@@ -76,4 +98,4 @@ def get_dataset(config, image_size: int, check=None):
     return dataclasses.replace(ds, augment=config.augment)
   from resnet_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  # TFDS is heavy
 
-  return tfds_source.TfdsDataset.from_config(config, image_size, check)
+  return tfds_source.TfdsDataset.from_config(config, image_size, eval_layout, check=check)

@@ -15,7 +15,7 @@ from resnet_jax.data import augment as aug
 from resnet_jax.data import sampling
 from resnet_jax.data.readahead import ReadAhead
 from resnet_jax.data.tfds_builder import base_name, open_builder, tfds_module
-from resnet_jax.data import DataSpec
+from resnet_jax.data import DataSpec, EvalLayout
 from resnet_jax.run.errors import ConfigError, DataError
 
 # Datasets whose `test` split carries no labels (ImageNet's test images are unlabelled: label -1).
@@ -37,9 +37,9 @@ class TfdsDataset:
   def __init__(self, name: str, data_dir: str = "", augment: str = "none",
                normalization: str = "per_channel", validation_split: int = 0, image_size: int = 224,
                normalization_examples: int = 50000, data_threads: int = 0, prefetch_batches: int = 2,
-               cache_dir: str = "", eval_crops: str = "center", color_std: float = 0.0,
-               eval_scales: tuple = (), data_workers: int = 0, check=None):
-    self.eval_crops, self.color_std, self.eval_scales = eval_crops, color_std, tuple(eval_scales)
+               cache_dir: str = "", eval_layout: EvalLayout = EvalLayout(), color_std: float = 0.0,
+               data_workers: int = 0, check=None):
+    self.eval_layout, self.color_std = eval_layout, color_std
     builder = open_builder(name, data_dir, cache_dir)
     self._data_dir = str(builder.data_dir)
     info = builder.info
@@ -81,14 +81,16 @@ class TfdsDataset:
     self.normalizer = _STATS_CACHE[key]
 
   @classmethod
-  def from_config(cls, config, image_size: int, check=None) -> "TfdsDataset":
-    """The dataset of a validated config; `image_size` is `training.derived.image_size(config)`,
-    the side variable-size images are cropped to (fixed-size ones keep theirs); `check` as above."""
+  def from_config(cls, config, image_size: int, eval_layout: EvalLayout = EvalLayout(), *,
+                  check=None) -> "TfdsDataset":
+    """The dataset of a validated config; `image_size` and `eval_layout` are the run's
+    (`training.derived.Derived`): the side variable-size images are cropped to (fixed-size ones keep
+    theirs) and the test view; `check` as above."""
     return cls(config.dataset, config.data_dir, config.augment, config.normalization,
                config.validation_split, image_size, config.normalization_examples,
                config.data_threads, config.prefetch_batches, config.data_cache_dir,
-               config.eval_crops, config.color_augment_std if config.color_augment == "pca" else 0.0,
-               config.eval_scales, config.data_workers, check)
+               eval_layout, config.color_augment_std if config.color_augment == "pca" else 0.0,
+               config.data_workers, check)
 
   def close(self) -> None:
     """Stops reading ahead (and so any worker processes); a later request starts again."""
@@ -167,11 +169,11 @@ class TfdsDataset:
     return {"image": images, "label": self._labels(records), "mask": mask}
 
   def _eval_images(self, records):
-    if self.eval_crops == "ten":
+    if self.eval_layout.crops == "ten":
       images = self.normalizer(self.ten_crops(records))
-    elif self.eval_crops == "multiscale":  # one array per scale: their sizes differ
+    elif self.eval_layout.crops == "multiscale":  # one array per scale: their sizes differ
       images = tuple(self.normalizer.at_size(s)(self.square_crops(records, s))
-                     for s in self.eval_scales)
+                     for s in self.eval_layout.scales)
     else:
       images = self._images(records, {}, train=False)
     return images

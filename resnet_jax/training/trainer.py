@@ -23,7 +23,6 @@ import ml_collections
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax import models
-from resnet_jax.data import augment
 from resnet_jax.run import workdir as workdir_lib
 from resnet_jax.run.errors import WorkdirError
 from resnet_jax.training import checkpoints, derived, parallel, validation
@@ -59,11 +58,11 @@ class Trainer:
       validation.validate(member, devices)  # before anything is read, made or compiled
     self.devices = devices or parallel.select_devices(config.num_devices)
     self.derived = derived.derive(config, self.devices)
-    self.dataset = (data_lib.get_dataset(config, derived.image_size(config),
-                                         validation.metadata_check(config)) if data is None
+    self.dataset = (data_lib.get_dataset(config, self.derived.image_size, self.derived.eval_layout,
+                                         check=validation.metadata_check(config)) if data is None
                     else data)
-    self.image_shape = tuple(self.dataset.image_shape)
-    self.num_classes = self.dataset.num_classes
+    self.derived = self.derived.with_data(self.dataset)
+    self.image_shape, self.num_classes = self.derived.image_shape, self.derived.num_classes
     axis_name = parallel.AXIS if config.parallelism == "pmap" else None
     self.model = build_model(config, self.num_classes, axis_name)
     self.step = parallel.config_step(self.model, config, axis_name=axis_name)
@@ -155,13 +154,11 @@ class Trainer:
             "label": jax.ShapeDtypeStruct((n,), jnp.int32, sharding=replicated)}
 
   def abstract_eval_batch(self) -> dict:
-    """An evaluation batch's shapes: images (B[, views], H, W, C), labels and the mask."""
-    c, sharding, size = self.config, self.strategy.sharded, self.derived.eval_batch_size
-    views = (augment.TEN_CROP_VIEWS,) if c.eval_crops == "ten" else ()
-    image = jax.ShapeDtypeStruct((size, *views) + self.image_shape, jnp.float32, sharding=sharding)
-    if c.eval_crops == "multiscale":
-      image = tuple(jax.ShapeDtypeStruct((size, s, s, self.image_shape[-1]), jnp.float32,
-                                         sharding=sharding) for s in c.eval_scales)
+    """An evaluation batch's shapes: images as the run's `eval_layout` holds them, labels, the mask."""
+    sharding, size = self.strategy.sharded, self.derived.eval_batch_size
+    shapes = self.derived.eval_layout.image_shapes(size, self.image_shape)
+    struct = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)
+    image = tuple(map(struct, shapes)) if isinstance(shapes[0], tuple) else struct(shapes)
     return {"image": image,
             "label": jax.ShapeDtypeStruct((size,), jnp.int32, sharding=sharding),
             "mask": jax.ShapeDtypeStruct((size,), jnp.float32, sharding=sharding)}

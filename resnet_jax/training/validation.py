@@ -194,12 +194,11 @@ def _finetuning(config) -> None:
 
 def _devices(config, devices) -> None:
   devices = jax.devices() if devices is None else devices
-  processes = len({d.process_index for d in devices})
+  n, processes = derived.device_counts(config, devices)
   if config.num_devices > len(devices):
     _fail(f"num_devices={config.num_devices} but only {len(devices)} devices exist; use 0 for all.")
   if config.num_devices and processes > 1:
     _fail("num_devices must be 0 (all devices) in a multi-process run.")
-  n = config.num_devices or len(devices)
   # The training batch is split evenly (the paper's BN statistics depend on it); the evaluation
   # batch is padded up to a multiple instead (`derived.eval_batch_size`), so it needs no check.
   if config.batch_size % n or config.batch_size % processes:
@@ -208,7 +207,9 @@ def _devices(config, devices) -> None:
   # Under jit each BN layer sees the global batch; under pmap a device's share, and a group larger
   # than that spans devices (resnet_jax.models.layers.BatchNorm, whose rule this is).
   pmap = config.parallelism == "pmap"
-  problem = bn_group_problem(config.bn_group_size, config.batch_size // n if pmap else config.batch_size,
-                             n if pmap else None)
+  facts = derived.derive(config, devices)
+  problem = bn_group_problem(config.bn_group_size,
+                             facts.device_batch_size if pmap else facts.batch_size,
+                             facts.num_devices if pmap else None)
   if problem:
     _fail(problem)
