@@ -338,7 +338,7 @@ def test_ten_crop_testing_views_and_scores(imagenet_data_dir, cifar10_data_dir):
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   state = step_lib.TrainState(step=0, params=variables["params"],
                               batch_stats=variables["batch_stats"], opt_state=None, rng=None)
-  sums = step_lib.eval_step(state, first, model=model)
+  sums = step_lib.eval_step(state, first, model=model, layout=ds.eval_layout)
   logits = model.apply(variables, first["image"].reshape(30, 32, 32, 3), train=False)
   probs = np.asarray(jax.nn.softmax(logits)).reshape(3, 10, 1000).mean(1)
   np.testing.assert_allclose(float(sums["correct"]),

@@ -133,3 +133,6 @@ def test_a_runs_facts_are_derived_once_and_read_by_every_layer():
   trainer = Trainer(ten, data=derived.data_spec(ten))
   assert (trainer.derived.image_shape, trainer.num_classes) == ((48, 48, 3), 1000)
   assert trainer.abstract_eval_batch()["image"].shape == (6, 10, 48, 48, 3)
+  # The evaluation step was bound for that layout: it lowers for those shapes (a one-view step
+  # would hand the network 5-D images).
+  trainer.strategy.eval_step.lower(trainer.abstract_state(), trainer.abstract_eval_batch())

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax.data import on_device
+from resnet_jax.data import EvalLayout, on_device
 from resnet_jax.training import parallel
 from resnet_jax.training import step as step_lib
 from resnet_jax.training.grouping import HPARAMS
@@ -21,7 +21,8 @@ from resnet_jax.training.grouping import HPARAMS
 class GroupJit(parallel.MeshJit):
   """MeshJit over stacked members: one member's step, bound from its traced values, under vmap."""
 
-  def __init__(self, devices, model, config, compiler_options=None, platform=None):
+  def __init__(self, devices, model, config, compiler_options=None, platform=None, *,
+               eval_layout: EvalLayout = EvalLayout()):
     if len(devices) > 1:
       # XLA:CPU's experimental YNNPACK fusions (`cpu_fusion`) reject the layout of the vmapped,
       # batch-sharded activations ("unsupported layout in YNN fusion", jaxlib 0.10.2, 8 devices).
@@ -33,7 +34,8 @@ class GroupJit(parallel.MeshJit):
       return parallel.config_step(model, config, hparams)(state, batch)
 
     self._group_step = jax.vmap(member_step)
-    super().__init__(devices, self._group_step, model, compiler_options, platform)
+    super().__init__(devices, self._group_step, model, compiler_options, platform,
+                     eval_layout=eval_layout)
     self.member_sharded = NamedSharding(self.mesh, P(None, parallel.AXIS))
     # (states, batch, hparams) -> (states, metrics): what `train_step` calls with the bound values.
     self.jitted_train_step = self._jit(
@@ -41,7 +43,8 @@ class GroupJit(parallel.MeshJit):
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     self.train_step = lambda states, batch: self.jitted_train_step(states, batch, self.hparams)
     # The test batches are the same for every member: only the state is mapped.
-    self.eval_step = self._jit(jax.vmap(functools.partial(step_lib.eval_step, model=model),
+    self.eval_step = self._jit(jax.vmap(functools.partial(step_lib.eval_step, model=model,
+                                                          layout=eval_layout),
                                         in_axes=(0, None)),
                                in_shardings=(self.replicated, self.sharded),
                                out_shardings=self.replicated)

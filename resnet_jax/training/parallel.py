@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from resnet_jax.data import on_device
+from resnet_jax.data import EvalLayout, on_device
 from resnet_jax.training import optim
 from resnet_jax.training.step import eval_step, train_step
 
@@ -153,7 +153,8 @@ class MeshJit(OneMember):
   """
   axis_name = None
 
-  def __init__(self, devices, step: Callable, model, compiler_options=None, platform=None):
+  def __init__(self, devices, step: Callable, model, compiler_options=None, platform=None, *,
+               eval_layout: EvalLayout = EvalLayout()):
     self.devices = devices
     # The platform the program is for: the devices', or the one it is lowered for (targets/gpu.py).
     self.platform = platform or devices[0].platform
@@ -163,7 +164,7 @@ class MeshJit(OneMember):
     self.sharded = NamedSharding(self.mesh, P(AXIS))
     self.train_step = self._jit(step, in_shardings=(self.replicated, self.sharded),
                                 out_shardings=(self.replicated, self.replicated), donate_argnums=0)
-    self.eval_step = self._jit(functools.partial(eval_step, model=model),
+    self.eval_step = self._jit(functools.partial(eval_step, model=model, layout=eval_layout),
                                in_shardings=(self.replicated, self.sharded),
                                out_shardings=self.replicated)
     self._step, self._compiled, self.seed = step, {}, 0
@@ -240,7 +241,8 @@ class Pmap(OneMember):
   """`jax.pmap` over the local devices with axis name "data": gradients and metrics are averaged."""
   axis_name = AXIS
 
-  def __init__(self, devices, step: Callable, model, compiler_options=None, platform=None):
+  def __init__(self, devices, step: Callable, model, compiler_options=None, platform=None, *,
+               eval_layout: EvalLayout = EvalLayout()):
     del compiler_options  # jax.pmap takes none: `cpu_fusion` applies to the jit strategy only
     self.devices = [d for d in devices if d.process_index == jax.process_index()]
     self.platform = platform or devices[0].platform
@@ -250,7 +252,8 @@ class Pmap(OneMember):
     # Every process names all devices, so the axis (and its gradient mean) spans every process;
     # each process feeds its local ones (jax.pmap's `devices` contract in multi-process runs).
     self.train_step = jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=0)
-    self.eval_step = jax.pmap(functools.partial(eval_step, model=model, axis_name=AXIS),
+    self.eval_step = jax.pmap(functools.partial(eval_step, model=model, layout=eval_layout,
+                                                axis_name=AXIS),
                               axis_name=AXIS, devices=devices)
     self._step, self._all_devices, self._compiled = step, devices, {}
 
@@ -321,6 +324,8 @@ def scan(strategy, body, state, xs, k: int):
 
 
 def create(parallelism: str, devices, step: Callable, model, compiler_options=None,
-           platform=None) -> Strategy:
-  """The data-parallel strategy named by `config.parallelism` (validated: "jit" or "pmap")."""
-  return (MeshJit if parallelism == "jit" else Pmap)(devices, step, model, compiler_options, platform)
+           platform=None, *, eval_layout: EvalLayout = EvalLayout()) -> Strategy:
+  """The data-parallel strategy named by `config.parallelism` (validated: "jit" or "pmap"), its
+  evaluation step taking batches of `eval_layout` (the run's `Derived.eval_layout`)."""
+  return (MeshJit if parallelism == "jit" else Pmap)(devices, step, model, compiler_options, platform,
+                                                     eval_layout=eval_layout)

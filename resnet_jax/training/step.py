@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax.data import EvalLayout
 from resnet_jax.models import stages
 
 Metrics = dict[str, jax.Array]
@@ -137,19 +138,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-              axis_name: Optional[str] = None) -> Metrics:
+              layout: EvalLayout = EvalLayout(), axis_name: Optional[str] = None) -> Metrics:
   """Sums of loss, correct predictions and examples over the real (mask=1) examples of `batch`.
 
   Sums, not means, so that padded batches and any number of devices count each example exactly once.
-  Images of shape (B, V, H, W, C) are V views of each example (10-crop testing), and a tuple of
-  arrays (B, H_s, W_s, C) the views at several scales (multi-scale testing): either way the views'
+  `layout` (the run's `Derived.eval_layout`) says how the images hold each example: one view; ten
+  crops, (B, V, H, W, C); or a tuple of arrays (B, H_s, W_s, C), one per scale. Several views'
   softmax scores are averaged, and the loss is that of the averaged scores.
   """
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   images, labels = batch["image"], batch["label"]
   mask = batch["mask"].astype(jnp.float32)
-  if isinstance(images, (tuple, list)) or images.ndim == 5:
-    if isinstance(images, (tuple, list)):  # one forward per scale: the sizes differ
+  if layout.crops in ("ten", "multiscale"):
+    if layout.crops == "multiscale":  # one forward per scale: the sizes differ
       probs = jnp.mean(jnp.stack([jax.nn.softmax(model.apply(variables, x, train=False))
                                   for x in images]), axis=0)
     else:

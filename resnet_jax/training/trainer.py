@@ -71,10 +71,11 @@ class Trainer:
     self.platform = platform or self.devices[0].platform
     options = parallel.cpu_compiler_options(config.cpu_fusion, self.platform)
     if members is not None:
-      self.strategy = GroupJit(self.devices, self.model, config, options, self.platform)
+      self.strategy = GroupJit(self.devices, self.model, config, options, self.platform,
+                               eval_layout=self.derived.eval_layout)
     else:
       self.strategy = parallel.create(config.parallelism, self.devices, self.step, self.model,
-                                      options, self.platform)
+                                      options, self.platform, eval_layout=self.derived.eval_layout)
     self.strategy.bind_members(self.members)
     self._device_data = None  # the training set on the devices, with data_on_device
 
