@@ -3,9 +3,9 @@ we do not have.
 
 The trainer is built from the config as a run builds it (model, optimizer, strategy, shardings, K
 steps per dispatch, on-device data, remat, scan, dtype), from the data's shapes alone
-(`data.spec`) and the target's compile-only devices (`jax.experimental.topologies`: libtpu for a
-slice, the CUDA plugin with a GPU's description for a GPU machine), so nothing is read and no
-accelerator is needed. The train dispatch and the eval step are compiled; the report gives per chip
+(`training.derived.data_spec`) and the target's compile-only devices (`jax.experimental.topologies`:
+libtpu for a slice, the CUDA plugin with a GPU's description for a GPU machine), so nothing is read
+and no accelerator is needed. The train dispatch and the eval step are compiled; the report gives per chip
 (per GPU): the memory the step needs against the chip's, XLA's FLOPs against the model's counted
 FLOPs, the collectives, a roofline estimate of step time and images/s, and how many host cores
 decoding images would keep up.
@@ -23,11 +23,12 @@ from typing import Optional, Union
 import jax
 import ml_collections
 
-from resnet_jax import data, models
+from resnet_jax import data
 from resnet_jax.models import flops as flops_lib
 from resnet_jax.run import console
 from resnet_jax.run.errors import ConfigError, MissingExtraError
 from resnet_jax.targets import analysis, chips, gpu
+from resnet_jax.training import derived
 from resnet_jax.training.trainer import Trainer
 
 # XLA's FLOPs and the model's counted FLOPs (3 x the forward's multiply-adds x 2) agree within this
@@ -110,7 +111,7 @@ def build(config: ml_collections.ConfigDict, devices: list) -> Trainer:
     raise ConfigError(f"parallelism={config.parallelism!r}: `resnet-jax compile` compiles the jit "
                       "strategy over the target's mesh; jax.pmap programs cannot be compiled ahead of "
                       "time for devices this host does not have. Set --config.parallelism=jit.")
-  spec = data.spec(config, models.default_image_size(config.model))
+  spec = derived.data_spec(config)  # with the config's image_size, as a run's (was the model's)
   if spec is None:
     raise ConfigError(f"dataset={config.dataset!r}: compiling needs the images' shape without reading "
                       f"them, known for {', '.join(['digits', 'synthetic', *data.KNOWN_TFDS])}. Use "
@@ -166,8 +167,8 @@ def report(config: ml_collections.ConfigDict, target: Target, devices: list,
            trainer: Trainer, compiled: dict) -> dict:
   """Per chip: memory fit, FLOPs, collectives, roofline, host cores; everything a user needs to decide."""
   chip, per_device = target.chip, target.devices_per_chip  # figures per chip; JAX's devices per chip
-  n = len(devices) // per_device  # chips
-  per_chip = config.batch_size // n
+  header = _header(config, target, devices)
+  n, per_chip, hosts = header["chips"], header["batch_per_chip"], header["hosts"]
   train_mem, eval_mem = analysis.memory(compiled["train"]), analysis.memory(compiled["eval"])
   cost = analysis.costs(compiled["train"], compiled.get("train_lowered"), len(devices))
   comms = analysis.collectives(compiled["train"].as_text())
@@ -179,12 +180,11 @@ def report(config: ml_collections.ConfigDict, target: Target, devices: list,
                            peak_flops=chip.peak(config.dtype))
   needed = per_device * max(train_mem["needed"], eval_mem["needed"])
   usable = usable_memory(target)
-  hosts = len({d.process_index for d in devices})
   images_per_s = per_chip / roof.step_s
   param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(
       trainer.abstract_state().params))
   return {
-      **_header(config, target, devices),
+      **header,
       "hbm": {"needed": needed, "chip": chip.hbm_bytes, "usable": usable, "fits": needed <= usable,
               "margin": usable - needed, "train": train_mem, "eval": eval_mem},
       "flops": {"xla_per_step": xla_flops, "counted_per_step": counted,
@@ -210,7 +210,7 @@ def _header(config: ml_collections.ConfigDict, target: Target, devices: list) ->
            if is_gpu(target) else {"platform": "tpu", "libtpu_topology": target.topology})
   return {"topology": target.name, **where, "chip": target.chip.name,
           "chips": n, "devices_per_chip": target.devices_per_chip,
-          "hosts": len({d.process_index for d in devices}), "model": config.model,
+          "hosts": derived.device_counts(config, devices)[1], "model": config.model,
           "dtype": config.dtype, "batch_size": config.batch_size,
           "batch_per_chip": config.batch_size // n, "steps_per_dispatch": config.steps_per_dispatch}
 
@@ -256,7 +256,7 @@ def _host(config, target: Target, images_per_s_per_chip: float, chips_per_host: 
   if config.data_on_device or config.dataset in ("digits", "synthetic"):
     return {"input": "on the device / in memory: no decoding per step", "cores_needed": 0.0,
             "vcpus": vcpus}
-  kind = "png" if data.spec(config, models.default_image_size(config.model)).fixed_size else "jpeg"
+  kind = "png" if derived.data_spec(config).fixed_size else "jpeg"
   needed = images_per_s_per_chip * chips_per_host / IMAGES_PER_CORE[kind]
   return {"input": f"{kind} decoded on the host at {IMAGES_PER_CORE[kind]:.0f} images/s per core",
           "cores_needed": needed, "vcpus": vcpus}
