@@ -31,6 +31,15 @@ def _tiny(**overrides):
   return c
 
 
+def test_the_compiled_step_sees_the_images_a_run_would():
+  """A run of ImageNet at image_size=64 crops 64x64 images; the compile builds for the same shape
+  (it used the model's default side, 224, whatever image_size said)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  config = _tiny(dataset="imagenet2012", model="resnet18", image_size=64, batch_size=8, num_devices=1)
+  assert target.build(config, jax.devices()[:1]).image_shape == (64, 64, 3)
+
+
 def test_roofline_on_hand_made_numbers():
   chip = chips.Chip("x", peak_flops=100e12, hbm_bytes=16 * 2**30, hbm_bandwidth=1e12,
                     allreduce_bandwidth=100e9, vcpus_per_chip=10, source="hand-made")
