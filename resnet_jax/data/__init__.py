@@ -6,8 +6,10 @@ implementation each), `in_memory` (digits, synthetic), `tfds_builder` (a TFDS da
 downloaded or mirrored to local disk), `tfds_source` (any TFDS image-classification dataset, read
 with random access from array_record), `readahead` (Grain threads or worker processes building
 batches ahead), `on_device` (the training set on the devices, batches drawn inside the compiled
-step), and `prepare` (TFDS datasets built offline from the original files). `spec` says what a run needs to know of its
-data (shapes, classes, sizes) without reading any, for the datasets we know.
+step), and `prepare` (TFDS datasets built offline from the original files). `spec` says what a run
+needs to know of its data (shapes, classes, sizes) without reading any, for the datasets we know;
+`EvalLayout` how an evaluation batch holds the test view. The sources trust a validated config
+(`resnet_jax.training.validation` checks every key, once).
 
 What it may import: numpy, jax, Pillow, Grain, TFDS, `resnet_jax.checks` and `resnet_jax.run`;
 nothing from `models`, `training` or `experiments`. TensorFlow is needed only by `prepare`.
@@ -21,7 +23,8 @@ from resnet_jax.data.in_memory import (DIGITS_TRAIN, InMemoryDataset, hold_out, 
                                        make_synthetic, SYNTHETIC_TRAIN)
 from resnet_jax.data.sampling import batch_plan, eval_plan, example_indices, process_slice
 
-__all__ = ["get_dataset", "spec", "DataSpec", "EvalLayout", "InMemoryDataset", "load_digits", "make_synthetic",
+__all__ = ["get_dataset", "spec", "DataSpec", "EvalLayout", "InMemoryDataset", "load_digits",
+           "make_synthetic",
            "hold_out", "example_indices", "batch_plan", "eval_plan", "process_slice"]
 
 

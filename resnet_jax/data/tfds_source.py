@@ -31,7 +31,8 @@ class TfdsDataset:
   (`resnet_jax.training.validation`), and trusted here. `image_size` is the side variable-size
   images are cropped to (fixed-size images keep theirs). `check`, if given, is called with the
   dataset's `DataSpec` as read from its metadata, before any example is read: how a config is
-  checked against a dataset that `resnet_jax.data.KNOWN_TFDS` does not list (`validation.metadata_check`).
+  checked against a dataset that `resnet_jax.data.KNOWN_TFDS` does not list
+  (`training.validation.metadata_check`).
   """
 
   def __init__(self, name: str, data_dir: str = "", augment: str = "none",

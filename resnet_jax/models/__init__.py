@@ -12,8 +12,8 @@ What it may import: jax, flax, numpy and `resnet_jax.checks`; nothing from `conf
   model = models.get_model("resnet56")
 """
 
-from resnet_jax.models.blocks import (SHORTCUTS, BottleneckBlock, PlainBlock, PlainBottleneckBlock,
-                                      ResidualBlock)
+from resnet_jax.models.blocks import (SHORTCUTS, STRIDE_PLACEMENTS, BottleneckBlock, PlainBlock,
+                                      PlainBottleneckBlock, ResidualBlock)
 from resnet_jax.models.layers import BatchNorm
 from resnet_jax.models.preact import PreActBottleneckBlock, PreActResidualBlock
 from resnet_jax.models.registry import (CIFAR_DEPTHS, IMAGENET_DEPTHS, default_image_size, get_model,
@@ -24,4 +24,4 @@ from resnet_jax.models.vgg import VGG
 __all__ = ["get_model", "list_models", "default_image_size", "CIFAR_DEPTHS", "IMAGENET_DEPTHS",
            "ResNet", "VGG", "ResidualBlock", "BottleneckBlock", "PlainBlock",
            "PlainBottleneckBlock", "PreActResidualBlock", "PreActBottleneckBlock", "BatchNorm",
-           "SHORTCUTS"]
+           "SHORTCUTS", "STRIDE_PLACEMENTS"]

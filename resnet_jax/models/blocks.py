@@ -12,6 +12,7 @@ from resnet_jax.models.layers import pad_shortcut
 
 ModuleDef = Any
 SHORTCUTS = ("A", "B", "C", "none")
+STRIDE_PLACEMENTS = ("v1", "v1.5")  # where a bottleneck strides: its first 1x1 (v1) or its 3x3 (v1.5)
 
 
 def shortcut_path(x, filters: int, strides: int, kind: str, conv: ModuleDef, norm: ModuleDef = None,

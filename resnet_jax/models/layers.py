@@ -48,7 +48,8 @@ def conv(features, kernel_size, strides=1, *, dtype, name):
                  param_dtype=jnp.float32, kernel_init=he_normal, name=name)
 
 
-def bn_group_problem(group_size: int, batch: int, num_devices: Optional[int] = None) -> Optional[str]:
+def bn_group_problem(group_size: int, batch: int,
+                     num_devices: Optional[int] = None) -> Optional[str]:
   """Why BN groups of `group_size` examples cannot be cut from `num_devices` batches of `batch`
   examples (what one BN layer sees: a device's share under pmap; under jit the global batch, and
   `num_devices` None: no group spans devices), or None when they can (`group_size` 0: the whole
@@ -58,8 +59,8 @@ def bn_group_problem(group_size: int, batch: int, num_devices: Optional[int] = N
   `resnet_jax.training.validation` for a config, before a run builds anything.
   """
   if group_size and group_size < batch and batch % group_size:
-    return (f"bn_group_size={group_size} does not divide the batch of {batch} examples each BN layer "
-            "sees; choose a divisor (or 0 for whole-batch statistics).")
+    return (f"bn_group_size={group_size} does not divide the batch of {batch} examples each BN "
+            "layer sees; choose a divisor (or 0 for whole-batch statistics).")
   if num_devices is not None and group_size > batch:  # a group spans devices: whole devices, evenly
     k = group_size // batch
     if group_size % batch or num_devices % k:

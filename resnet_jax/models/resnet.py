@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 from resnet_jax.checks import check_choice
 from resnet_jax.models import layers, stages
-from resnet_jax.models.blocks import SHORTCUTS, BottleneckBlock, PlainBottleneckBlock
+from resnet_jax.models.blocks import (SHORTCUTS, STRIDE_PLACEMENTS, BottleneckBlock,
+                                      PlainBottleneckBlock)
 from resnet_jax.models.preact import PreActBottleneckBlock, PreActResidualBlock
 
 ModuleDef = Any
@@ -73,7 +74,7 @@ class ResNet(nn.Module):
       return_features the dict above.
     """
     check_choice("shortcut", self.shortcut, SHORTCUTS)
-    check_choice("stride_placement", self.stride_placement, ("v1", "v1.5"))
+    check_choice("stride_placement", self.stride_placement, STRIDE_PLACEMENTS)
     check_choice("stem", self.stem, ("cifar", "imagenet"))
     if self.num_classes < 0:
       raise ValueError(f"num_classes={self.num_classes} must be >= 0 (0 = no head: pooled features).")

@@ -5,9 +5,9 @@ The trainer is built from the config as a run builds it (model, optimizer, strat
 steps per dispatch, on-device data, remat, scan, dtype), from the data's shapes alone
 (`training.derived.data_spec`) and the target's compile-only devices (`jax.experimental.topologies`:
 libtpu for a slice, the CUDA plugin with a GPU's description for a GPU machine), so nothing is read
-and no accelerator is needed. The train dispatch and the eval step are compiled; the report gives per chip
-(per GPU): the memory the step needs against the chip's, XLA's FLOPs against the model's counted
-FLOPs, the collectives, a roofline estimate of step time and images/s, and how many host cores
+and no accelerator is needed. The train dispatch and the eval step are compiled; the report gives
+per chip (per GPU): the memory the step needs against the chip's, XLA's FLOPs against the model's
+counted FLOPs, the collectives, a roofline estimate of step time and images/s, and how many host cores
 decoding images would keep up.
 """
 
@@ -315,7 +315,8 @@ def not_fitting(config: ml_collections.ConfigDict, target: Target, devices: list
 
 def max_batch(config: ml_collections.ConfigDict, topology: str, say=print) -> tuple[int, dict]:
   """The largest per-chip batch whose step fits the chip's memory: doubling, then bisection over
-  compiles, in multiples of BATCH_GRANULE that keep the global batch a multiple of `bn_group_size`. Returns (batch per chip, its report)."""
+  compiles, in multiples of BATCH_GRANULE that keep the global batch a multiple of
+  `bn_group_size`. Returns (batch per chip, its report)."""
   target = find_target(topology)
   n = len(devices_of(target)) // target.devices_per_chip  # chips (a v3 chip is two devices)
   group = config.bn_group_size  # under jit BN groups split the global batch: n x per-chip batch

@@ -23,6 +23,8 @@ TRACEABLE = ("learning_rate", "weight_decay", "momentum")
 # lr_scaling="linear" (Goyal et al. 2017, sec. 2.1): learning_rate is the peak for a batch of 256
 # images (their 0.1 for 256), and grows in proportion to batch_size.
 LINEAR_SCALING_BATCH = 256
+# What weight decay applies to (`weight_decay_mask`): conv and dense kernels only, or every parameter.
+WEIGHT_DECAY_MASKS = ("kernels", "all")
 
 
 def _value(config: ml_collections.ConfigDict, hparams: dict | None, key: str):
@@ -145,7 +147,7 @@ def weight_decay_mask(params: Any, mode: str) -> Any:
       of Tricks, sec. 3.1); "all" decays every parameter, as a plain global
       L2 weight decay does (He et al. 2015, sec. 3.4).
   """
-  check_choice("weight_decay_mask", mode, ("kernels", "all"))
+  check_choice("weight_decay_mask", mode, WEIGHT_DECAY_MASKS)
   if mode == "all":
     return jax.tree_util.tree_map(lambda _: True, params)
   return jax.tree_util.tree_map_with_path(

@@ -6,7 +6,9 @@ batch against the devices and BN groups, the augmentation against the dataset, t
 the steps per dispatch, fine-tuning keys against `init_from`). It knows the models (their registry)
 and the datasets it can describe without opening them (`resnet_jax.data.spec`), which is why it
 lives here and not in `config/`. Each error is a `ConfigError` that names the key and the fix; the
-trainer, sweeps, conversions and benchmarks call it first, so an error never waits for the data.
+trainer, sweeps, conversions and benchmarks call it first, so an error never waits for the data. A
+TFDS dataset the table does not list meets the same data rules as it opens, on the spec its
+metadata gives (`metadata_check`); the data and model layers check none of these keys again.
 """
 
 import functools
@@ -19,7 +21,7 @@ from resnet_jax import models
 from resnet_jax.data import augment as aug
 from resnet_jax.models.layers import bn_group_problem
 from resnet_jax.run.errors import ConfigError
-from resnet_jax.training import derived
+from resnet_jax.training import derived, optim
 
 CHOICES = {
     "dtype": ("float32", "bfloat16", "float16"),
@@ -28,20 +30,20 @@ CHOICES = {
     "augment": aug.AUGMENTS,
     "normalization": aug.NORMALIZATIONS,
     "shortcut": ("", "A", "B", "C"),
-    "stride_placement": ("", "v1", "v1.5"),
+    "stride_placement": ("", *models.STRIDE_PLACEMENTS),  # "": the preset's own
     "lr_schedule": ("step", "cosine", "linear", "constant"),
     "warmup_mode": ("linear", "constant", "error"),
     "lr_scaling": ("none", "linear"),
     "momentum_style": ("optax", "caffe"),
-    "weight_decay_mask": ("kernels", "all"),
+    "weight_decay_mask": optim.WEIGHT_DECAY_MASKS,
     "parallelism": ("jit", "pmap"),
 }
 POSITIVE = ("batch_size", "eval_batch_size", "total_steps", "log_every_steps", "keep_checkpoints",
             "steps_per_dispatch", "normalization_examples", "synthetic_channels", "width_multiplier")
 NON_NEGATIVE = ("eval_every_steps", "checkpoint_every_steps", "bn_group_size", "num_devices",
                 "num_classes", "image_size", "label_smoothing", "vectorize_max_members",
-                "validation_split", "data_threads", "data_workers", "prefetch_batches", "warmup_steps",
-                "grad_clip_norm", "weight_decay", "momentum", "learning_rate",
+                "validation_split", "data_threads", "data_workers", "prefetch_batches",
+                "warmup_steps", "grad_clip_norm", "weight_decay", "momentum", "learning_rate",
                 "warmup_learning_rate", "color_augment_std")
 # XLA:CPU library fusions (DebugOptions.LibraryFusionType) that `cpu_fusion` may name.
 CPU_FUSIONS = ("dot", "eltwise", "reduce")
