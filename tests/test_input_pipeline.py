@@ -21,6 +21,8 @@ from resnet_jax.data import tfds_builder, tfds_source
 from resnet_jax.data.readahead import ReadAhead
 from resnet_jax.run.errors import ConfigError, DataError
 from resnet_jax.training import validation
+from resnet_jax.training.trainer import Trainer
+from tests.helpers import small_config
 
 # Fast statistics for tests that do not check them (all 50k are the default).
 FEW = 2000
@@ -159,7 +161,7 @@ def test_eval_counts_every_example_once_on_any_process_count(cifar, monkeypatch)
     np.testing.assert_array_equal(np.bincount(np.concatenate(labels), minlength=10), expected)
 
 
-def test_train_arrays_are_the_unaugmented_training_split(imagenet_data_dir, cifar10_data_dir):
+def test_train_arrays_are_the_unaugmented_training_split(cifar10_data_dir):
   ds = tfds_source.TfdsDataset("cifar10", cifar10_data_dir, validation_split=49000,
                              normalization_examples=FEW)
   images, labels = ds.train_arrays()
@@ -305,7 +307,7 @@ def test_training_reads_prepared_data_without_tensorflow(cifar10_data_dir):
   subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
-def test_ten_crop_testing_views_and_scores(imagenet_data_dir, cifar10_data_dir):
+def test_ten_crop_testing_views_and_scores(imagenet_data_dir):
   """The paper's 10-crop test: 4 corners + centre of 0.875 x the shorter side, and their mirrors;
   the evaluation averages the 10 softmax scores of each image."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -345,6 +347,14 @@ def test_ten_crop_testing_views_and_scores(imagenet_data_dir, cifar10_data_dir):
                              np.sum(probs.argmax(-1) == first["label"]), atol=1e-6)
   np.testing.assert_allclose(float(sums["loss"]), -np.sum(np.log(
       probs[np.arange(3), first["label"]])), rtol=1e-5)
+  # A run's trainer evaluates the same views: its data and its step both read the run's layout.
+  trainer = Trainer(small_config(dataset="imagenet2012", data_dir=data_dir, model="resnet18",
+                                 image_size=32, eval_crops="ten", eval_batch_size=3))
+  state = trainer.init_state()
+  (run,) = trainer.evaluate(trainer.strategy.put_state(state))
+  by_hand = [step_lib.eval_step(state, b, model=trainer.model, layout=ds.eval_layout)
+             for b in ds.eval_batches(3)]
+  np.testing.assert_allclose(run["eval/loss"], sum(float(t["loss"]) for t in by_hand) / 5, rtol=1e-5)
   _refused("cifar10 images are 32x32 and are tested whole", dataset="cifar10", eval_crops="ten")
 
 
