@@ -20,7 +20,7 @@ from typing import Optional
 
 from resnet_jax.data.augment import TEN_CROP_VIEWS
 from resnet_jax.data.in_memory import (DIGITS_TRAIN, InMemoryDataset, hold_out, load_digits,
-                                       make_synthetic, SYNTHETIC_TRAIN)
+                                       make_synthetic, SYNTHETIC_CLASSES, SYNTHETIC_TRAIN)
 from resnet_jax.data.sampling import batch_plan, eval_plan, example_indices, process_slice
 
 __all__ = ["get_dataset", "spec", "DataSpec", "EvalLayout", "InMemoryDataset", "load_digits",
@@ -76,7 +76,7 @@ def spec(config, image_size: int) -> Optional[DataSpec]:
   if config.dataset == "digits":
     return DataSpec((8, 8, 1), 10, DIGITS_TRAIN, True, True)
   if config.dataset == "synthetic":
-    return DataSpec((image_size, image_size, config.synthetic_channels), config.num_classes or 10,
+    return DataSpec((image_size, image_size, config.synthetic_channels), config.num_classes or SYNTHETIC_CLASSES,
                     SYNTHETIC_TRAIN, True, True)
   from resnet_jax.data.tfds_builder import base_name  # pylint: disable=g-import-not-at-top
 

@@ -10,6 +10,7 @@ from resnet_jax.data.augment import Normalizer, pad_crop_flip
 
 DIGITS_TRAIN = 1497  # of scikit-learn's 1,797 digits: the first 1,497 train, the last 300 test
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 1024, 256
+SYNTHETIC_CLASSES = 10  # synthetic data's classes when num_classes is 0 ("the dataset's own")
 
 
 @dataclasses.dataclass(frozen=True)
