@@ -291,7 +291,9 @@ def test_a_training_run_fits_the_terminal(width, tmp_path, monkeypatch):
   rows = [r for r in rows if r]
   assert wraps == 0 and all(len(r) < width for r in rows), rows
   assert sum(r.startswith("step ") for r in rows) == 1, rows  # one bar left, the last
-  assert rows[-1].startswith("resnet-jax: finished 6 steps"), rows
+  done = [i for i, r in enumerate(rows) if r.startswith("resnet-jax: finished 6 steps")]
+  spent = [i for i, r in enumerate(rows) if r.startswith("resnet-jax: goodput ")]
+  assert len(done) == len(spent) == 1 and done[0] < spent[0], rows  # where the wall time went, last
   compiling = [r for r in rows if "compiling the train step" in r]
   assert len(compiling) == 1, rows
 
@@ -398,3 +400,12 @@ def test_help_wraps_to_the_terminal(width):
   assert "exit codes:" in text and len(lines) > 10, text
   assert max(map(len, lines)) <= min(width, 100), text  # past 100 columns it reads as at 100
   assert max(map(len, lines)) > min(width, 100) - 15, text  # and it uses the width it has
+
+
+def test_the_line_says_tflops_share_of_peak_and_input_wait():
+  bar = console.ProgressBar(total=10, start=0, stream=io.StringIO())
+  bar.update(5, {"train/loss": 0.5, "train/accuracy": 0.5, "perf/tflops_per_device": 0.0912,
+                 "perf/peak_share": 0.48, "perf/input_wait_share": 0.031})
+  assert bar.line(time.perf_counter()).endswith("0.0912 TFLOP/s (48% of peak) input 3%")
+  bar.update(6, {"train/loss": 0.5, "perf/tflops_per_device": 1.5, "perf/input_wait_share": 0.0})
+  assert bar.line(time.perf_counter()).endswith("1.5 TFLOP/s input 0%")  # a device with no peak

@@ -114,7 +114,10 @@ ALLOWED = {
     # (a trainer built from shapes: data.DataSpec).
     "pretrained": {"models", "data", "config", "training", "run"},
 }
-DEPENDENCY_FREE = {"resnet_jax.checks"}
+# Modules any layer may import: they import nothing of the package but each other. `targets.chips`
+# and `targets.gpu` are the devices' published figures (read without JAX by the command line), which
+# a run's utilisation (`training.goodput`) rates its steps against.
+DEPENDENCY_FREE = {"resnet_jax.checks", "resnet_jax.targets.chips", "resnet_jax.targets.gpu"}
 # What the command, experiments and conversions may use of training/: training itself (run, group,
 # restore, validate, checkpoints), never the infrastructure a run stands on (that is run/).
 # `lifecycle`: a run's workdir (RunFiles, which `convert` writes through; the resume check a sweep

@@ -94,6 +94,11 @@ def test_metrics_every_step_and_exact_resume(tmp_path):
   for row in rows:
     assert set(STEP_KEYS) <= set(row), set(STEP_KEYS) - set(row)
   assert "eval/accuracy" in rows[-1] and "perf/images_per_sec" in rows[-1]
+  for row in rows[1::2]:  # every log row says how close its steps came to the hardware
+    assert 0 < row["perf/peak_share"] < 2 and 0 <= row["perf/input_wait_share"] <= 1, row
+    assert row["perf/tflops_per_device"] > 0 and row["perf/step_s"] > 0
+  spent = json.load(open(whole / "goodput.json"))
+  assert 0 < spent["goodput"] < 1 and spent["compile_s"] > 0 and spent["training_s"] > 0
   assert rows[3]["train/learning_rate"] == pytest.approx(0.1) and rows[4]["train/learning_rate"] == (
       pytest.approx(0.01))
   assert json.load(open(whole / "config.json"))["model"] == "resnet8"
@@ -103,7 +108,7 @@ def test_metrics_every_step_and_exact_resume(tmp_path):
   for e in event_file_loader.EventFileLoader(str(whole / "tensorboard" / events)).Load():
     for value in e.summary.value:
       scalars.setdefault(value.tag, {})[e.step] = value.tensor.float_val[0]
-  for tag in ("train/loss", "eval/accuracy", "grad_norm/stem", "perf/elapsed_s"):
+  for tag in ("train/loss", "eval/accuracy", "grad_norm/stem", "perf/elapsed_s", "perf/peak_share"):
     assert tag in scalars, sorted(scalars)
   assert scalars["train/loss"] == pytest.approx({r["step"]: r["train/loss"] for r in rows})
 

@@ -300,6 +300,11 @@ class ProgressBar:
                      f" acc {self.metrics.get('train/accuracy', math.nan):.3f}")
     if "eval/accuracy" in self.metrics:
       metrics.append(f" eval_acc {self.metrics['eval/accuracy']:.3f}")
+    if "perf/tflops_per_device" in self.metrics:  # how close the step is to the hardware
+      share = self.metrics.get("perf/peak_share", math.nan)
+      metrics.append(f" {self.metrics['perf/tflops_per_device']:.3g} TFLOP/s"
+                     + (f" ({100 * share:.0f}% of peak)" if math.isfinite(share) else "")
+                     + f" input {100 * self.metrics.get('perf/input_wait_share', 0.0):.0f}%")
     named = self._phase or stall
     what, seconds = (named[0], f" ({now - named[1]:.0f} s)") if named else ("", "")
     tail = f" | {what}{seconds}" if named else ""

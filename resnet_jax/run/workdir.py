@@ -41,6 +41,8 @@ CHECKPOINTS_DIR = "checkpoints"           # Orbax's: one folder per step
 CHECKPOINT_SIZES_FILE = "checkpoint_files.json"  # each committed step's file sizes: damage's proof
 DAMAGED_DIR = "damaged_checkpoints"       # checkpoints proven damaged, moved here, never deleted
 STATUS_FILE = "status.json"               # a sweep member's: done (wall time) or failed (error)
+GOODPUT_FILE = "goodput.json"             # the last segment's wall time by phase and goodput
+PROFILE_DIR = "profile"                   # JAX profiler traces of `profile_steps` (TensorBoard, Perfetto)
 # A sweep's (or `report`'s) folder: the tables of every run under it.
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 # Folders of a run that hold no runs (`report` does not descend into them).

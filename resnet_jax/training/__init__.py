@@ -8,8 +8,10 @@ over the members of a vectorised group; its rules in `grouping`, their memory in
 `trainer` (everything a run builds from its config; `restore` a run from its workdir), `init_from`
 (a fine-tuning run seeded from another's checkpoint), `cadence` (which steps log, evaluate,
 checkpoint), `lifecycle` (a run's workdir while it trains, and how it stops), `loop` (the one
-training loop, for a solo run and a vectorised group alike) and `checkpoints` (Orbax).
+training loop, for a solo run and a vectorised group alike; `rows`: the metrics rows of its fetched
+steps), `goodput` (achieved FLOP/s, share of peak, input wait, goodput) and `checkpoints` (Orbax).
 
-What it may import: `models`, `data`, `config`, `run` and `checks`; never `experiments` or `cli`.
+What it may import: `models`, `data`, `config`, `run` and `checks`, and the devices' published
+figures (`targets.chips`, `targets.gpu`: they import nothing); never `experiments` or `cli`.
 `step` imports nothing from the loop.
 """

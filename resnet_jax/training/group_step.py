@@ -41,7 +41,7 @@ class GroupJit(parallel.MeshJit):
     self.jitted_train_step = self._jit(
         self._group_step, in_shardings=(self.replicated, self.member_sharded, self.replicated),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
-    self.train_step = lambda states, batch: self.jitted_train_step(states, batch, self.hparams)
+    self.train_step = Bound(self.jitted_train_step, lambda: (self.hparams,))
     # The test batches are the same for every member: only the state is mapped.
     self.eval_step = self._jit(jax.vmap(functools.partial(step_lib.eval_step, model=model,
                                                           layout=eval_layout),
@@ -65,7 +65,7 @@ class GroupJit(parallel.MeshJit):
                              self.replicated),
           out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     compiled = self._compiled["group", k]
-    return lambda states, batches: compiled(states, batches, self.hparams)
+    return Bound(compiled, lambda: (self.hparams,))
 
   def device_steps(self, k: int, batch_size: int, augment: str):
     """K steps whose batches each member draws on device with its own seed."""
@@ -82,7 +82,7 @@ class GroupJit(parallel.MeshJit):
                                       out_shardings=(self.replicated, self.replicated),
                                       donate_argnums=0)
     compiled = self._compiled[key]
-    return lambda states, data: compiled(states, data, self.hparams, self.seeds)
+    return Bound(compiled, lambda: (self.hparams, self.seeds))
 
   def stack(self, states: list):
     """Members' states (global or host arrays) -> one host tree with a leading member axis."""
@@ -109,3 +109,17 @@ class GroupJit(parallel.MeshJit):
     return {k: jax.make_array_from_process_local_data(
         sharding, np.stack([np.stack([b[k] for b in batches]) for batches in steps]))
             for k in steps[0][0]}
+
+
+class Bound:
+  """A jitted function with its last arguments (the members' values, read at each call) bound; it
+  lowers as well as it calls, so the loop can read the compiled step's FLOPs (`goodput`)."""
+
+  def __init__(self, jitted, extra):
+    self.jitted, self.extra = jitted, extra
+
+  def __call__(self, *args):
+    return self.jitted(*args, *self.extra())
+
+  def lower(self, *args):
+    return self.jitted.lower(*args, *self.extra())

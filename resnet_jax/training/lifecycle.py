@@ -92,6 +92,12 @@ class RunFiles:
   def wait(self) -> None:
     self.ckpt.wait()  # an asynchronous save's error (e.g. a full disk) surfaces here
 
+  def write_goodput(self, summary: dict) -> None:
+    """Writes this process's wall time by phase and goodput (`training.goodput`) beside the log."""
+    if self.lead:
+      storage.write_atomic(epath.Path(self.workdir) / workdir_lib.GOODPUT_FILE,
+                           json.dumps(summary, indent=2))
+
   def __exit__(self, exc_type, exc, tb):
     aborted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
     try:

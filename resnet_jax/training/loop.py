@@ -16,7 +16,6 @@ stopping has its exit code (`resnet_jax.run.errors`).
 import collections
 import contextlib
 import dataclasses
-import math
 import os
 import time
 from typing import Any, Callable, Optional
@@ -24,13 +23,13 @@ from typing import Any, Callable, Optional
 import jax
 from etils import epath
 import ml_collections
-import numpy as np
 
 from resnet_jax.run import console, metrics_log
-from resnet_jax.run.errors import NonFiniteError, StoppedEarly
-from resnet_jax.training import grouping, memory, validation
+from resnet_jax.run.errors import StoppedEarly
+from resnet_jax.training import goodput, grouping, memory, validation
 from resnet_jax.training.cadence import Cadence
 from resnet_jax.training.lifecycle import RunFiles, StopFlag, host_int, preflight
+from resnet_jax.training.rows import fetched_rows
 from resnet_jax.training.trainer import Trainer, restore
 
 
@@ -57,14 +56,14 @@ class Member:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains one run (resuming from `workdir` if it holds a checkpoint); returns the last metrics row."""
-  say = console.Console(enabled=jax.process_index() == 0).say
+  say, ledger = console.Console(enabled=jax.process_index() == 0).say, goodput.Ledger()
   validation.validate(config)  # every check that needs no I/O, then the workdir's, then the data
   member = Member(config, str(workdir))
   with RunFiles(config, member.workdir) as member.files:  # writable, locked, may resume: or nothing
     with console.phase(say, f"{workdir}: {config.model} on {config.dataset}, {config.total_steps} "
                        "steps; loading the data"):
       trainer = Trainer(config)
-    train(trainer, [member], say)
+    train(trainer, [member], say, ledger)
   if member.error is not None:
     raise member.error
   return member.last
@@ -80,6 +79,7 @@ def train_group(configs: list, workdirs: list, say: Optional[Callable] = None,
   config, a workdir in use, a stop by SIGTERM, a full disk) raise, as `train_and_evaluate`'s do,
   and every member's config and workdir is checked before the data loads.
   """
+  ledger = goodput.Ledger()
   if len(configs) != len(workdirs):
     raise ValueError(f"{len(configs)} configs but {len(workdirs)} workdirs.")
   for config, workdir in zip(configs, workdirs):
@@ -104,7 +104,7 @@ def train_group(configs: list, workdirs: list, say: Optional[Callable] = None,
     with contextlib.ExitStack() as stack:
       for m in members:
         m.files = stack.enter_context(RunFiles(m.config, m.workdir))
-      train(trainer, members, say)
+      train(trainer, members, say, ledger)
     for i, member in enumerate(members, start):
       if on_done is not None:
         on_done(i, member.error)
@@ -116,9 +116,10 @@ def _name(workdir) -> str:
   return os.path.basename(os.path.normpath(str(workdir)))
 
 
-def train(trainer: Trainer, members: list[Member], say: Callable) -> list[Member]:
+def train(trainer: Trainer, members: list[Member], say: Callable,
+          ledger: goodput.Ledger) -> list[Member]:
   """One loop around the members, whose RunFiles are open: restore or start each, train, wait for
-  the last saves."""
+  the last saves; then say the goodput (`ledger`: the run's, begun before its data loaded)."""
   template = trainer.abstract_state()  # restoring compiles nothing
   with console.phase(say, "restoring the last checkpoint or initialising the model", announce=False):
     for m in members:
@@ -135,14 +136,19 @@ def train(trainer: Trainer, members: list[Member], say: Callable) -> list[Member
     for m in members:
       say(f"{m.prefix or m.workdir + ': '}already finished ({m.step}/{total} steps); nothing to do.")
     return members
-  _run(trainer, members, say)
+  _run(trainer, members, say, ledger)
   with console.phase(say, "saving: waiting for the last checkpoint to be written", announce=False):
-    for m in members:
-      m.files.wait()
+    with ledger.timing("checkpoint"):
+      for m in members:
+        m.files.wait()
+  summary = ledger.summary()
+  say(goodput.describe(summary))
+  for m in members:
+    m.files.write_goodput(summary)
   return members
 
 
-def _run(trainer: Trainer, members: list[Member], say: Callable) -> None:
+def _run(trainer: Trainer, members: list[Member], say: Callable, ledger: goodput.Ledger) -> None:
   """Trains the members to total_steps in lockstep; those behind catch up first, as a smaller group."""
   total = members[0].config.total_steps
   with StopFlag(say) as stop:
@@ -156,7 +162,7 @@ def _run(trainer: Trainer, members: list[Member], say: Callable) -> None:
       if ahead:
         say(f"{', '.join(m.prefix.strip(' []') for m in segment)} at step {low}, others at "
             f"{ahead[0]}: catching up first (a crash came between the members' checkpoints)")
-      _segment(trainer, segment, low, ahead[0] if ahead else total, stop, say)
+      _segment(trainer, segment, low, ahead[0] if ahead else total, stop, say, ledger)
   for m in members:
     if m.error is None:
       say(f"{m.prefix}finished {total} steps; metrics in "
@@ -164,7 +170,7 @@ def _run(trainer: Trainer, members: list[Member], say: Callable) -> None:
 
 
 def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, stop: StopFlag,
-             say: Callable) -> None:
+             say: Callable, ledger: goodput.Ledger) -> None:
   """Steps `start` -> `until` of the `segment` members: dispatch, then log, evaluate, checkpoint and
   stop as the cadence says."""
   c, strategy, grouped = segment[0].config, trainer.strategy, bool(segment[0].prefix)
@@ -178,10 +184,8 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
   pending, t_log, n_log = [], time.perf_counter(), start
   n, n_pending = start, 0
   with console.phase(say, f"compiling {what} from step {start + 1}"):
-    # The first dispatch compiles; its end is the end of compilation, so the bar shows from step 1.
     k = cadence.dispatch_size(n, until)
-    state, metrics = trainer.dispatch(state, n, k)
-    jax.block_until_ready(metrics)
+    state, metrics = _compile(trainer, state, n, k, ledger)
   first = (k, metrics)
   progress = console.ProgressBar(c.total_steps, start) if lead else None
   with progress or contextlib.nullcontext():
@@ -191,7 +195,9 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
         (k, metrics), first = first, None
       else:
         k = cadence.dispatch_size(n, until)
-        state, metrics = trainer.dispatch(state, n, k)
+        with ledger.timing("input"):  # drawing, augmenting and placing the batches
+          fn, args = trainer.dispatch_call(n, k)
+        state, metrics = fn(state, *args)
       pending.append(metrics)
       n, n_pending = n + k, n_pending + k
       _track(n, metrics, inflight, progress)
@@ -200,14 +206,16 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
         continue
       fetched = strategy.fetch(pending)  # one transfer: per metric a scalar, [M], [K] or [K, M]
       now = time.perf_counter()
+      perf = ledger.rate(now - t_log, n - n_log)
       rows = _record(trainer, segment, state, fetched, (n - n_pending + 1, n), act.evaluate,
                      seconds=now - t_log, images=(n - n_log) * c.batch_size, progress=progress,
-                     say=say)
+                     say=say, perf=perf, ledger=ledger)
       pending, n_pending, t_log, n_log = [], 0, now, n
       inflight.clear()  # everything up to n is done: its metrics were fetched
       if act.checkpoint:
-        for i in rows:
-          segment[i].files.save(n, strategy.member_state(state, i))
+        with ledger.timing("checkpoint"):
+          for i in rows:
+            segment[i].files.save(n, strategy.member_state(state, i))
       if act.stop:
         for i in rows:
           segment[i].files.wait()
@@ -217,6 +225,19 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
   for i, m in enumerate(segment):
     if m.error is None:
       m.state, m.step = strategy.member_state(state, i), until
+
+
+def _compile(trainer: Trainer, state, n: int, k: int, ledger: goodput.Ledger):
+  """The first dispatch, which compiles: its end is the end of compilation, so the bar shows from
+  step 1. Then the step's FLOPs (from jit's cache) and the device's peak (a CPU's: timed once)."""
+  with ledger.timing("compile"):
+    fn, args = trainer.dispatch_call(n, k)
+    state, metrics = fn(state, *args)
+    jax.block_until_ready(metrics)
+    ledger.flops_per_step = goodput.step_flops(fn, state, args, k)
+    ledger.peak = goodput.peak_flops(trainer.strategy.devices[0], trainer.config.dtype)[0]
+  ledger.uncounted_steps = k
+  return state, metrics
 
 
 def _track(n: int, metrics: dict, inflight: collections.deque, progress) -> None:
@@ -232,18 +253,19 @@ def _track(n: int, metrics: dict, inflight: collections.deque, progress) -> None
 
 
 def _record(trainer: Trainer, segment: list[Member], state, fetched: list, steps: tuple[int, int],
-            evaluate: bool, *, seconds: float, images: int, progress, say: Callable
-            ) -> dict[int, list[dict]]:
+            evaluate: bool, *, seconds: float, images: int, progress, say: Callable,
+            perf: dict, ledger: goodput.Ledger) -> dict[int, list[dict]]:
   """The live members' rows of the fetched steps (first, last), with their evaluation, throughput
   and wall time on the last, written to their logs; returns them by member index."""
   first, n = steps
-  rows = _member_rows(trainer.strategy, segment, fetched, first, say)  # checked before any save
+  rows = fetched_rows(trainer.strategy, segment, fetched, first, say)  # checked before any save
   if evaluate and rows:
     if progress is not None:
       progress.update(n)  # the fetch waited for every step up to n
     members = f"{len(segment)} members " if segment[0].prefix else ""
     with progress.phase(f"evaluating {members}at step {n}") if progress else contextlib.nullcontext():
-      evals = trainer.evaluate(state)
+      with ledger.timing("evaluate"):
+        evals = trainer.evaluate(state)
     for i, member_rows in rows.items():
       member_rows[-1].update(evals[i])
   for i, member_rows in rows.items():
@@ -251,46 +273,12 @@ def _record(trainer: Trainer, segment: list[Member], state, fetched: list, steps
     m.elapsed += seconds
     member_rows[-1]["perf/images_per_sec"] = images / seconds  # each member's own throughput
     member_rows[-1]["perf/elapsed_s"] = m.elapsed
+    member_rows[-1].update(perf)  # step time, TFLOP/s, share of peak, share waiting for input
     if m.files.log is not None:
       m.files.log.write(member_rows)
     m.last = member_rows[-1]
   if progress is not None:
     progress.update(n, next((r[-1] for r in rows.values()), None), force=True)
-  return rows
-
-
-def _member_rows(strategy, segment: list[Member], fetched: list, first: int,
-                 say: Callable) -> dict[int, list[dict]]:
-  """Each live member's rows of the fetched steps; a member with a non-finite value fails alone."""
-  rows = {}
-  for i, m in enumerate(segment):
-    if m.error is not None:
-      continue
-    try:
-      rows[i] = metric_rows([strategy.member_values(f, i) for f in fetched], first)
-    except NonFiniteError as e:
-      m.error = e
-      if m.prefix:
-        say(f"{m.prefix}FAILED: {e} The other members go on.")
-  return rows
-
-
-def metric_rows(fetched: list[dict], first_step: int) -> list[dict]:
-  """One row per step from host metrics of consecutive dispatches; raises on a non-finite value."""
-  rows = []
-  per_step = []
-  for metrics in fetched:  # scalars, or stacked [K] from K steps in one dispatch
-    k = np.size(next(iter(metrics.values())))
-    per_step += [{key: np.ravel(v)[i] for key, v in metrics.items()} for i in range(k)]
-  for i, metrics in enumerate(per_step):
-    row = {"step": first_step + i, **{k: float(v) for k, v in metrics.items()}}
-    bad = [k for k in ("train/loss", "train/grad_norm") if not math.isfinite(row[k])]
-    if bad:
-      raise NonFiniteError(
-          f"non-finite {', '.join(bad)} at step {row['step']} ({', '.join(str(row[k]) for k in bad)}). "
-          "The checkpoints saved before it are kept; lower learning_rate, add warm-up or "
-          "grad_clip_norm, and re-run to resume from the last good checkpoint.")
-    rows.append(row)
   return rows
 
 
