@@ -33,6 +33,9 @@ class DataSpec:
   train_size: int          # the stored training split, before any validation hold-out
   fixed_size: bool         # every image the same size (CIFAR), or any size (ImageNet): crops
   in_memory: bool          # decoded into host memory at start (digits, synthetic)
+  # A dataset's `device_normalizer` (on_device.DeviceNormalizer) normalises on the devices the uint8
+  # batches its host side leaves; None (a spec, the in-memory datasets): batches come normalised.
+  device_normalizer = None
 
 
 # TFDS datasets whose layout is known without opening them: (side or None if sizes vary, channels,
@@ -64,9 +67,10 @@ def spec(config, image_size: int) -> Optional[DataSpec]:
   return DataSpec((size, size, channels), classes, train, side is not None, False)
 
 
-def get_dataset(config, image_size: int):
+def get_dataset(config, image_size: int, normalize_on_device: bool = False):
   """The dataset named by `config.dataset`: digits, synthetic, or a TFDS dataset name (`image_size`
-  as for `spec`)."""
+  as for `spec`). `normalize_on_device`: variable-size images may come uint8, with the dataset's
+  `device_normalizer` to apply on the devices (a trainer does; library users get float32)."""
   if config.dataset == "digits":
     return load_digits(config.normalization, config.validation_split, config.augment)
   if config.dataset == "synthetic":
@@ -76,4 +80,4 @@ def get_dataset(config, image_size: int):
     return dataclasses.replace(ds, augment=config.augment)
   from resnet_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  # TFDS is heavy
 
-  return tfds_source.TfdsDataset.from_config(config, image_size)
+  return tfds_source.TfdsDataset.from_config(config, image_size, normalize_on_device)

@@ -27,6 +27,7 @@ class InMemoryDataset:
   test_images: np.ndarray
   test_labels: np.ndarray
   augment: str = "none"
+  device_normalizer = None  # held normalised already (not a field: `replace` and tests ignore it)
 
   def __post_init__(self):
     if self.augment not in IN_MEMORY_AUGMENTS:
