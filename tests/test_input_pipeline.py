@@ -492,3 +492,25 @@ def test_device_normalisation_equals_the_hosts(imagenet_data_dir, cifar10_data_d
   cifar = tfds_source.TfdsDataset("cifar10", cifar10_data_dir, augment="cifar",
                                   normalization_examples=FEW, normalize_on_device=True)
   assert cifar.device_normalizer is None and cifar.train_batch(0, 0, 4)["image"].dtype == np.float32
+
+
+def test_trainer_normalises_imagenet_batches_on_the_device(imagenet_data_dir):
+  """A Trainer opens variable-size data with device normalisation; its steps (one or two per
+  dispatch) and evaluation see what the host-normalised dataset gives, to float32 rounding."""
+  from resnet_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+
+  _, data_dir = imagenet_data_dir
+  config = config_lib.default_config()
+  config.update(dataset="imagenet2012", data_dir=data_dir, model="resnet8", image_size=32,
+                augment="inception", color_augment="pca", batch_size=4, eval_batch_size=4,
+                num_devices=1, normalization="per_channel", normalization_examples=12)
+  for k in (1, 2):
+    config.steps_per_dispatch = k
+    device = trainer_lib.Trainer(config)
+    host = trainer_lib.Trainer(config, data=tfds_source.TfdsDataset.from_config(config, 32))
+    assert device.dataset.device_normalizer is not None and host.dataset.device_normalizer is None
+    (_, got), (_, want) = (t.dispatch(t.init_state(0), 0, k) for t in (device, host))  # donated
+    np.testing.assert_allclose(np.asarray(got["train/loss"]), np.asarray(want["train/loss"]),
+                               rtol=1e-5)
+  assert device.evaluate(device.init_state(0))[0]["eval/loss"] == pytest.approx(
+      host.evaluate(host.init_state(0))[0]["eval/loss"], rel=1e-5)
