@@ -5,20 +5,25 @@ photographs, windows of 300-500 px, quality 90) go through six pipelines, each i
 subprocess pinned to one CPU core, so that "per core" means one core whatever a library's thread
 pools would do:
 
-  ours-train    resnet_jax.data.augment: inception crop (torchvision's rule), resize 224 (PIL,
-                antialiased bilinear), flip, normalise (float32)
+  ours-train    what a training run's host does (resnet_jax.data.augment): JPEG decoded by
+                libjpeg-turbo into NumPy (simplejpeg), inception crop (torchvision's rule), resize
+                224 (PIL, antialiased bilinear), flip; uint8 out (the trainer normalises on the
+                device)
   tf-train      the Flax ImageNet example's preprocess_for_train: sample_distorted_bounding_box,
                 decode_and_crop_jpeg, resize 224 (bicubic), random flip, normalise; batched by tf.data
   torch-train   torchvision: PIL decode, RandomResizedCrop(224), RandomHorizontalFlip, ToTensor,
                 Normalize; batched by torch.stack
-  ours-eval     resize so that the centre 224 is 0.875 of the shorter side, centre crop 224
+  ours-eval     resize so that the centre 224 is 0.875 of the shorter side, centre crop 224; uint8
   tf-eval       the Flax example's preprocess_for_eval (decode_and_crop_jpeg of the padded centre,
                 resize 224)
   torch-eval    Resize(256), CenterCrop(224), ToTensor, Normalize
-  ours-train-uint8  ours-train without the normalisation: uint8 batches, what the host would do if
-                the normalisation ran on the device (the trainer does not do that yet)
-  ours-train-split  (only when named in --pipelines) ours-train with its time split by where it is
-                spent: JPEG decode and PIL resize (C code that releases the GIL), the normalisation's
+  ours-train-host-norm  ours-train normalised on the host (float32 out): a dataset opened without
+                normalize_on_device, as library users get it
+  ours-train-pil  the pipeline before libjpeg-turbo and device normalisation: PIL decodes, the host
+                normalises (float32 out)
+  ours-train-dct  ours-train decoding at a reduced DCT scale where the crop allows (dct_scaling)
+  ours-train-split  (only when named in --pipelines) ours-train-host-norm with its time split by
+                where it is spent: JPEG decode and PIL resize (C code that releases the GIL), the normalisation's
                 NumPy loops (large arrays: released too), and the rest, Python and the calls that
                 keep the GIL (np.asarray of a PIL image among them): the serial part of each image
                 when threads share one interpreter, for an Amdahl bound on threads per process
@@ -30,6 +35,7 @@ pipelines run in turn, `--rounds` times (the order rotates each round), and the 
 median over rounds and each rate's ratio to tf.data's in the same round.
 
   python benchmarks/input_pipeline.py --images 256 --batch-size 64 --rounds 3
+  python benchmarks/input_pipeline.py --images 256 --psnr   # reduced DCT scale against the exact path
 
 Prints the CPU model and date, a markdown table, then one JSON line with every figure.
 """
@@ -38,6 +44,7 @@ import argparse
 import datetime
 import io
 import json
+import math
 import os
 import platform
 import resource
@@ -50,7 +57,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 PIPELINES = ("ours-train", "tf-train", "torch-train", "ours-eval", "tf-eval", "torch-eval",
-             "ours-train-uint8")
+             "ours-train-host-norm", "ours-train-pil", "ours-train-dct")
 SIZE = 224
 # The Flax example's constants (examples/imagenet/input_pipeline.py): 0-255 pixel units.
 MEAN_RGB = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -71,10 +78,13 @@ def cpu_model() -> str:
 
 # --- the pipelines: each returns a function batch(data: list[bytes], step: int) -> array ---------
 
-def ours(train: bool, normalize: bool = True):
+def ours(train: bool, normalize: bool = False, pil: bool = False, dct_scaling: bool = False):
   from resnet_jax.data import augment as aug  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import jpeg  # pylint: disable=g-import-not-at-top
   from resnet_jax.data import sampling  # pylint: disable=g-import-not-at-top
 
+  if pil:  # every image through PIL's decoder, as before libjpeg-turbo's
+    jpeg.header = lambda data, channels: None
   normalizer = aug.Normalizer.torchvision()
   aug.keep_image_blocks()  # as TfdsDataset does
   augment = "inception" if train else "none"
@@ -82,8 +92,9 @@ def ours(train: bool, normalize: bool = True):
   def batch(data, step):
     # The draws of global batch `step` of seed 0 on one process, as a run makes them.
     params = sampling.batch_plan(0, step, len(data), len(data), augment, shard=(1, 0))[1]
-    # As TfdsDataset._images does (normalised in the same pass), or uint8.
-    return aug.decode_crops(data, augment, params, SIZE, 3, normalizer if normalize else None)
+    # As TfdsDataset._images does: uint8 for the device to normalise, or normalised in one pass.
+    return aug.decode_crops(data, augment, params, SIZE, 3, normalizer if normalize else None,
+                            dct_scaling)
 
   return batch
 
@@ -185,17 +196,23 @@ class GilSplit:
   def __init__(self):
     from PIL import Image, ImageFile  # pylint: disable=g-import-not-at-top
     from resnet_jax.data import augment as aug  # pylint: disable=g-import-not-at-top
+    from resnet_jax.data import jpeg  # pylint: disable=g-import-not-at-top
 
     self.seconds = {"decode": 0.0, "resize": 0.0, "normalise": 0.0}
     load, resize, rows_writer = ImageFile.ImageFile.load, Image.Image.resize, aug.Normalizer.rows_writer
+    decode = jpeg.decode
     split = self
 
-    def timed_load(image, *args, **kwargs):
-      t = time.thread_time()
-      try:
-        return load(image, *args, **kwargs)
-      finally:
-        split.seconds["decode"] += time.thread_time() - t
+    def timed(fn):
+      def call(*args, **kwargs):
+        t = time.thread_time()
+        try:
+          return fn(*args, **kwargs)
+        finally:
+          split.seconds["decode"] += time.thread_time() - t
+      return call
+
+    timed_load = timed(load)
 
     def timed_resize(image, *args, **kwargs):
       t, before = time.thread_time(), split.seconds["decode"]
@@ -215,7 +232,41 @@ class GilSplit:
       return timed_write
 
     ImageFile.ImageFile.load, Image.Image.resize = timed_load, timed_resize
+    jpeg.decode = timed(decode)
     aug.Normalizer.rows_writer = timed_rows_writer
+
+
+def dct_psnr(jpegs: list, batch_size: int, rounds: int) -> dict:
+  """PSNR (dB, over all pixels of each view) of crops decoded at a reduced DCT scale against the
+  exact path, and the share of images the scale reduced, for `rounds` epochs of training crops
+  and the evaluation view."""
+  from resnet_jax.data import augment as aug  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import jpeg, sampling  # pylint: disable=g-import-not-at-top
+
+  decode, reduced = jpeg.decode, []
+
+  def counting(data, channels, height, width, need=(0, 0)):
+    out = decode(data, channels, height, width, need)
+    reduced.append(out is not None and out[1] < 1)
+    return out
+
+  jpeg.decode = counting
+  out = {}
+  for view, augment, epochs in (("train", "inception", rounds), ("eval", "none", 1)):
+    sq_err, count, hits = 0.0, 0, []
+    for step in range(epochs * len(jpegs) // batch_size):
+      chunk = jpegs[(step * batch_size) % len(jpegs):][:batch_size]
+      params = sampling.batch_plan(0, step, len(chunk), len(chunk), augment, shard=(1, 0))[1]
+      exact = aug.decode_crops(chunk, augment, params, SIZE, 3).astype(float)
+      reduced.clear()
+      scaled = aug.decode_crops(chunk, augment, params, SIZE, 3, dct_scaling=True)
+      hits += reduced
+      sq_err += ((scaled - exact) ** 2).sum()
+      count += exact.size
+    mse = sq_err / count
+    out[view] = {"psnr_db": 10 * math.log10(255 ** 2 / mse) if mse else math.inf,
+                 "reduced_fraction": sum(hits) / max(len(hits), 1)}
+  return out
 
 
 def run_worker(name: str, path: str, batch_size: int, passes: int, cpu: int) -> dict:
@@ -229,12 +280,15 @@ def run_worker(name: str, path: str, batch_size: int, passes: int, cpu: int) -> 
   kind = name.split("-")[0]
   steps = len(data) // batch_size
   chunks = [data[k * batch_size:(k + 1) * batch_size] for k in range(steps)]
+  split = None
   if kind == "tf":
     stream = tf_flax(train)(data, batch_size)
     epoch = lambda p: (next(stream) for _ in range(steps))
   else:
     split = GilSplit() if name == "ours-train-split" else None
-    fn = (ours(train, not name.endswith("uint8")) if kind == "ours" else torchvision_pil(train))
+    fn = (ours(train, normalize=name in ("ours-train-host-norm", "ours-train-pil", "ours-train-split"),
+               pil=name == "ours-train-pil", dct_scaling=name == "ours-train-dct")
+          if kind == "ours" else torchvision_pil(train))
     epoch = lambda p: (fn(c, p * steps + k) for k, c in enumerate(chunks))
   shape = None
   for b in epoch(0):  # warm-up: every image once (imports, thread pools, caches)
@@ -268,6 +322,8 @@ def main(argv=None) -> int:
   parser.add_argument("--rounds", type=int, default=3, help="alternations of all pipelines")
   parser.add_argument("--pipelines", default=",".join(PIPELINES))
   parser.add_argument("--cpu", type=int, default=-1, help="core to pin to (-1: the last allowed)")
+  parser.add_argument("--psnr", action="store_true",
+                      help="only compare the reduced-DCT-scale decode with the exact path: PSNR")
   parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
   parser.add_argument("--jpegs", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -287,6 +343,9 @@ def main(argv=None) -> int:
   when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   print(f"{cpu_model()}; pinned to core {cpu} of {os.cpu_count()}; {when}; {len(jpegs)} JPEGs, "
         f"mean {sum(map(len, jpegs)) / len(jpegs) / 1024:.1f} KiB", flush=True)
+  if args.psnr:
+    print(json.dumps(dct_psnr(jpegs, args.batch_size, args.rounds)))
+    return 0
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
              PYTHONPATH=os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p))
   results = {n: [] for n in names}

@@ -452,3 +452,89 @@ def test_unreadable_images_and_records_are_named(damaged_imagenet, tmp_path):
                      "file is truncated or damaged; prepare imagenet2012 again"):
     tfds_source.TfdsDataset("imagenet2012", str(bad), augment="inception", image_size=16,
                             normalization="torchvision").records([0])
+
+
+def test_jpegs_decode_by_libjpeg_turbo_to_pils_pixels_and_boxes(monkeypatch):
+  """The default decode (libjpeg-turbo into NumPy) gives PIL's sizes, so the same boxes for the same
+  (seed, step), and PIL's pixels; what it does not decode (grey from colour, CMYK, PNG) goes to PIL."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from resnet_jax.bench.photos import photo_jpegs  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import jpeg  # pylint: disable=g-import-not-at-top
+
+  jpegs = photo_jpegs(4)
+  rgb = Image.open(io.BytesIO(jpegs[0]))
+  for mode, fmt in (("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG")):
+    buf = io.BytesIO()
+    rgb.convert(mode).save(buf, format=fmt)
+    jpegs.append(buf.getvalue())
+  sizes = [Image.open(io.BytesIO(j)).size[::-1] for j in jpegs]
+  assert [jpeg.header(j, 3) for j in jpegs] == sizes[:5] + [None, None]  # CMYK, PNG: PIL's
+  assert jpeg.header(jpegs[0], 1) is None and jpeg.header(jpegs[4], 1) == sizes[4]
+  for augment, channels in (("inception", 3), ("none", 3), ("inception", 1)):
+    _, params = data_lib.batch_plan(5, 3, len(jpegs), 100, augment, color_std=0.1)
+    fast = aug.decode_crops(jpegs, augment, params, 40, channels)
+    with monkeypatch.context() as m:
+      m.setattr(jpeg, "header", lambda data, channels: None)  # PIL for every image
+      np.testing.assert_array_equal(aug.decode_crops(jpegs, augment, params, 40, channels), fast)
+
+
+def test_reduced_dct_scale_stays_close_to_the_exact_path():
+  """dct_scaling=True (off by default) decodes at M/8 of the size where the crop allows: measured at
+  38-42 dB PSNR against the exact path on photographs (docs/PERFORMANCE.md); bounded here."""
+  from resnet_jax.bench.photos import photo_jpegs  # pylint: disable=g-import-not-at-top
+
+  jpegs = photo_jpegs(8)
+  for augment in ("inception", "none"):
+    _, params = data_lib.batch_plan(0, 1, len(jpegs), 100, augment)
+    exact = aug.decode_crops(jpegs, augment, params, 64, 3).astype(np.float64)
+    scaled = aug.decode_crops(jpegs, augment, params, 64, 3, dct_scaling=True)
+    assert not np.array_equal(scaled, exact)  # 64 px crops of 300-500 px photographs: reduced
+    psnr = 10 * np.log10(255 ** 2 / np.mean((scaled - exact) ** 2))
+    assert psnr > 33, (augment, psnr)
+
+
+def test_device_normalisation_equals_the_hosts(imagenet_data_dir, cifar10_data_dir):
+  """normalize_on_device: variable-size images leave the host uint8 (with their PCA offsets) and
+  the device normaliser gives the host's float32 values (to float32 rounding: XLA may fuse the
+  multiply-add; measured <= 5e-7 apart); fixed-size ones stay normalised on the host."""
+  _, data_dir = imagenet_data_dir
+  make = lambda on_device: tfds_source.TfdsDataset(
+      "imagenet2012", data_dir, augment="inception", image_size=32, normalization="per_channel",
+      color_std=0.1, normalize_on_device=on_device)
+  host, device = make(False), make(True)
+  assert host.device_normalizer is None
+  a, b = host.train_batch(0, 3, 8), device.train_batch(0, 3, 8)
+  assert b["image"].dtype == np.uint8 and b["pca_offset"].shape == (8, 3)
+  got = device.device_normalizer(jax.device_put(b))
+  assert set(got) == {"image", "label"}
+  np.testing.assert_allclose(np.asarray(got["image"]), a["image"], rtol=0, atol=2e-6)
+  assert np.abs(a["image"]).max() > 1  # standardised values, not [0, 1] pixels
+  for x, y in zip(host.eval_batches(4), device.eval_batches(4)):
+    assert y["image"].dtype == np.uint8
+    np.testing.assert_allclose(np.asarray(device.device_normalizer(y)["image"]), x["image"],
+                               rtol=0, atol=2e-6)
+  cifar = tfds_source.TfdsDataset("cifar10", cifar10_data_dir, augment="cifar",
+                                  normalization_examples=FEW, normalize_on_device=True)
+  assert cifar.device_normalizer is None and cifar.train_batch(0, 0, 4)["image"].dtype == np.float32
+
+
+def test_trainer_normalises_imagenet_batches_on_the_device(imagenet_data_dir):
+  """A Trainer opens variable-size data with device normalisation; its steps (one or two per
+  dispatch) and evaluation see what the host-normalised dataset gives, to float32 rounding."""
+  from resnet_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+
+  _, data_dir = imagenet_data_dir
+  config = config_lib.default_config()
+  config.update(dataset="imagenet2012", data_dir=data_dir, model="resnet8", image_size=32,
+                augment="inception", color_augment="pca", batch_size=4, eval_batch_size=4,
+                num_devices=1, normalization="per_channel", normalization_examples=12)
+  for k in (1, 2):
+    config.steps_per_dispatch = k
+    device = trainer_lib.Trainer(config)
+    host = trainer_lib.Trainer(config, data=tfds_source.TfdsDataset.from_config(config, 32))
+    assert device.dataset.device_normalizer is not None and host.dataset.device_normalizer is None
+    (_, got), (_, want) = (t.dispatch(t.init_state(0), 0, k) for t in (device, host))  # donated
+    np.testing.assert_allclose(np.asarray(got["train/loss"]), np.asarray(want["train/loss"]),
+                               rtol=1e-5)
+  assert device.evaluate(device.init_state(0))[0]["eval/loss"] == pytest.approx(
+      host.evaluate(host.init_state(0))[0]["eval/loss"], rel=1e-5)

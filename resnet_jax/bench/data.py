@@ -72,8 +72,10 @@ def run_data_bench(data: str, data_dir: str = "", augment: str = "", batch_size:
                     prefetch_batches=max(2, 2 * parallel), batch_size=batch_size,
                     eval_batch_size=batch_size, model="resnet50", num_devices=1)
       validation.validate(config)  # the checks a run makes of these keys
+      # What a training run's host does: variable-size images stay uint8 (normalised on the device).
       ds = tfds_source.TfdsDataset.from_config(config, derived.image_size(config),
-                                               check=validation.metadata_check(config))
+                                               check=validation.metadata_check(config),
+                                               normalize_on_device=True)
       ds.train_batch(0, 0, batch_size)  # warm-up: opens files, starts the threads
       t = time.perf_counter()
       for step in range(1, steps + 1):

@@ -37,6 +37,9 @@ class DataSpec:
   train_size: int          # the stored training split, before any validation hold-out
   fixed_size: bool         # every image the same size (CIFAR), or any size (ImageNet): crops
   in_memory: bool          # decoded into host memory at start (digits, synthetic)
+  # A dataset's `device_normalizer` (on_device.DeviceNormalizer) normalises on the devices the uint8
+  # batches its host side leaves; None (a spec, the in-memory datasets): batches come normalised.
+  device_normalizer = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +91,13 @@ def spec(config, image_size: int) -> Optional[DataSpec]:
   return DataSpec((size, size, channels), classes, train, side is not None, False)
 
 
-def get_dataset(config, image_size: int, eval_layout: EvalLayout = EvalLayout(), *, check=None):
+def get_dataset(config, image_size: int, eval_layout: EvalLayout = EvalLayout(), *, check=None,
+                normalize_on_device: bool = False):
   """The dataset named by `config.dataset` (validated): digits, synthetic, or a TFDS dataset name
   (`image_size` as for `spec`; `eval_layout` the run's, which in-memory data, all one size, holds
-  as "center"; `check` as for `tfds_source.TfdsDataset`)."""
+  as "center"; `check` as for `tfds_source.TfdsDataset`). `normalize_on_device`: variable-size
+  images may come uint8, with the dataset's `device_normalizer` to apply on the devices (a trainer
+  does; library users get float32)."""
   if config.dataset == "digits":
     return load_digits(config.normalization, config.validation_split, config.augment)
   if config.dataset == "synthetic":
@@ -101,4 +107,5 @@ def get_dataset(config, image_size: int, eval_layout: EvalLayout = EvalLayout(),
     return dataclasses.replace(ds, augment=config.augment)
   from resnet_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  # TFDS is heavy
 
-  return tfds_source.TfdsDataset.from_config(config, image_size, eval_layout, check=check)
+  return tfds_source.TfdsDataset.from_config(config, image_size, eval_layout, check=check,
+                                             normalize_on_device=normalize_on_device)

@@ -11,6 +11,7 @@ import io
 
 import numpy as np
 
+from resnet_jax.data import jpeg
 from resnet_jax.run.errors import DataError
 
 AUGMENTS = ("none", "cifar", "inception", "scale")
@@ -235,19 +236,30 @@ def crop_boxes(augment: str, params: dict, heights: np.ndarray, widths: np.ndarr
 
 
 def decode_crops(data, augment: str, params: dict, size: int, channels: int,
-                 normalizer: "Normalizer | None" = None) -> np.ndarray:
+                 normalizer: "Normalizer | None" = None, dct_scaling: "bool | None" = None
+                 ) -> np.ndarray:
   """(B, size, size, C): encoded images `data` cropped by `crop_boxes`, resized, and mirrored where
   `params["flip"]` says (evaluation: augment 'none' and no flips).
 
   uint8, or with `normalizer` float32 `normalizer(uint8 crops, PCA offsets of params["alpha"])`,
-  bit for bit, each crop normalised while it is in cache instead of in a second pass.
+  bit for bit, each crop normalised while it is in cache instead of in a second pass. JPEGs are
+  decoded by libjpeg-turbo straight into NumPy (`jpeg`: the same pixels as PIL's decode), others by
+  PIL; `dct_scaling` (default `jpeg.DCT_SCALING`) decodes JPEGs at the smallest DCT scale that
+  keeps each crop at least `size` (an approximation, see `jpeg`).
   """
-  images = []
+  dct_scaling = jpeg.DCT_SCALING if dct_scaling is None else dct_scaling
+  images, sides = [], []
   for i, d in enumerate(data):  # headers only: each image is decoded as it is cropped, while hot
-    with image_errors(i):
-      images.append(open_image(d, channels))
-  heights = np.array([im.height for im in images])
-  widths = np.array([im.width for im in images])
+    side = jpeg.header(d, channels)
+    image = None
+    if side is None:
+      with image_errors(i):
+        image = open_image(d, channels)
+      side = (image.height, image.width)
+    images.append(image)
+    sides.append(side)
+  heights = np.array([s[0] for s in sides])
+  widths = np.array([s[1] for s in sides])
   boxes = crop_boxes(augment, params, heights, widths, size)
   flips = params.get("flip", np.zeros(len(images), bool))
   # Each crop is written once, mirrored as it is copied in: the same pixels as stacking the crops
@@ -259,11 +271,27 @@ def decode_crops(data, augment: str, params: dict, size: int, channels: int,
   else:
     out = np.empty(shape, np.float32)
     write = normalizer.rows_writer(out, pca_offsets(params["alpha"]) if "alpha" in params else None)
-  for i, (image, box) in enumerate(zip(images, boxes)):
+  for i, (d, image, side, box) in enumerate(zip(data, images, sides, boxes)):
     with image_errors(i):
+      if image is None:
+        image, box = _decode_jpeg(d, channels, side, box, size if dct_scaling else 0)
       crop = crop_resize(image, box, size, channels)
     write(i, crop[:, ::-1] if flips[i] else crop)
   return out
+
+
+def _decode_jpeg(data: bytes, channels: int, side, box, size: int):
+  """(PIL image, box in its pixels) of a JPEG `jpeg.header` accepted: decoded by libjpeg-turbo (at a
+  reduced DCT scale keeping the box at least `size` if `size`), or by PIL if that fails."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  (h, w), box = side, np.asarray(box, np.float64)
+  need = (h * size / box[2], w * size / box[3]) if size else (0, 0)
+  decoded = jpeg.decode(data, channels, h, w, need)
+  if decoded is None:  # PIL decodes it, or raises the error that names what is wrong
+    return open_image(data, channels), box
+  pixels, sy, sx = decoded
+  return Image.fromarray(pixels[..., 0] if channels == 1 else pixels), box * (sy, sx, sy, sx)
 
 
 class Normalizer:

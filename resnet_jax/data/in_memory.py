@@ -27,6 +27,7 @@ class InMemoryDataset:
   test_images: np.ndarray
   test_labels: np.ndarray
   augment: str = "none"
+  device_normalizer = None  # held normalised already (not a field: `replace` and tests ignore it)
 
   @property
   def image_shape(self) -> tuple[int, int, int]:

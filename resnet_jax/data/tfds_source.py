@@ -12,6 +12,7 @@ import contextlib
 import numpy as np
 
 from resnet_jax.data import augment as aug
+from resnet_jax.data import on_device
 from resnet_jax.data import sampling
 from resnet_jax.data.readahead import ReadAhead
 from resnet_jax.data.tfds_builder import base_name, open_builder, tfds_module
@@ -39,7 +40,7 @@ class TfdsDataset:
                normalization: str = "per_channel", validation_split: int = 0, image_size: int = 224,
                normalization_examples: int = 50000, data_threads: int = 0, prefetch_batches: int = 2,
                cache_dir: str = "", eval_layout: EvalLayout = EvalLayout(), color_std: float = 0.0,
-               data_workers: int = 0, check=None):
+               data_workers: int = 0, check=None, normalize_on_device: bool = False):
     self.eval_layout, self.color_std = eval_layout, color_std
     builder = open_builder(name, data_dir, cache_dir)
     self._data_dir = str(builder.data_dir)
@@ -80,18 +81,24 @@ class TfdsDataset:
     if key not in _STATS_CACHE:
       _STATS_CACHE[key] = self._fit_normalizer(normalization, key[3])
     self.normalizer = _STATS_CACHE[key]
+    # Variable-size images (ImageNet) may leave the host uint8, normalised by the trainer on the
+    # devices; fixed-size ones (CIFAR) are normalised here, before their zero padding (sec. 4.2).
+    self.device_normalizer = (on_device.DeviceNormalizer(self.normalizer)
+                              if normalize_on_device and not self.fixed else None)
+    self._host_normalizes = self.device_normalizer is None
 
   @classmethod
   def from_config(cls, config, image_size: int, eval_layout: EvalLayout = EvalLayout(), *,
-                  check=None) -> "TfdsDataset":
+                  check=None, normalize_on_device: bool = False) -> "TfdsDataset":
     """The dataset of a validated config; `image_size` and `eval_layout` are the run's
     (`training.derived.Derived`): the side variable-size images are cropped to (fixed-size ones keep
-    theirs) and the test view; `check` as above."""
+    theirs) and the test view; `check` as above; `normalize_on_device`: leave their normalisation
+    to `device_normalizer`."""
     return cls(config.dataset, config.data_dir, config.augment, config.normalization,
                config.validation_split, image_size, config.normalization_examples,
                config.data_threads, config.prefetch_batches, config.data_cache_dir,
                eval_layout, config.color_augment_std if config.color_augment == "pca" else 0.0,
-               config.data_workers, check)
+               config.data_workers, check, normalize_on_device)
 
   def close(self) -> None:
     """Stops reading ahead (and so any worker processes); a later request starts again."""
@@ -102,6 +109,7 @@ class TfdsDataset:
     """What a data-loading worker process needs: everything but the read-ahead streams."""
     state = dict(self.__dict__)
     state["_ahead"] = state["_eval_ahead"] = None
+    state["device_normalizer"] = None  # workers only need to know that they leave images uint8
     return state
 
   def __setstate__(self, state: dict) -> None:
@@ -159,7 +167,11 @@ class TfdsDataset:
     records = self.records(idx)
     with self._naming(records, idx, "train"):
       images = self._images(records, params, train=True)
-    return {"image": images, "label": self._labels(records)}
+    batch = {"image": images, "label": self._labels(records)}
+    if not self._host_normalizes and "alpha" in params:  # the device adds them as it normalises
+      batch[on_device.DeviceNormalizer.OFFSET_KEY] = np.asarray(aug.pca_offsets(params["alpha"]),
+                                                                np.float32)
+    return batch
 
   def _load_eval(self, key, j: int) -> dict[str, np.ndarray]:
     batch_size, shard = key
@@ -221,7 +233,7 @@ class TfdsDataset:
                             self.channels, normalizer)
 
   def _images(self, records, params: dict, train: bool) -> np.ndarray:
-    images = self.decode(records, params, train, self.normalizer)
+    images = self.decode(records, params, train, self.normalizer if self._host_normalizes else None)
     if train and self.augment == "cifar":
       # Normalise first, then zero-pad: the padding is the mean colour, as with the paper's
       # mean-subtracted inputs (sec. 4.2).

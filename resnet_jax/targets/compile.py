@@ -36,11 +36,15 @@ from resnet_jax.training.trainer import Trainer
 # an approximation of the backward pass).
 FLOPS_TOLERANCE = 0.25
 # Images/s one host core decodes and augments, by the kind of input. JPEG: photographs (300-500 px,
-# ~44 KiB) through the training pipeline (inception crop, resize 224, flip, normalise), images per
-# CPU-second of one pinned core, `python benchmarks/input_pipeline.py` on an Intel Xeon (2 cores,
-# shared), 2026-12-02 (docs/PERFORMANCE.md). PNG: CIFAR's 32x32 images, `resnet-jax data-bench`
-# with 0 threads (README, Data).
-IMAGES_PER_CORE = {"jpeg": 527.0, "png": 3373.0}
+# ~44 KiB) through the training pipeline as a run's host does it (libjpeg-turbo decode, inception
+# crop, resize 224, flip; uint8 out, normalised on the device), images per CPU-second of one pinned
+# core, `python benchmarks/input_pipeline.py` (median of 3 rounds; 1.04-1.09x tf.data's in the same
+# run) on an Intel(R) Xeon(R) Processor (2 cores, shared), 2026-12-03
+# (docs/results/input_pipeline; 527 before, PIL decode and host normalisation). PNG: CIFAR's
+# 32x32 images, `resnet-jax data-bench` with 0 threads (README, Data).
+IMAGES_PER_CORE = {"jpeg": 786.0, "png": 3373.0}
+RATE_MEASURED_ON = {"jpeg": "one Intel Xeon core, benchmarks/input_pipeline.py",
+                    "png": "one core, resnet-jax data-bench"}
 MAX_PER_CHIP_BATCH = 1 << 16  # --max-batch stops doubling here
 # --max-batch tries per-chip batches in multiples of this: a TPU vreg's sublane tile is 8 rows (a
 # batch of 8k fills whole tiles), and GPU kernels favour batches in multiples of 8 too.
@@ -258,7 +262,8 @@ def _host(config, target: Target, images_per_s_per_chip: float, chips_per_host: 
             "vcpus": vcpus}
   kind = "png" if derived.data_spec(config).fixed_size else "jpeg"
   needed = images_per_s_per_chip * chips_per_host / IMAGES_PER_CORE[kind]
-  return {"input": f"{kind} decoded on the host at {IMAGES_PER_CORE[kind]:.0f} images/s per core",
+  return {"input": f"{kind} decoded on the host at {IMAGES_PER_CORE[kind]:.0f} images/s per core "
+                   f"({RATE_MEASURED_ON[kind]})",
           "cores_needed": needed, "vcpus": vcpus}
 
 

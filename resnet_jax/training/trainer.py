@@ -59,8 +59,8 @@ class Trainer:
     self.devices = devices or parallel.select_devices(config.num_devices)
     self.derived = derived.derive(config, self.devices)
     self.dataset = (data_lib.get_dataset(config, self.derived.image_size, self.derived.eval_layout,
-                                         check=validation.metadata_check(config)) if data is None
-                    else data)
+                                         check=validation.metadata_check(config),
+                                         normalize_on_device=True) if data is None else data)
     self.derived = self.derived.with_data(self.dataset)
     self.image_shape, self.num_classes = self.derived.image_shape, self.derived.num_classes
     axis_name = parallel.AXIS if config.parallelism == "pmap" else None
@@ -132,13 +132,19 @@ class Trainer:
       return strategy.device_steps(k, c.batch_size, c.augment), (data,)
     if c.steps_per_dispatch == 1:
       batch = (self._abstract_batch(strategy.sharded) if abstract
-               else strategy.put_batch(self.batches(step)))
+               else self._normalized(strategy.put_batch(self.batches(step))))
       return strategy.train_step, (batch,)
     if abstract:
       batches = self._abstract_batch(jax.sharding.NamedSharding(strategy.mesh, P(None, "data")), k)
     else:
-      batches = strategy.put_batches([self.batches(s) for s in range(step, step + k)])
+      batches = self._normalized(strategy.put_batches([self.batches(s)
+                                                       for s in range(step, step + k)]))
     return strategy.multi_step(k), (batches,)
+
+  def _normalized(self, batch):
+    """A placed batch, its uint8 images normalised on the devices where the dataset left them so."""
+    normalize = getattr(self.dataset, "device_normalizer", None)
+    return batch if normalize is None else normalize(batch)
 
   def _abstract_batch(self, sharding, k: Optional[int] = None) -> dict:
     lead = (self.config.batch_size,) if k is None else (k, self.config.batch_size)
@@ -173,7 +179,7 @@ class Trainer:
     """Each member's loss and accuracy over the whole test split, each example counted once."""
     totals = None
     for batch in self.dataset.eval_batches(self.derived.eval_batch_size):
-      sums = self.strategy.eval_step(state, self.strategy.put_eval_batch(batch))
+      sums = self.strategy.eval_step(state, self._normalized(self.strategy.put_eval_batch(batch)))
       totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     totals = self.strategy.fetch(totals)
     out = []
