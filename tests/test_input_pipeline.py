@@ -480,7 +480,7 @@ def test_jpegs_decode_by_libjpeg_turbo_to_pils_pixels_and_boxes(monkeypatch):
 
 def test_reduced_dct_scale_stays_close_to_the_exact_path():
   """dct_scaling=True (off by default) decodes at M/8 of the size where the crop allows: measured at
-  38-42 dB PSNR against the exact path on photographs (docs/PERFORMANCE.md); bounded here."""
+  38-43 dB PSNR against the exact path on photographs (docs/results/input_pipeline); bounded here."""
   from resnet_jax.bench.photos import photo_jpegs  # pylint: disable=g-import-not-at-top
 
   jpegs = photo_jpegs(8)

@@ -29,6 +29,8 @@ def response_stds(run_dir: str, num_examples: int = 500) -> list[float]:
   except trainer_lib.NoCheckpointError:
     return []
   batch = next(iter(trainer.dataset.eval_batches(num_examples)))
+  normalize = getattr(trainer.dataset, "device_normalizer", None)  # ImageNet's come uint8
+  batch = batch if normalize is None else normalize(batch)
   images = batch["image"][batch["mask"] > 0]
   _, inter = jax.jit(lambda v, x: trainer.model.apply(v, x, train=False, mutable=["intermediates"]))(
       {"params": state.params, "batch_stats": state.batch_stats}, images)
