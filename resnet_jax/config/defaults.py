@@ -114,6 +114,8 @@ def _schedule(c: ml_collections.ConfigDict) -> None:
   c.eval_every_steps = 1000          # 0 = only at the end
   c.checkpoint_every_steps = 1000    # 0 = only at the end
   c.keep_checkpoints = 3             # newest checkpoints kept in <workdir>/checkpoints
+  c.profile_steps = ""               # "A:B": a JAX profiler trace of steps A to B in <workdir>/profile
+                                     # (TensorBoard's profile plugin, Perfetto); "" = none
 
 
 def _parallelism(c: ml_collections.ConfigDict) -> None:
@@ -147,4 +149,5 @@ CHANGEABLE_ON_RESUME = (
     "keep_checkpoints", "eval_batch_size", "eval_crops", "eval_scales", "data_dir", "data_cache_dir",
     "data_threads", "prefetch_batches", "data_workers", "num_devices", "parallelism", "steps_per_dispatch",
     "cpu_fusion", "remat_blocks", "vectorize", "vectorize_max_members", "compilation_cache_dir",
+    "profile_steps",
 )

@@ -15,7 +15,7 @@ import ml_collections
 from resnet_jax import models
 from resnet_jax.data import augment as aug
 from resnet_jax.run.errors import ConfigError
-from resnet_jax.training import derived
+from resnet_jax.training import derived, profiling
 
 CHOICES = {
     "dtype": ("float32", "bfloat16", "float16"),
@@ -167,6 +167,13 @@ def _cadence(config) -> None:
     if config[key] % k:
       _fail(f"{key}={config[key]} must be a multiple of steps_per_dispatch={k} (metrics, "
             "evaluations and checkpoints happen between dispatches).")
+  try:
+    steps = profiling.parse(config.profile_steps)
+  except ValueError:
+    steps = (0, 0)
+  if steps and not 1 <= steps[0] <= steps[1] <= config.total_steps:
+    _fail(f"profile_steps={config.profile_steps!r} must be \"A:B\" with 1 <= A <= B <= total_steps="
+          f"{config.total_steps} (steps A to B traced into <workdir>/profile), or \"\" for none.")
   if config.data_on_device and config.parallelism != "jit":
     _fail("data_on_device=True needs parallelism='jit' (the batch is drawn inside the jit-compiled "
           "step over the mesh).")
