@@ -131,7 +131,7 @@ def _parallelism(c: ml_collections.ConfigDict) -> None:
   c.vectorize_max_members = 0        # cap on members per vectorised group; 0 = as many as fit in
                                      # device memory by XLA's estimate of one member's step
   c.cpu_fusion = "eltwise,reduce"    # XLA:CPU only: YNNPACK library fusions for the compiled steps
-                                     # (comma-separated from dot,eltwise,reduce): ~2x faster ResNet-56
+                                     # (comma-separated from dot,eltwise,reduce,conv): ~2x faster ResNet-56
                                      # steps, ~1.6x the memory; "" = XLA's default (docs/PERFORMANCE.md)
   c.compilation_cache_dir = ""       # the `resnet-jax` command's persistent compilation cache: a folder,
                                      # "off", or "" = $RESNET_JAX_COMPILATION_CACHE, else
