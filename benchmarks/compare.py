@@ -10,15 +10,20 @@ no two share a thread pool or a warm allocator):
 Each command's last stdout line must be a JSON object with `step_ms_median`.
 With `--repeats R` the three are alternated R times (the starting one rotates)
 and the median of the R medians is reported, since a shared CPU is noisy.
-Prints a markdown table, then one JSON line with every figure.
+Prints a markdown table, then one JSON line with every figure; `--out PATH`
+also writes the table to PATH under a line naming the CPU (`lscpu`'s model)
+and the date. `--dtype bfloat16` runs all three in bfloat16 (parameters stay
+float32); `--cpu-fusion F` sets our step's `cpu_fusion` (e.g. adding `conv`).
 
   python benchmarks/compare.py --depths 20,56 --batch-size 128 --steps 10
 """
 
 import argparse
+import datetime
 import importlib.util
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -35,11 +40,14 @@ RUNNERS = ("ours", "flax", "torch")
 
 
 def command(runner: str, depth: int, batch_size: int, steps: int,
-            torch_args=()) -> list[str]:
-  common = ["--batch-size", str(batch_size), "--steps", str(steps)]
+            torch_args=(), dtype: str = "float32",
+            cpu_fusion: str | None = None) -> list[str]:
+  common = ["--batch-size", str(batch_size), "--steps", str(steps),
+            "--dtype", dtype]
   if runner == "ours":
+    fusion = [] if cpu_fusion is None else [f"--cpu-fusion={cpu_fusion}"]
     return [sys.executable, "-m", "resnet_jax.cli", "bench",
-            "--model", f"resnet{depth}"] + common
+            "--model", f"resnet{depth}"] + common + fusion
   script = os.path.join(HERE, f"minimal_{runner}.py")
   extra = list(torch_args) if runner == "torch" else []
   return [sys.executable, script, "--depth", str(depth)] + common + extra
@@ -117,7 +125,8 @@ def _fmt(x, spec):
 
 
 def compare(depths, batch_size, steps, repeats=1, xla_flags=None,
-            torch_args=(), timeout=1800.0, log=sys.stderr) -> dict:
+            torch_args=(), timeout=1800.0, log=sys.stderr, dtype="float32",
+            cpu_fusion=None) -> dict:
   """Runs every (depth, runner) `repeats` times; returns the summary dict."""
   have_torch = importlib.util.find_spec("torch") is not None
   runners = [r for r in RUNNERS if r != "torch" or have_torch]
@@ -132,7 +141,8 @@ def compare(depths, batch_size, steps, repeats=1, xla_flags=None,
       # Rotate who goes first so that none always runs on a cold machine.
       order = runners[rep % len(runners):] + runners[:rep % len(runners)]
       for runner in order:
-        cmd = command(runner, depth, batch_size, steps, torch_args)
+        cmd = command(runner, depth, batch_size, steps, torch_args, dtype,
+                      cpu_fusion)
         figures, error = run_one(runner, cmd, environment(runner, xla_flags),
                                  timeout)
         if error:
@@ -172,10 +182,38 @@ def compare(depths, batch_size, steps, repeats=1, xla_flags=None,
       "batch_size": batch_size,
       "steps": steps,
       "repeats": repeats,
+      "dtype": dtype,
+      "cpu_fusion": cpu_fusion,
+      "cpu": cpu_model(),
+      "date": datetime.datetime.now(datetime.timezone.utc).strftime(
+          "%Y-%m-%d %H:%M UTC"),
       "xla_flags": xla_flags,
       "torch_args": list(torch_args),
       "results": results,
   }
+
+
+def cpu_model() -> str:
+  """`lscpu`'s model name (the CPU the figures belong to), else Python's."""
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True,
+                         check=False, timeout=30).stdout
+  except (OSError, subprocess.SubprocessError):
+    out = ""
+  for line in out.splitlines():
+    if line.startswith("Model name:"):
+      return line.split(":", 1)[1].strip()
+  return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def report(summary: dict) -> str:
+  """The table under one line saying where, when and how it was measured."""
+  fusion = summary.get("cpu_fusion")
+  head = (f"{summary['cpu']} ({os.cpu_count()} CPUs), {summary['date']}: "
+          f"batch {summary['batch_size']}, {summary['dtype']}, median of "
+          f"{summary['steps']} steps, {summary['repeats']} alternated "
+          f"repeat(s)" + ("" if fusion is None else f", cpu_fusion={fusion!r}"))
+  return head + "\n\n" + markdown_table(summary) + "\n"
 
 
 def markdown_table(summary: dict) -> str:
@@ -211,6 +249,14 @@ def main(argv=None):
                       help="pass --threads N to the PyTorch reference")
   parser.add_argument("--timeout", type=float, default=1800.0,
                       help="seconds allowed per subprocess")
+  parser.add_argument("--dtype", default="float32",
+                      choices=["float32", "bfloat16"],
+                      help="compute dtype of all three steps")
+  parser.add_argument("--cpu-fusion", default=None,
+                      help="our step's cpu_fusion (default: the config's)")
+  parser.add_argument("--out", default=None,
+                      help="also write the table, with the CPU model and "
+                      "date, to this markdown file")
   argv = list(sys.argv[1:] if argv is None else argv)
   # argparse takes a value that starts with "--" for an option, and XLA flags
   # always do: glue `--xla-flags VALUE` into `--xla-flags=VALUE`.
@@ -226,8 +272,12 @@ def main(argv=None):
   if args.torch_threads is not None:
     torch_args += ["--threads", str(args.torch_threads)]
   summary = compare(depths, args.batch_size, args.steps, args.repeats,
-                    args.xla_flags, torch_args, args.timeout)
+                    args.xla_flags, torch_args, args.timeout,
+                    dtype=args.dtype, cpu_fusion=args.cpu_fusion)
   print(markdown_table(summary))
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(report(summary))
   print(json.dumps(summary))
 
 

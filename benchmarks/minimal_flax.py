@@ -7,6 +7,8 @@ this, the overhead is ours, not XLA's.
 
   python benchmarks/minimal_flax.py --depth 20 --batch-size 128 --steps 10
 
+`--dtype bfloat16` computes in bfloat16 (parameters stay float32), as our `--dtype` does.
+
 prints one JSON line with `step_ms_median`, `images_per_sec` and `compile_s`.
 """
 
@@ -59,16 +61,18 @@ class CifarResNet(nn.Module):
   """ResNet-(6n+2) for 32x32 inputs, NHWC."""
   depth: int
   num_classes: int = NUM_CLASSES
+  dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     if (self.depth - 2) % 6:
       raise ValueError(f"depth must be 6n+2, got {self.depth}")
     n = (self.depth - 2) // 6
-    conv = functools.partial(nn.Conv, use_bias=False, padding="SAME")
+    conv = functools.partial(nn.Conv, use_bias=False, padding="SAME",
+                             dtype=self.dtype)
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=0.9,
-        epsilon=1e-5)
+        epsilon=1e-5, dtype=self.dtype)
     x = conv(WIDTHS[0], (3, 3))(x)
     x = nn.relu(norm()(x))
     for stage, width in enumerate(WIDTHS):
@@ -76,7 +80,7 @@ class CifarResNet(nn.Module):
         strides = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(width, strides, conv=conv, norm=norm)(x)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 class TrainState(train_state.TrainState):
@@ -95,8 +99,8 @@ def make_optimizer() -> optax.GradientTransformation:
       optax.sgd(0.1, momentum=0.9))
 
 
-def create_state(depth: int, seed: int = 0) -> TrainState:
-  model = CifarResNet(depth)
+def create_state(depth: int, seed: int = 0, dtype: str = "float32") -> TrainState:
+  model = CifarResNet(depth, dtype=jnp.dtype(dtype))
   # Jitted because eager init dispatches (and compiles) op by op: seconds.
   init = jax.jit(functools.partial(model.init, train=False))
   variables = init(jax.random.PRNGKey(seed),
@@ -151,12 +155,13 @@ def time_steps(step: Callable, state, images, labels, steps: int,
   return state, loss, times, cpu_times
 
 
-def run(depth: int, batch_size: int, steps: int, seed: int = 0) -> dict:
+def run(depth: int, batch_size: int, steps: int, seed: int = 0,
+        dtype: str = "float32") -> dict:
   """Compiles and times the minimal train step; returns the figures."""
   if steps < 1:
     raise ValueError("steps must be >= 1")
   images, labels = synthetic_batch(batch_size, seed)
-  state = create_state(depth, seed)
+  state = create_state(depth, seed, dtype)
   # The state is donated so that XLA can update parameters in place, as any
   # real training loop would.
   jitted = jax.jit(train_step, donate_argnums=0)
@@ -177,6 +182,7 @@ def run(depth: int, batch_size: int, steps: int, seed: int = 0) -> dict:
       "depth": depth,
       "batch_size": batch_size,
       "steps": steps,
+      "dtype": dtype,
       "device": str(jax.devices()[0].platform),
       "jax": jax.__version__,
       "flax": flax.__version__,
@@ -190,8 +196,11 @@ def main(argv=None):
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--dtype", default="float32",
+                      choices=["float32", "bfloat16"])
   args = parser.parse_args(argv)
-  print(json.dumps(run(args.depth, args.batch_size, args.steps, args.seed)))
+  print(json.dumps(run(args.depth, args.batch_size, args.steps, args.seed,
+                       args.dtype)))
 
 
 if __name__ == "__main__":

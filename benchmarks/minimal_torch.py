@@ -144,7 +144,8 @@ def make_optimizer(model):
 
 
 def run(depth: int, batch_size: int, steps: int, seed: int = 0,
-        channels_last: bool = False, threads: int | None = None) -> dict:
+        channels_last: bool = False, threads: int | None = None,
+        dtype: str = "float32") -> dict:
   """Times the eager train step; returns the same figures as minimal_flax."""
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -164,9 +165,13 @@ def run(depth: int, batch_size: int, steps: int, seed: int = 0,
   model.train()  # BN uses batch statistics and updates running ones.
   opt = make_optimizer(model)
 
+  # bfloat16: CPU autocast (oneDNN's bf16 kernels where the CPU has them);
+  # parameters and the optimizer stay float32, as in the JAX steps.
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(images), labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16,
+                        enabled=dtype == "bfloat16"):
+      loss = F.cross_entropy(model(images).float(), labels)
     loss.backward()
     opt.step()
     return loss
@@ -196,6 +201,7 @@ def run(depth: int, batch_size: int, steps: int, seed: int = 0,
       "batch_size": batch_size,
       "steps": steps,
       "channels_last": channels_last,
+      "dtype": dtype,
       "threads": torch.get_num_threads(),
       "torch": torch.__version__,
   }
@@ -211,9 +217,11 @@ def main(argv=None):
                       help="NHWC memory format for model and inputs")
   parser.add_argument("--threads", type=int, default=None,
                       help="torch.set_num_threads (default: torch's own)")
+  parser.add_argument("--dtype", default="float32",
+                      choices=["float32", "bfloat16"])
   args = parser.parse_args(argv)
   print(json.dumps(run(args.depth, args.batch_size, args.steps, args.seed,
-                       args.channels_last, args.threads)))
+                       args.channels_last, args.threads, args.dtype)))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,42 @@ def test_minimal_flax_run():
   _check(_load("minimal_flax").run(depth=8, batch_size=8, steps=2))
 
 
+def test_minimal_steps_run_in_bfloat16():
+  figures = _load("minimal_flax").run(depth=8, batch_size=8, steps=1, dtype="bfloat16")
+  _check(figures)
+  assert figures["dtype"] == "bfloat16"
+  torch = pytest.importorskip("torch")
+  threads = torch.get_num_threads()
+  try:
+    figures = _load("minimal_torch").run(depth=8, batch_size=8, steps=1, threads=1, dtype="bfloat16")
+  finally:
+    torch.set_num_threads(threads)
+  _check(figures)
+  assert figures["dtype"] == "bfloat16"
+
+
+def test_compare_passes_dtype_and_fusion_and_writes_the_table_with_cpu_and_date(tmp_path, monkeypatch):
+  compare = _load("compare")
+  ours = compare.command("ours", 20, 128, 10, dtype="bfloat16", cpu_fusion="eltwise,reduce,conv")
+  assert ours[-3:] == ["--dtype", "bfloat16", "--cpu-fusion=eltwise,reduce,conv"], ours
+  for runner in ("flax", "torch"):
+    assert compare.command(runner, 20, 128, 10, dtype="bfloat16")[-2:] == ["--dtype", "bfloat16"]
+  seen = []
+
+  def run_one(runner, cmd, env, timeout):  # the subprocesses' JSON, without running them
+    seen.append(cmd)
+    return {"step_ms_median": {"ours": 300.0, "flax": 200.0, "torch": 250.0}[runner]}, None
+  monkeypatch.setattr(compare, "run_one", run_one)
+  monkeypatch.setattr(compare.importlib.util, "find_spec", lambda name: object())
+  out = tmp_path / "table.md"
+  compare.main(["--depths", "20", "--dtype", "bfloat16", "--out", str(out)])
+  assert len(seen) == 3 and all("bfloat16" in cmd for cmd in seen)
+  text = out.read_text()
+  head = text.splitlines()[0]
+  assert compare.cpu_model() in head and "bfloat16" in head and "UTC" in head, head
+  assert "| 20 | 300.0 | 200.0 | 250.0 | 1.50 | 1.20 | 0.80 |" in text, text
+
+
 def test_minimal_flax_network_shape():
   mf = _load("minimal_flax")
   import jax  # pylint: disable=g-import-not-at-top

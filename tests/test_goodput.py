@@ -1,15 +1,19 @@
 """Utilisation and goodput (`training.goodput`): the ledger's arithmetic on a fake clock, the peak
-figures each device kind gets, and XLA's FLOPs of a compiled step."""
+figures each device kind gets, and XLA's FLOPs of a compiled step; profiles (`training.profiling`)."""
 
+import glob
 import math
+import os
 import types
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+from resnet_jax.run.errors import ConfigError
 from resnet_jax.targets import chips, gpu
-from resnet_jax.training import goodput
+from resnet_jax.training import goodput, loop, validation
+from tests.helpers import small_config
 
 
 class FakeClock:
@@ -99,3 +103,17 @@ def test_step_flops_are_xlas_per_step():
   flops = goodput.step_flops(fn, state, (x,), steps=2)
   assert flops == pytest.approx(2 * 32 * 64 * 64 / 2, rel=0.1)
 
+
+
+@pytest.mark.parametrize("spec", ["3", "3-5", "a:b", "5:3", "0:2", "2:7", ":4"])
+def test_profile_steps_other_than_a_to_b_within_the_run_are_refused(spec):
+  with pytest.raises(ConfigError, match="profile_steps=.*A:B"):
+    validation.validate(small_config(profile_steps=spec))  # 6 steps
+
+
+def test_profile_steps_write_a_trace_of_those_steps(tmp_path):
+  loop.train_and_evaluate(small_config(total_steps=4, profile_steps="2:3"), str(tmp_path))
+  traces = glob.glob(os.path.join(tmp_path, "profile", "plugins", "profile", "*", "*"))
+  # TensorBoard's profile plugin reads the .xplane.pb; Perfetto the .trace.json.gz.
+  assert any(t.endswith(".xplane.pb") for t in traces), traces
+  assert any(t.endswith(".trace.json.gz") for t in traces), traces

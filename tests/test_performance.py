@@ -63,8 +63,19 @@ def test_cpu_fusion_keeps_the_numerics_and_reaches_the_compiled_step():
   assert with_fusion.count("transpose") < without.count("transpose")
   assert parallel.cpu_compiler_options("", "cpu") == {}
   assert parallel.cpu_compiler_options("eltwise", "cuda") == {}  # CPU-only option
-  with pytest.raises(ConfigError, match="unknown fusion \\['conv'\\].*dot.*eltwise.*reduce"):
-    loop.Trainer(small_config(cpu_fusion="eltwise,conv"))
+  with pytest.raises(ConfigError, match="unknown fusion \\['winograd'\\].*dot.*eltwise.*reduce.*conv"):
+    loop.Trainer(small_config(cpu_fusion="eltwise,winograd"))
+
+
+def test_cpu_fusion_conv_hands_convolutions_to_ynnpack():
+  # "conv" reaches XLA as INDIVIDUAL_CONVOLUTION: the compiled step holds more YNNPACK fusions.
+  def ynn_fusions(cpu_fusion):
+    trainer = loop.Trainer(small_config(cpu_fusion=cpu_fusion, num_devices=1))
+    fn, args = trainer.dispatch_call(0, 1, abstract=True)
+    return fn.lower(trainer.abstract_state(), *args).compile().as_text().count("__ynn_fusion")
+  assert ynn_fusions("eltwise,reduce,conv") > ynn_fusions("eltwise,reduce")
+  assert parallel.cpu_compiler_options("eltwise,conv", "cpu")["xla_cpu_experimental_ynn_fusion_type"] == (
+      "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
 
 
 def test_on_device_batches_match_their_reference_sampler():

@@ -114,6 +114,8 @@ def _schedule(c: ml_collections.ConfigDict) -> None:
   c.eval_every_steps = 1000          # 0 = only at the end
   c.checkpoint_every_steps = 1000    # 0 = only at the end
   c.keep_checkpoints = 3             # newest checkpoints kept in <workdir>/checkpoints
+  c.profile_steps = ""               # "A:B": a JAX profiler trace of steps A to B in <workdir>/profile
+                                     # (TensorBoard's profile plugin, Perfetto); "" = none
 
 
 def _parallelism(c: ml_collections.ConfigDict) -> None:
@@ -129,7 +131,7 @@ def _parallelism(c: ml_collections.ConfigDict) -> None:
   c.vectorize_max_members = 0        # cap on members per vectorised group; 0 = as many as fit in
                                      # device memory by XLA's estimate of one member's step
   c.cpu_fusion = "eltwise,reduce"    # XLA:CPU only: YNNPACK library fusions for the compiled steps
-                                     # (comma-separated from dot,eltwise,reduce): ~2x faster ResNet-56
+                                     # (comma-separated from dot,eltwise,reduce,conv): ~2x faster ResNet-56
                                      # steps, ~1.6x the memory; "" = XLA's default (docs/PERFORMANCE.md)
   c.compilation_cache_dir = ""       # the `resnet-jax` command's persistent compilation cache: a folder,
                                      # "off", or "" = $RESNET_JAX_COMPILATION_CACHE, else
@@ -147,4 +149,5 @@ CHANGEABLE_ON_RESUME = (
     "keep_checkpoints", "eval_batch_size", "eval_crops", "eval_scales", "data_dir", "data_cache_dir",
     "data_threads", "prefetch_batches", "data_workers", "num_devices", "parallelism", "steps_per_dispatch",
     "cpu_fusion", "remat_blocks", "vectorize", "vectorize_max_members", "compilation_cache_dir",
+    "profile_steps",
 )

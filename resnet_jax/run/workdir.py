@@ -46,7 +46,7 @@ PROFILE_DIR = "profile"                   # JAX profiler traces of `profile_step
 # A sweep's (or `report`'s) folder: the tables of every run under it.
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 # Folders of a run that hold no runs (`report` does not descend into them).
-RUN_SUBDIRS = (TENSORBOARD_DIR, CHECKPOINTS_DIR, DAMAGED_DIR)
+RUN_SUBDIRS = (TENSORBOARD_DIR, CHECKPOINTS_DIR, DAMAGED_DIR, PROFILE_DIR)
 
 
 def is_run(names) -> bool:

@@ -26,7 +26,7 @@ import ml_collections
 
 from resnet_jax.run import console, metrics_log
 from resnet_jax.run.errors import StoppedEarly
-from resnet_jax.training import goodput, grouping, memory, validation
+from resnet_jax.training import goodput, grouping, memory, profiling, validation
 from resnet_jax.training.cadence import Cadence
 from resnet_jax.training.lifecycle import RunFiles, StopFlag, host_int, preflight
 from resnet_jax.training.rows import fetched_rows
@@ -183,24 +183,25 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
   lead = segment[0].files.lead
   pending, t_log, n_log = [], time.perf_counter(), start
   n, n_pending = start, 0
+  profile = profiling.Profile(c.profile_steps, segment[0].workdir)
   with console.phase(say, f"compiling {what} from step {start + 1}"):
     k = cadence.dispatch_size(n, until)
+    profile.before(n, k)
     state, metrics = _compile(trainer, state, n, k, ledger)
   first = (k, metrics)
   progress = console.ProgressBar(c.total_steps, start) if lead else None
-  with progress or contextlib.nullcontext():
+  with progress or contextlib.nullcontext(), profile:
     inflight = collections.deque()  # an output of each dispatch not yet seen done
     while n < until and any(m.error is None for m in segment):
       if first is not None:
         (k, metrics), first = first, None
       else:
         k = cadence.dispatch_size(n, until)
-        with ledger.timing("input"):  # drawing, augmenting and placing the batches
-          fn, args = trainer.dispatch_call(n, k)
-        state, metrics = fn(state, *args)
+        state, metrics = _dispatch(trainer, state, n, k, ledger, profile)
       pending.append(metrics)
       n, n_pending = n + k, n_pending + k
       _track(n, metrics, inflight, progress)
+      profile.after(n, metrics)
       act = cadence.after(n, stopping=stop.reached(n, k), segment_end=n == until)
       if not act.log:
         continue
@@ -225,6 +226,15 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
   for i, m in enumerate(segment):
     if m.error is None:
       m.state, m.step = strategy.member_state(state, i), until
+
+
+def _dispatch(trainer: Trainer, state, n: int, k: int, ledger: goodput.Ledger,
+              profile: profiling.Profile):
+  """Dispatches steps n+1 .. n+k, timing their batches as waiting for input."""
+  with ledger.timing("input"):  # drawing, augmenting and placing the batches
+    fn, args = trainer.dispatch_call(n, k)
+  profile.before(n, k)
+  return fn(state, *args)
 
 
 def _compile(trainer: Trainer, state, n: int, k: int, ledger: goodput.Ledger):

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from resnet_jax.data import EvalLayout, on_device
-from resnet_jax.training import optim
+from resnet_jax.training import optim, validation
 from resnet_jax.training.step import eval_step, train_step
 
 AXIS = "data"
@@ -135,7 +135,7 @@ def cpu_compiler_options(cpu_fusion: str, platform: str) -> dict:
 @functools.lru_cache(maxsize=None)
 def _probed_cpu_options(names: tuple[str, ...]) -> tuple:
   options = {"xla_cpu_experimental_ynn_fusion_type":
-             ",".join(f"LIBRARY_FUSION_TYPE_{n.upper()}" for n in names)}
+             ",".join(f"LIBRARY_FUSION_TYPE_{validation.CPU_FUSIONS[n]}" for n in names)}
   try:  # Probe once: an unknown option only fails at compile time, deep inside the first step.
     jax.jit(lambda x: x * 2 + 1, compiler_options=options).lower(np.zeros(4, np.float32)).compile()
   except Exception as e:  # pylint: disable=broad-except  # jaxlib raises several types
