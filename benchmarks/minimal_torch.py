@@ -143,17 +143,13 @@ def make_optimizer(model):
       lr=0.1, momentum=0.9)
 
 
-def run(depth: int, batch_size: int, steps: int, seed: int = 0,
-        channels_last: bool = False, threads: int | None = None,
-        dtype: str = "float32") -> dict:
-  """Times the eager train step; returns the same figures as minimal_flax."""
+def make_step(depth: int, batch_size: int, seed: int = 0, channels_last: bool = False,
+              dtype: str = "float32"):
+  """The eager train step on one fixed synthetic batch (a closure returning the loss); `run` times
+  it and benchmarks/step_profile.py profiles it."""
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
-  if steps < 1:
-    raise ValueError("steps must be >= 1")
-  if threads is not None:
-    torch.set_num_threads(threads)
   torch.manual_seed(seed)
   gen = torch.Generator().manual_seed(seed)
   images = torch.randn(batch_size, 3, 32, 32, generator=gen)
@@ -175,6 +171,21 @@ def run(depth: int, batch_size: int, steps: int, seed: int = 0,
     loss.backward()
     opt.step()
     return loss
+
+  return step
+
+
+def run(depth: int, batch_size: int, steps: int, seed: int = 0,
+        channels_last: bool = False, threads: int | None = None,
+        dtype: str = "float32") -> dict:
+  """Times the eager train step; returns the same figures as minimal_flax."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  if steps < 1:
+    raise ValueError("steps must be >= 1")
+  if threads is not None:
+    torch.set_num_threads(threads)
+  step = make_step(depth, batch_size, seed, channels_last, dtype)
 
   # CPU eager ops are synchronous, so wall time around a step is its cost.
   t0 = time.perf_counter()

@@ -269,3 +269,21 @@ def test_gpu_benchmarks_check_compiles_the_config_each_case_benchmarks(smoke):
   out = subprocess.run(["bash", "benchmarks/gpu.sh", "--help"], capture_output=True, text=True,
                        check=True).stdout
   assert "--check h100-1" in out
+
+
+def test_step_profile_splits_the_traced_step_into_categories_with_all_three_convolutions(tmp_path):
+  profile = _load("step_profile")
+  out = tmp_path / "profile.md"
+  result = profile.profile_ours("resnet8", 8, "float32", None, steps=1)
+  ms = result["ms"]
+  assert set(ms) == set(profile.CATEGORIES)
+  assert math.isclose(sum(ms.values()), result["traced_ms"], rel_tol=1e-6), result
+  # Every op event of the step, counted once: at most one op per runtime thread at a time.
+  assert 0 < result["traced_ms"] <= 1.1 * result["wall_ms"] * (os.cpu_count() or 1) + 1, result
+  for category in profile.CONV_CATEGORIES:
+    assert ms[category] > 0, (category, ms)
+  args = profile.argparse.Namespace(model="resnet8", batch_size=8, dtype="float32",
+                                    cpu_fusion=None, steps=1)
+  out.write_text(profile.table({"ours": result}, args))
+  text = out.read_text()
+  assert text.splitlines()[0].startswith(profile.cpu_model()) and "conv backward-weight" in text

@@ -25,23 +25,12 @@ def run_benchmark(model: str = "resnet20", batch_size: int = 128, steps: int = 1
   flops_per_step (3 x forward, the usual estimate of forward + backward, 2 FLOPs per multiply-add) and
   achieved_tflops, plus the compiled step's memory footprint from XLA's memory analysis.
   """
-  config = default_config()
-  config.update(model=model, batch_size=batch_size, dtype=dtype, dataset="synthetic",
-                image_size=image_size, parallelism=parallelism, num_devices=num_devices,
-                total_steps=max(1, steps + warmup_steps), lr_decay_steps=(), scan_blocks=scan_blocks,
-                remat_blocks=remat_blocks, steps_per_dispatch=steps_per_dispatch,
-                data_on_device=data_on_device, log_every_steps=steps_per_dispatch,
-                eval_every_steps=0, checkpoint_every_steps=0,
-                # On-device batches are drawn and augmented inside the step: time the paper's crop.
-                augment="cifar" if data_on_device else "none")
-  if cpu_fusion is not None:
-    config.cpu_fusion = cpu_fusion
-  trainer = Trainer(config)
-  strategy = trainer.strategy
-  state = strategy.put_state(trainer.init_state())
-  k = steps_per_dispatch
-  fn, args = trainer.dispatch_call(0, k)  # the exact call the training loop makes
-
+  trainer, state, fn, args = prepare(
+      model=model, batch_size=batch_size, dtype=dtype, image_size=image_size,
+      parallelism=parallelism, num_devices=num_devices, total_steps=max(1, steps + warmup_steps),
+      scan_blocks=scan_blocks, remat_blocks=remat_blocks, steps_per_dispatch=steps_per_dispatch,
+      data_on_device=data_on_device, cpu_fusion=cpu_fusion)
+  config, strategy, k = trainer.config, trainer.strategy, steps_per_dispatch
   compiled, compile_s, times, metrics = _time(fn, state, args, k, warmup_steps, steps)
   step_s = statistics.median(times)
   side = trainer.image_shape[0]
@@ -62,6 +51,31 @@ def run_benchmark(model: str = "resnet20", batch_size: int = 128, steps: int = 1
   if not np.all(np.isfinite(strategy.fetch(metrics)["train/loss"])):  # a benchmark's own check
     raise RuntimeError("the benchmark's loss is not finite; the timed step is broken.")
   return result
+
+
+def prepare(model: str = "resnet20", batch_size: int = 128, dtype: str = "float32",
+            image_size: int = 0, parallelism: str = "jit", num_devices: int = 0,
+            total_steps: int = 12, scan_blocks: bool = False, remat_blocks: bool = False,
+            steps_per_dispatch: int = 1, data_on_device: bool = False,
+            cpu_fusion: str | None = None):
+  """(trainer, placed state, step function, its arguments after the state): the exact call the
+  training loop makes, on synthetic data. Shared by `run_benchmark` and benchmarks/step_profile.py,
+  so a profile times the step that `bench` times."""
+  config = default_config()
+  config.update(model=model, batch_size=batch_size, dtype=dtype, dataset="synthetic",
+                image_size=image_size, parallelism=parallelism, num_devices=num_devices,
+                total_steps=total_steps, lr_decay_steps=(), scan_blocks=scan_blocks,
+                remat_blocks=remat_blocks, steps_per_dispatch=steps_per_dispatch,
+                data_on_device=data_on_device, log_every_steps=steps_per_dispatch,
+                eval_every_steps=0, checkpoint_every_steps=0,
+                # On-device batches are drawn and augmented inside the step: time the paper's crop.
+                augment="cifar" if data_on_device else "none")
+  if cpu_fusion is not None:
+    config.cpu_fusion = cpu_fusion
+  trainer = Trainer(config)
+  state = trainer.strategy.put_state(trainer.init_state())
+  fn, args = trainer.dispatch_call(0, steps_per_dispatch)
+  return trainer, state, fn, args
 
 
 def _time(fn, state, args, k: int, warmup_steps: int, steps: int):

@@ -1,0 +1,260 @@
+"""Where our compiled train step's time goes on this CPU: a jax.profiler trace, split by kind of op.
+
+  python benchmarks/step_profile.py --model resnet20 --batch-size 128 --steps 3 --torch
+
+Compiles the exact step `resnet-jax bench` times (resnet_jax.bench.step.prepare), runs it twice to
+warm up, then traces `--steps` steps with jax.profiler. Each XLA op the CPU runtime executes is an
+event of the trace named after its HLO instruction; each is put in one category by reading that
+instruction in the compiled HLO text (`compile().as_text()`):
+
+  conv forward / backward-input / backward-weight   a convolution, or a fusion holding one: the
+      weight gradient is the convolution whose output is the kernel (its output's spatial size is
+      smaller than its window, which is the activation); backward-input is a convolution of the
+      backward pass (op_name under transpose(...), or lhs_dilate) that is not one; the rest forward.
+  copies / transposes    copy, transpose, pad, slice, broadcast and fusions of nothing else
+  optimizer update       ops of the step outside the model and the loss (optax's update, the norms)
+  batch norm / reductions   other fusions or ops holding a reduce
+  elementwise            the other fusions
+  other                  the rest (the head's matmul, ...)
+
+Prints a markdown table of ms per step and share of the traced op time, under the CPU model
+(`lscpu`) and the date; `--out PATH` writes it. The op times are summed over the runtime's threads,
+so their total can exceed the wall time of a step when ops run side by side: shares are what to
+quote. `--torch` also profiles the PyTorch step of benchmarks/minimal_torch.py (torch.profiler) and
+adds its convolution time (forward + backward, which computes both gradients) beside ours.
+"""
+
+import argparse
+import collections
+import datetime
+import glob
+import gzip
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the checkout, when run as a script
+
+CATEGORIES = ("conv forward", "conv backward-input", "conv backward-weight",
+              "batch norm / reductions", "elementwise", "copies / transposes",
+              "optimizer update", "other")
+CONV_CATEGORIES = CATEGORIES[:3]
+_MOVEMENT = {"copy", "transpose", "bitcast", "reshape", "slice", "pad", "concatenate", "broadcast",
+             "dynamic-slice", "dynamic-update-slice", "parameter", "constant", "tuple",
+             "get-tuple-element", "iota", "reverse"}
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)$")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+) .*\{\s*$")
+# An op of the step itself, not scoped under the model's jvp/transpose or the loss: the optimizer.
+_STEP_LEVEL = re.compile(r'op_name="jit\([^)]*\)/[\w\-]+"')
+
+
+def parse_hlo(text: str) -> tuple[dict, dict]:
+  """({instruction name: (opcode, shape, rest of line)}, {computation: [instruction names]})."""
+  instructions, computations, current = {}, {}, None
+  for line in text.splitlines():
+    m = _INSTRUCTION.match(line)
+    if m and current is not None:
+      name, shape, opcode, rest = m.groups()
+      instructions[name] = (opcode, shape, rest)
+      computations[current].append(name)
+      continue
+    m = _COMPUTATION.match(line)
+    if m:
+      current = m.group(1)
+      computations[current] = []
+  return instructions, computations
+
+
+def _called(rest: str) -> list[str]:
+  return re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", rest)
+
+
+def _contents(name: str, instructions: dict, computations: dict) -> list[str]:
+  """Names of the instructions inside fusion `name`'s computations (nested ones too)."""
+  out, todo, seen = [], _called(instructions[name][2]), set()
+  while todo:
+    comp = todo.pop()
+    if comp in seen or comp not in computations:
+      continue
+    seen.add(comp)
+    for inner in computations[comp]:
+      out.append(inner)
+      todo.extend(_called(instructions[inner][2]))
+  return out
+
+
+def _dims(shape: str) -> list[int]:
+  m = re.search(r"\[([\d,]*)\]", shape)
+  return [int(d) for d in m.group(1).split(",") if d] if m else []
+
+
+def conv_kind(shape: str, rest: str) -> str:
+  """Which of the three convolutions of training this HLO convolution is."""
+  window = re.search(r"size=([\dx]+)", rest)
+  labels = re.search(r"dim_labels=\w+_\w+->(\w+)", rest)
+  if window and labels:
+    window_size = math.prod(int(d) for d in window.group(1).split("x"))
+    dims = _dims(shape)
+    out_spatial = math.prod(d for d, label in zip(dims, labels.group(1)) if label.isdigit())
+    if out_spatial < window_size:  # the "window" is the activation, the output the kernel
+      return "conv backward-weight"
+  if "lhs_dilate" in rest or "transpose(" in rest:
+    return "conv backward-input"
+  return "conv forward"
+
+
+def categorize(name: str, instructions: dict, computations: dict) -> str:
+  if name not in instructions:
+    return "other"
+  opcode, shape, rest = instructions[name]
+  if opcode == "convolution":
+    return conv_kind(shape, rest)
+  inner = _contents(name, instructions, computations) if opcode == "fusion" else []
+  for i in inner:
+    if instructions[i][0] == "convolution":
+      return conv_kind(instructions[i][1], instructions[i][2])
+  opcodes = {instructions[i][0] for i in inner} or {opcode}
+  if opcodes <= _MOVEMENT:
+    return "copies / transposes"
+  if _STEP_LEVEL.search(rest):
+    return "optimizer update"
+  if opcodes & {"reduce", "reduce-window"}:
+    return "batch norm / reductions"
+  if opcode == "fusion" or opcodes & {"add", "multiply", "subtract", "divide", "maximum", "select",
+                                      "rsqrt", "sqrt", "exponential", "log", "compare", "negate"}:
+    return "elementwise"
+  return "other"
+
+
+def op_times(trace_dir: str, module: str) -> dict:
+  """{HLO instruction: summed µs} of the XLA ops the trace in `trace_dir` holds for `module`."""
+  paths = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.trace.json.gz"))
+  if not paths:
+    raise RuntimeError(f"the profiler wrote no *.trace.json.gz under {trace_dir}")
+  with gzip.open(sorted(paths)[-1]) as f:
+    events = json.load(f)["traceEvents"]
+  times = collections.Counter()
+  for e in events:
+    args = e.get("args", {})
+    if e.get("ph") == "X" and "hlo_op" in args and args.get("hlo_module") == module:
+      times[args["hlo_op"]] += e["dur"]
+  return times
+
+
+def profile_ours(model: str, batch_size: int, dtype: str, cpu_fusion, steps: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from resnet_jax.bench import step as bench_step  # pylint: disable=g-import-not-at-top
+
+  _, state, fn, args = bench_step.prepare(model=model, batch_size=batch_size, dtype=dtype,
+                                          total_steps=steps + 2, cpu_fusion=cpu_fusion,
+                                          num_devices=1)  # a CPU host's one device (not XLA_FLAGS'
+                                                          # forced host devices, sharing its cores)
+  lowered = fn.lower(state, *args)
+  compiled = lowered.compile()
+  hlo = compiled.as_text()
+  instructions, computations = parse_hlo(hlo)
+  module = hlo.split(None, 2)[1].rstrip(",")  # "HloModule jit_train_step, ...": the trace's name
+  for _ in range(2):
+    state, metrics = compiled(state, *args)
+  jax.block_until_ready(state)
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir)
+    walls = []
+    for _ in range(steps):
+      t = time.perf_counter()
+      state, metrics = compiled(state, *args)
+      jax.block_until_ready(metrics)
+      walls.append(time.perf_counter() - t)
+    jax.profiler.stop_trace()
+    times = op_times(trace_dir, module)
+  by_category = collections.Counter({c: 0.0 for c in CATEGORIES})
+  for name, us in times.items():
+    by_category[categorize(name, instructions, computations)] += us
+  ms = {c: by_category[c] / 1e3 / steps for c in CATEGORIES}
+  return {"ms": ms, "total_ms": sum(ms.values()), "traced_ms": sum(times.values()) / 1e3 / steps,
+          "wall_ms": 1e3 * min(walls), "wall_ms_all": [1e3 * w for w in walls],
+          "ops": len(times), "module": module}
+
+
+def profile_torch(depth: int, batch_size: int, dtype: str, steps: int) -> dict:
+  """PyTorch's step: wall ms per step and its convolutions' ms (forward and backward ops)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, HERE)
+  import minimal_torch  # pylint: disable=g-import-not-at-top
+
+  step = minimal_torch.make_step(depth, batch_size, dtype=dtype)
+  step(), step()
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    t = time.perf_counter()
+    for _ in range(steps):
+      step()
+    wall = time.perf_counter() - t
+  conv = sum(e.cpu_time_total for e in prof.key_averages()
+             if e.key in ("aten::convolution", "aten::convolution_backward"))
+  return {"wall_ms": 1e3 * wall / steps, "conv_ms": conv / 1e3 / steps, "torch": torch.__version__}
+
+
+def cpu_model() -> str:
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    out = ""
+  names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")]
+  return names[0] if names else (platform.processor() or "unknown CPU")
+
+
+def table(result: dict, args) -> str:
+  ours = result["ours"]
+  lines = [f"{cpu_model()}, {os.cpu_count()} cores, {datetime.date.today().isoformat()}: "
+           f"{args.model}, batch {args.batch_size}, {args.dtype}, cpu_fusion "
+           f"{args.cpu_fusion or 'default'}, {args.steps} traced steps "
+           f"(ops summed {ours['total_ms']:.1f} ms/step, wall {ours['wall_ms']:.1f} ms/step)", "",
+           "| category | ms/step | share |", "|---|---|---|"]
+  for c in CATEGORIES:
+    lines.append(f"| {c} | {ours['ms'][c]:.1f} | {100 * ours['ms'][c] / ours['total_ms']:.1f}% |")
+  lines.append(f"| **total (traced ops)** | {ours['total_ms']:.1f} | 100% |")
+  if "torch" in result:
+    t = result["torch"]
+    lines += ["", "| | ms/step |", "|---|---|",
+              f"| ours: conv backward-weight | {ours['ms']['conv backward-weight']:.1f} |",
+              f"| ours: all conv | {sum(ours['ms'][c] for c in CONV_CATEGORIES):.1f} |",
+              f"| PyTorch {t['torch']}: all conv (forward + backward) | {t['conv_ms']:.1f} |",
+              f"| ours: step (wall) | {ours['wall_ms']:.1f} |",
+              f"| PyTorch: step (wall, profiled) | {t['wall_ms']:.1f} |"]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+  parser.add_argument("--model", default="resnet20")
+  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--cpu-fusion", default=None, help="our step's cpu_fusion (default: config's)")
+  parser.add_argument("--steps", type=int, default=3, help="traced steps (after 2 warm-up steps)")
+  parser.add_argument("--torch", action="store_true", help="also profile the PyTorch step")
+  parser.add_argument("--out", default=None, help="also write the markdown table here")
+  args = parser.parse_args(argv)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  result = {"ours": profile_ours(args.model, args.batch_size, args.dtype, args.cpu_fusion,
+                                 args.steps)}
+  if args.torch:
+    depth = int(re.sub(r"\D", "", args.model))
+    result["torch"] = profile_torch(depth, args.batch_size, args.dtype, args.steps)
+  text = table(result, args)
+  print(text)
+  print(json.dumps(result))
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(text)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
