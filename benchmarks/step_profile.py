@@ -183,7 +183,7 @@ def attribute(events: list[dict], category: dict, consumers: dict) -> collection
     in_flight = []
     for name in end:
       if category(name) in ASYNC_CATEGORIES:
-        done = min((start[c] for c in consumers.get(name, ()) if c in start), default=t1)
+        done = _first_read(name, consumers, start, t1)
         if done > end[name]:
           in_flight.append((end[name], done, category(name)))
     for tid in {e["tid"] for e in evs}:
@@ -193,6 +193,22 @@ def attribute(events: list[dict], category: dict, consumers: dict) -> collection
         if g1 > g0:
           _share_gap(g0, g1, in_flight, total)
   return total
+
+
+def _first_read(name: str, consumers: dict, start: dict, t1: float) -> float:
+  """When the first executed op reading `name`'s result started: through ops that run no thunk
+  (bitcasts, tuples), whose readers read it in turn; the step's end if none."""
+  first, todo, seen = t1, list(consumers.get(name, ())), set()
+  while todo:
+    c = todo.pop()
+    if c in seen:
+      continue
+    seen.add(c)
+    if c in start:
+      first = min(first, start[c])
+    else:
+      todo.extend(consumers.get(c, ()))
+  return first
 
 
 def _share_gap(g0: float, g1: float, in_flight: list, total: collections.Counter) -> None:
