@@ -265,9 +265,12 @@ def profile_ours(model: str, batch_size: int, dtype: str, cpu_fusion, steps: int
           "module": module}
 
 
-def profile_torch(depth: int, batch_size: int, dtype: str, steps: int) -> dict:
+def profile_torch(depth: int, batch_size: int, dtype: str, steps: int,
+                  threads: int | None = None) -> dict:
   """PyTorch's step: wall ms per step and its convolutions' ms (forward and backward ops)."""
   import torch  # pylint: disable=g-import-not-at-top
+  if threads:
+    torch.set_num_threads(threads)
   sys.path.insert(0, HERE)
   import minimal_torch  # pylint: disable=g-import-not-at-top
 
@@ -280,7 +283,8 @@ def profile_torch(depth: int, batch_size: int, dtype: str, steps: int) -> dict:
     wall = time.perf_counter() - t
   conv = sum(e.cpu_time_total for e in prof.key_averages()
              if e.key in ("aten::convolution", "aten::convolution_backward"))
-  return {"wall_ms": 1e3 * wall / steps, "conv_ms": conv / 1e3 / steps, "torch": torch.__version__}
+  return {"wall_ms": 1e3 * wall / steps, "conv_ms": conv / 1e3 / steps, "torch": torch.__version__,
+          "threads": torch.get_num_threads()}
 
 
 def cpu_model() -> str:
@@ -311,10 +315,12 @@ def table(result: dict, args) -> str:
               "|---|---|",
               f"| ours: conv backward-weight | {step_ms['conv backward-weight']:.1f} |",
               f"| ours: all conv | {sum(step_ms[c] for c in CONV_CATEGORIES):.1f} |",
-              f"| PyTorch {t['torch']}: all conv (aten::convolution + convolution_backward) "
+              f"| PyTorch {t['torch']} ({t['threads']} threads): all conv (aten::convolution + "
+              "convolution_backward) "
               f"| {t['conv_ms']:.1f} |",
               f"| ours: step | {wall:.1f} |",
-              f"| PyTorch: step (profiled) | {t['wall_ms']:.1f} |"]
+              f"| PyTorch: step (profiled) | {t['wall_ms']:.1f} |",
+              f"| PyTorch: conv share of its step | {100 * t['conv_ms'] / t['wall_ms']:.1f}% |"]
   return "\n".join(lines) + "\n"
 
 
@@ -326,6 +332,8 @@ def main(argv=None) -> int:
   parser.add_argument("--cpu-fusion", default=None, help="our step's cpu_fusion (default: config's)")
   parser.add_argument("--steps", type=int, default=3, help="traced steps (after 2 warm-up steps)")
   parser.add_argument("--torch", action="store_true", help="also profile the PyTorch step")
+  parser.add_argument("--torch-threads", type=int, default=None,
+                      help="torch.set_num_threads for --torch (default: torch's own)")
   parser.add_argument("--out", default=None, help="also write the markdown table here")
   args = parser.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -333,7 +341,8 @@ def main(argv=None) -> int:
                                  args.steps)}
   if args.torch:
     depth = int(re.sub(r"\D", "", args.model))
-    result["torch"] = profile_torch(depth, args.batch_size, args.dtype, args.steps)
+    result["torch"] = profile_torch(depth, args.batch_size, args.dtype, args.steps,
+                                    args.torch_threads)
   text = table(result, args)
   print(text)
   print(json.dumps(result))
