@@ -16,12 +16,15 @@ instruction in the compiled HLO text (`compile().as_text()`):
   batch norm / reductions   other fusions or ops holding a reduce
   elementwise            the other fusions
   other                  the rest (the head's matmul, ...)
+  idle / runtime         pool-thread time with no op and no convolution in flight
 
-Prints a markdown table of ms per step and share of the traced op time, under the CPU model
-(`lscpu`) and the date; `--out PATH` writes it. The op times are summed over the runtime's threads,
-so their total can exceed the wall time of a step when ops run side by side: shares are what to
-quote. `--torch` also profiles the PyTorch step of benchmarks/minimal_torch.py (torch.profiler) and
-adds its convolution time (forward + backward, which computes both gradients) beside ours.
+XLA:CPU's convolutions hand their work to the thread pool and return, so their events are short and
+the work shows as gaps between events: each gap is given to the convolutions in flight then (see
+`attribute`). The categories share the pool threads' whole span of each step (thread-ms); a
+category's share times the step's wall time is its part of the step. Prints a markdown table under
+the CPU model (`lscpu`) and the date; `--out PATH` writes it. `--torch` also profiles the PyTorch
+step of benchmarks/minimal_torch.py (torch.profiler; `--torch-threads N`) and puts its convolution
+time (aten::convolution + convolution_backward, which computes both gradients) beside ours.
 """
 
 import argparse
