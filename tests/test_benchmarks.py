@@ -287,3 +287,26 @@ def test_step_profile_splits_the_traced_step_into_categories_with_all_three_conv
   out.write_text(profile.table({"ours": result}, args))
   text = out.read_text()
   assert text.splitlines()[0].startswith(profile.cpu_model()) and "conv backward-weight" in text
+
+
+def test_step_profile_tells_the_three_convolutions_apart_from_the_hlo():
+  profile = _load("step_profile")
+  hlo = """HloModule jit_train_step, entry_computation_layout={()}
+
+ENTRY %main.1 (x: f32[8,32,32,16], k: f32[3,3,16,16]) -> f32[16,3,3,16] {
+  %x = f32[8,32,32,16]{3,2,1,0} parameter(0)
+  %k = f32[3,3,16,16]{3,2,1,0} parameter(1)
+  %fwd = f32[8,32,32,16]{3,2,1,0} convolution(%x, %k), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(train_step)/jvp(ResNet)/stage1_block1/conv1/conv_general_dilated"}
+  %din = f32[8,32,32,16]{3,2,1,0} convolution(%fwd, %k), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(train_step)/transpose(jvp(ResNet))/stage1_block1/conv2/conv_general_dilated"}
+  %strided = f32[8,32,32,16]{3,2,1,0} convolution(%fwd, %k), window={size=3x3 pad=1_2x1_2 lhs_dilate=2x2}, dim_labels=b01f_01io->b01f
+  %t = f32[16,32,32,8]{3,2,1,0} transpose(%x), dimensions={3,1,2,0}
+  ROOT %dw = f32[16,3,3,16]{3,2,1,0} convolution(%t, %t), window={size=32x32 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+}
+"""
+  instructions, computations = profile.parse_hlo(hlo)
+  kinds = {n: profile.categorize(n, instructions, computations)
+           for n in ("fwd", "din", "strided", "dw", "t")}
+  assert kinds == {"fwd": "conv forward", "din": "conv backward-input", "strided": "conv backward-input",
+                   "dw": "conv backward-weight", "t": "copies / transposes"}, kinds
+  consumers = profile.consumers_of(instructions, computations, "main.1")
+  assert consumers["fwd"] == {"din", "strided"} and consumers["t"] == {"dw"}
