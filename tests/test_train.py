@@ -17,7 +17,7 @@ from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax.config import default_config
 from resnet_jax.run import metrics_log
-from resnet_jax.run.errors import ConfigError, WorkdirError
+from resnet_jax.run.errors import ConfigError, NonFiniteError, WorkdirError
 from resnet_jax.training import checkpoints, loop
 from resnet_jax.training import step as step_lib
 from tests.helpers import max_abs_diff, small_config
@@ -170,7 +170,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
   monkeypatch.setattr(data_lib.InMemoryDataset, "train_batch", poisoned)
   workdir = str(tmp_path / "nan")
-  with pytest.raises(loop.NonFiniteError, match="at step 3"):
+  with pytest.raises(NonFiniteError, match="at step 3"):
     loop.train_and_evaluate(small_config(), workdir)
   assert checkpoints.Checkpointer(workdir).latest_step() == 2
   assert [r["step"] for r in metrics_log.read_metrics(workdir)] == [1, 2]
