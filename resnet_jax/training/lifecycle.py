@@ -114,9 +114,9 @@ class RunFiles:
       self.ckpt.wait()  # a save still in flight may yet commit: the message must name it if it does
     except Exception:  # pylint: disable=broad-except  # it failed too (the same fault, most likely)
       pass
-    try:
-      committed = sorted(int(p.name) for p in epath.Path(self.ckpt.directory).iterdir()
-                         if p.name.isdigit())
+    try:  # Orbax lists only committed steps (in a bucket the failed step's folder exists, half)
+      self.ckpt.manager.reload()
+      committed = self.ckpt.all_steps()
     except Exception:  # pylint: disable=broad-except  # the storage may still be away
       committed = None
     last = ("the last committed checkpoint could not be listed" if committed is None else
