@@ -48,12 +48,12 @@ DEFAULT_KINDS = KINDS[:3]
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
-  """`--kinds`: a comma list of KINDS, in any order; anything else ends the script with a sentence."""
+  """`--kinds`: a comma list of KINDS in any order; anything else ends the script with a sentence."""
   kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
   unknown = [k for k in kinds if k not in KINDS]
   if unknown or not kinds:
-    sys.exit(f"soak.py: --kinds {text!r}: {'unknown ' + ', '.join(unknown) if unknown else 'empty'}; "
-             f"give a comma list among {', '.join(KINDS)}")
+    what = f"unknown {', '.join(unknown)}" if unknown else "empty"
+    sys.exit(f"soak.py: --kinds {text!r}: {what}; give a comma list among {', '.join(KINDS)}")
   return kinds
 
 

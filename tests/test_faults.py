@@ -165,8 +165,9 @@ def test_a_save_that_fails_transiently_in_the_background_is_exit_75(tmp_path, mo
     return real_save(self, step, state, force)
 
   monkeypatch.setattr(checkpoints.Checkpointer, "save", save)
-  args = ["train", "--config", "configs/quickstart.py", "--workdir", workdir, "--config.model=resnet8",
-          "--config.total_steps=6", "--config.checkpoint_every_steps=2", "--config.num_devices=1"]
+  args = ["train", "--config", "configs/quickstart.py", "--workdir", workdir,
+          "--config.model=resnet8", "--config.total_steps=6", "--config.checkpoint_every_steps=2",
+          "--config.num_devices=1"]
   if upload_lost:
     assert cli.main(args) == errors.EXIT_STORAGE_UNAVAILABLE == 75
     err = capsys.readouterr().err
