@@ -269,3 +269,15 @@ def test_gpu_benchmarks_check_compiles_the_config_each_case_benchmarks(smoke):
   out = subprocess.run(["bash", "benchmarks/gpu.sh", "--help"], capture_output=True, text=True,
                        check=True).stdout
   assert "--check h100-1" in out
+
+
+def test_soak_kinds_are_a_comma_list_of_known_interruptions():
+  soak = _load("soak")
+  assert soak.parse_kinds("server_restart") == ("server_restart",)
+  assert soak.parse_kinds("kill9, server_restart,kill9") == ("kill9", "server_restart")
+  assert soak.DEFAULT_KINDS == ("kill9", "sigterm", "bucket_away")
+  with pytest.raises(SystemExit, match=r"--kinds 'kill9,restart': unknown restart; give a comma "
+                                       r"list among kill9, sigterm, bucket_away, server_restart"):
+    soak.parse_kinds("kill9,restart")
+  with pytest.raises(SystemExit, match="empty"):
+    soak.parse_kinds(",")
