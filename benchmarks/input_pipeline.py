@@ -80,20 +80,21 @@ def cpu_model() -> str:
 
 def ours(train: bool, normalize: bool = False, pil: bool = False, dct_scaling: bool = False):
   from resnet_jax.data import augment as aug  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import decode  # pylint: disable=g-import-not-at-top
   from resnet_jax.data import jpeg  # pylint: disable=g-import-not-at-top
   from resnet_jax.data import sampling  # pylint: disable=g-import-not-at-top
 
   if pil:  # every image through PIL's decoder, as before libjpeg-turbo's
     jpeg.header = lambda data, channels: None
   normalizer = aug.Normalizer.torchvision()
-  aug.keep_image_blocks()  # as TfdsDataset does
+  decode.keep_image_blocks()  # as TfdsDataset does
   augment = "inception" if train else "none"
 
   def batch(data, step):
     # The draws of global batch `step` of seed 0 on one process, as a run makes them.
     params = sampling.batch_plan(0, step, len(data), len(data), augment, shard=(1, 0))[1]
     # As TfdsDataset._images does: uint8 for the device to normalise, or normalised in one pass.
-    return aug.decode_crops(data, augment, params, SIZE, 3, normalizer if normalize else None,
+    return decode.decode_crops(data, augment, params, SIZE, 3, normalizer if normalize else None,
                             dct_scaling)
 
   return batch
@@ -240,13 +241,12 @@ def dct_psnr(jpegs: list, batch_size: int, rounds: int) -> dict:
   """PSNR (dB, over all pixels of each view) of crops decoded at a reduced DCT scale against the
   exact path, and the share of images the scale reduced, for `rounds` epochs of training crops
   and the evaluation view."""
-  from resnet_jax.data import augment as aug  # pylint: disable=g-import-not-at-top
-  from resnet_jax.data import jpeg, sampling  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import decode, jpeg, sampling  # pylint: disable=g-import-not-at-top
 
-  decode, reduced = jpeg.decode, []
+  jpeg_decode, reduced = jpeg.decode, []
 
   def counting(data, channels, height, width, need=(0, 0)):
-    out = decode(data, channels, height, width, need)
+    out = jpeg_decode(data, channels, height, width, need)
     reduced.append(out is not None and out[1] < 1)
     return out
 
@@ -257,9 +257,9 @@ def dct_psnr(jpegs: list, batch_size: int, rounds: int) -> dict:
     for step in range(epochs * len(jpegs) // batch_size):
       chunk = jpegs[(step * batch_size) % len(jpegs):][:batch_size]
       params = sampling.batch_plan(0, step, len(chunk), len(chunk), augment, shard=(1, 0))[1]
-      exact = aug.decode_crops(chunk, augment, params, SIZE, 3).astype(float)
+      exact = decode.decode_crops(chunk, augment, params, SIZE, 3).astype(float)
       reduced.clear()
-      scaled = aug.decode_crops(chunk, augment, params, SIZE, 3, dct_scaling=True)
+      scaled = decode.decode_crops(chunk, augment, params, SIZE, 3, dct_scaling=True)
       hits += reduced
       sq_err += ((scaled - exact) ** 2).sum()
       count += exact.size

@@ -216,10 +216,10 @@ def test_input_pipeline_benchmark_pipelines_make_normalised_batches():
   assert all(j[:2] == b"\xff\xd8" and 20_000 < len(j) < 120_000 for j in jpegs)  # JPEGs, ~40 KiB
   assert photo_jpegs(3) == jpegs  # a pure function of (count, seed)
   for train in (True, False):
-    batch = bench.ours(train)(jpegs, 0)
+    batch = bench.ours(train, normalize=True)(jpegs, 0)  # as a host that normalises
     assert batch.shape == (3, 224, 224, 3) and batch.dtype == np.float32
     assert -2.2 < batch.min() < 0 < batch.max() < 2.7  # torchvision's mean and std
-    assert bench.ours(train, normalize=False)(jpegs, 0).dtype == np.uint8
+    assert bench.ours(train)(jpegs, 0).dtype == np.uint8  # as a run's host: the device normalises
   if importlib.util.find_spec("torchvision"):
     assert bench.torchvision_pil(True)(jpegs, 0).shape == (3, 3, 224, 224)
 
@@ -310,3 +310,15 @@ ENTRY %main.1 (x: f32[8,32,32,16], k: f32[3,3,16,16]) -> f32[16,3,3,16] {
                    "dw": "conv backward-weight", "t": "copies / transposes"}, kinds
   consumers = profile.consumers_of(instructions, computations, "main.1")
   assert consumers["fwd"] == {"din", "strided"} and consumers["t"] == {"dw"}
+
+
+def test_soak_kinds_are_a_comma_list_of_known_interruptions():
+  soak = _load("soak")
+  assert soak.parse_kinds("server_restart") == ("server_restart",)
+  assert soak.parse_kinds("kill9, server_restart,kill9") == ("kill9", "server_restart")
+  assert soak.DEFAULT_KINDS == ("kill9", "sigterm", "bucket_away")
+  with pytest.raises(SystemExit, match=r"--kinds 'kill9,restart': unknown restart; give a comma "
+                                       r"list among kill9, sigterm, bucket_away, server_restart"):
+    soak.parse_kinds("kill9,restart")
+  with pytest.raises(SystemExit, match="empty"):
+    soak.parse_kinds(",")

@@ -1,7 +1,8 @@
 """Runs with a gs:// workdir end to end, through a GCS JSON API on loopback (tests/gcs.py): the
 `resnet-jax` command in subprocesses, killed, faulted, left without its bucket and resumed; a sweep,
 its report and eval. ResNet-8 on the digits; each bucket run must end bit-identical to the same run
-uninterrupted in a local workdir. (A gs:// data_dir: tests/test_input_pipeline.py.)
+uninterrupted in a local workdir. A CIFAR-10 run reads its prepared data from a gs:// data_dir
+(mirrored into data_cache_dir) and a `convert` writes its checkpoint into a bucket workdir.
 """
 
 import json
@@ -58,8 +59,9 @@ def test_soak_kill_9_sigterm_faults_and_an_outage_end_bit_identical(reference, t
   from the bucket.
 
   The outage is the proxy's, not fake-gcs-server stopped and started again: a restarted emulator
-  forgets the resumable uploads in progress, which GCS keeps for a week, and then Orbax's own
-  metadata upload fails with a 404 (about 1 run in 6 here), a failure GCS would not cause."""
+  forgets the resumable uploads in progress, which GCS keeps for a week, and then an Orbax upload
+  fails with a 404, ending the run with exit 75 and a restart: longer than this tier allows
+  (`benchmarks/soak.py --kinds server_restart`, docs/results/faults)."""
   figures = soak_lib.soak(str(tmp_path), lambda url: gcs.point_at(url, monkeypatch), steps=STEPS,
                           interruptions=3, fault_fraction=0.015, stall_s=1.0, outage_s=10.0,
                           max_gap_steps=2, seed=1, reference=reference, log=lambda text: None)
@@ -111,3 +113,36 @@ def test_sweep_report_and_eval_in_a_bucket(gcs_env, reference, tmp_path):
   result = json.loads(command("eval", "--workdir", f"{root}/resnet8").strip().splitlines()[-1])
   logged = [r for r in metrics_log.read_metrics(f"{root}/resnet8") if "eval/accuracy" in r][-1]
   assert logged["step"] == STEPS and result["eval/accuracy"] == pytest.approx(logged["eval/accuracy"])
+
+
+def _cifar_train(workdir: str, data_dir: str, *extra: str) -> list[str]:
+  """A ResNet-8 on CIFAR-10 for 3 steps of 16 images: the data path, not the learning, is tested."""
+  return [sys.executable, "-m", "resnet_jax.cli", "train", "--config", "configs/cifar10.py:resnet8",
+          "--workdir", workdir, f"--config.data_dir={data_dir}", "--config.total_steps=3",
+          "--config.batch_size=16", "--config.bn_group_size=16", "--config.lr_decay_steps=(2,)",
+          "--config.num_devices=1", "--config.normalization_examples=500",
+          "--config.log_every_steps=1", "--config.eval_every_steps=0",
+          "--config.checkpoint_every_steps=3", *extra]
+
+
+@pytest.mark.timeout(600)
+def test_cifar10_trains_from_a_gs_data_dir(cifar10_data_dir, gcs_env, tmp_path):
+  """Prepared CIFAR-10 in the bucket, a bucket workdir: the run mirrors the data into
+  data_cache_dir once and trains from it, to the parameters of the same run from the local copy."""
+  import gcsfs  # pylint: disable=g-import-not-at-top
+
+  data_dir = f"gs://{gcs.BUCKET}/{tmp_path.name}/tensorflow_datasets"
+  gcsfs.GCSFileSystem().put(cifar10_data_dir, data_dir, recursive=True)
+  env = _env(gcs_env["STORAGE_EMULATOR_HOST"])
+  local = str(tmp_path / "local")
+  subprocess.run(_cifar_train(local, cifar10_data_dir), cwd=REPO_ROOT, env=env, check=True,
+                 capture_output=True)
+  workdir, cache = f"gs://{gcs.BUCKET}/{tmp_path.name}/run", str(tmp_path / "cache")
+  done = subprocess.run(_cifar_train(workdir, data_dir, f"--config.data_cache_dir={cache}"),
+                        cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert sorted(os.listdir(os.path.join(cache, "cifar10", "3.0.2"))) == sorted(
+      os.listdir(os.path.join(cifar10_data_dir, "cifar10", "3.0.2")))
+  params, step = _params(workdir)
+  assert step == 3 and _steps_logged(workdir) == [1, 2, 3]
+  assert max_abs_diff(params, _params(local)[0]) == 0.0

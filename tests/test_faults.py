@@ -148,6 +148,36 @@ def test_full_disk_names_the_path_and_the_last_good_checkpoint(tmp_path, monkeyp
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
 
 
+@pytest.mark.parametrize("upload_lost", [True, False])
+def test_a_save_that_fails_transiently_in_the_background_is_exit_75(tmp_path, monkeypatch, capsys,
+                                                                    upload_lost):
+  """Orbax retries none of its uploads: a resumable upload the server forgot (a 404 on its
+  upload_id, which GCS's docs answer with a new upload) surfaces from the next save as an error.
+  It ends the run with exit 75 (restart me) and the last committed checkpoint; a plain missing
+  file (the control) is no transient fault and keeps its traceback."""
+  workdir = str(tmp_path / "run")
+  real_save = checkpoints.Checkpointer.save
+  url = "http://127.0.0.1:1/upload/storage/v1/b/bucket/o?uploadType=resumable&name=run%2F4"
+
+  def save(self, step, state, force=False):
+    if step == 4:
+      raise FileNotFoundError(url + ("&upload_id=0123abcd" if upload_lost else ""))
+    return real_save(self, step, state, force)
+
+  monkeypatch.setattr(checkpoints.Checkpointer, "save", save)
+  args = ["train", "--config", "configs/quickstart.py", "--workdir", workdir,
+          "--config.model=resnet8", "--config.total_steps=6", "--config.checkpoint_every_steps=2",
+          "--config.num_devices=1"]
+  if upload_lost:
+    assert cli.main(args) == errors.EXIT_STORAGE_UNAVAILABLE == 75
+    err = capsys.readouterr().err
+    assert "transient storage error" in err and "last committed checkpoint is step 2" in err
+  else:  # not a fault a retry cures: it keeps its traceback
+    with pytest.raises(FileNotFoundError, match="uploadType=resumable&name=run%2F4$"):
+      cli.main(args)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+
+
 def test_ctrl_c_saves_and_resumes_exactly_a_second_one_aborts(tmp_path, monkeypatch, capsys,
                                                               uninterrupted):
   workdir = str(tmp_path)

@@ -17,6 +17,7 @@ from resnet_jax import cli
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax.data import augment as aug
+from resnet_jax.data import decode
 from resnet_jax.data import tfds_builder, tfds_source
 from resnet_jax.data.readahead import ReadAhead
 from resnet_jax.run.errors import ConfigError, DataError
@@ -113,9 +114,9 @@ def test_cifar_batches_are_the_paper_augmentation_of_raw_records(cifar):
   batch = cifar.train_batch(7, 123, 64)
   idx, params = data_lib.batch_plan(7, 123, 64, 50000, "cifar")
   records = cifar.records(idx)
-  raw = np.stack([aug.to_array(aug.open_image(r["image"], 3), 3) for r in records])
+  raw = np.stack([decode.to_array(decode.open_image(r["image"], 3), 3) for r in records])
   # By hand: per-pixel mean of the first FEW training images, subtract, zero-pad 4, crop, flip.
-  first = np.stack([aug.to_array(aug.open_image(r["image"], 3), 3) for r in cifar.records(range(FEW))])
+  first = np.stack([decode.to_array(decode.open_image(r["image"], 3), 3) for r in cifar.records(range(FEW))])
   x = raw / 255 - (first / 255).mean(axis=0)
   for i in range(64):
     padded = np.pad(x[i], ((4, 4), (4, 4), (0, 0)))
@@ -322,7 +323,7 @@ def test_ten_crop_testing_views_and_scores(imagenet_data_dir):
   (first, second) = list(ds.eval_batches(3))
   assert first["image"].shape == (3, 10, 32, 32, 3) and second["mask"].tolist() == [1, 1, 0]
   records = ds.records([0], "eval")
-  image = aug.open_image(records[0]["image"], 3)
+  image = decode.open_image(records[0]["image"], 3)
   h, w = image.height, image.width
   side = 0.875 * min(h, w)
   by_hand = [(0, 0), (0, w - side), (h - side, 0), (h - side, w - side),
@@ -404,10 +405,10 @@ def test_default_jpeg_path_is_exact_on_photographs():
     crop = np.asarray(im.resize((40, 40), Image.Resampling.BILINEAR, box=(x, y, x + w, y + h)))
     want.append(crop[:, ::-1] if flip else crop)
   want = np.stack(want)
-  np.testing.assert_array_equal(aug.decode_crops(jpegs, "inception", params, 40, 3), want)
+  np.testing.assert_array_equal(decode.decode_crops(jpegs, "inception", params, 40, 3), want)
   offsets = np.asarray(aug.pca_offsets(params["alpha"]), np.float32)[:, None, None, :]
   by_hand = (want.astype(np.float32) * np.float32(1 / 255) + offsets - norm.mean) / norm.std
-  np.testing.assert_array_equal(aug.decode_crops(jpegs, "inception", params, 40, 3, norm), by_hand)
+  np.testing.assert_array_equal(decode.decode_crops(jpegs, "inception", params, 40, 3, norm), by_hand)
   np.testing.assert_array_equal(norm(want, aug.pca_offsets(params["alpha"])), by_hand)
   per_pixel = aug.Normalizer(np.random.default_rng(0).random((40, 40, 3)))
   np.testing.assert_array_equal(per_pixel(want), want.astype(np.float32) * np.float32(1 / 255)
@@ -472,10 +473,10 @@ def test_jpegs_decode_by_libjpeg_turbo_to_pils_pixels_and_boxes(monkeypatch):
   assert jpeg.header(jpegs[0], 1) is None and jpeg.header(jpegs[4], 1) == sizes[4]
   for augment, channels in (("inception", 3), ("none", 3), ("inception", 1)):
     _, params = data_lib.batch_plan(5, 3, len(jpegs), 100, augment, color_std=0.1)
-    fast = aug.decode_crops(jpegs, augment, params, 40, channels)
+    fast = decode.decode_crops(jpegs, augment, params, 40, channels)
     with monkeypatch.context() as m:
       m.setattr(jpeg, "header", lambda data, channels: None)  # PIL for every image
-      np.testing.assert_array_equal(aug.decode_crops(jpegs, augment, params, 40, channels), fast)
+      np.testing.assert_array_equal(decode.decode_crops(jpegs, augment, params, 40, channels), fast)
 
 
 def test_reduced_dct_scale_stays_close_to_the_exact_path():
@@ -486,8 +487,8 @@ def test_reduced_dct_scale_stays_close_to_the_exact_path():
   jpegs = photo_jpegs(8)
   for augment in ("inception", "none"):
     _, params = data_lib.batch_plan(0, 1, len(jpegs), 100, augment)
-    exact = aug.decode_crops(jpegs, augment, params, 64, 3).astype(np.float64)
-    scaled = aug.decode_crops(jpegs, augment, params, 64, 3, dct_scaling=True)
+    exact = decode.decode_crops(jpegs, augment, params, 64, 3).astype(np.float64)
+    scaled = decode.decode_crops(jpegs, augment, params, 64, 3, dct_scaling=True)
     assert not np.array_equal(scaled, exact)  # 64 px crops of 300-500 px photographs: reduced
     psnr = 10 * np.log10(255 ** 2 / np.mean((scaled - exact) ** 2))
     assert psnr > 33, (augment, psnr)

@@ -320,6 +320,30 @@ def test_cli_convert_then_eval_matches_torchvision(tmp_path, capsys):
                                 converted["batch_stats"]["stem_bn"]["var"])
 
 
+def test_convert_into_a_bucket_workdir(gcs_env, tmp_path, capsys):
+  """`convert` writes its checkpoint and config through RunFiles into a gs:// workdir (the GCS
+  emulator, tests/gcs.py), and what it wrote restores to torchvision's weights exactly."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from tests import gcs  # pylint: disable=g-import-not-at-top
+
+  tv = torchvision_model("resnet18", seed=3)
+  source = str(tmp_path / "resnet18.pth")
+  torch.save(tv.state_dict(), source)
+  workdir = f"gs://{gcs.BUCKET}/{os.getpid()}-{tmp_path.name}/converted"
+  assert cli.main(["convert", "--from", "torchvision", "resnet18", source, "--workdir", workdir,
+                   "--config", "configs/quickstart.py", "--config.dataset=synthetic",
+                   "--config.image_size=32", "--config.num_devices=1"]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert (summary["model"], summary["step"]) == ("resnet18", 0)
+  config = json.loads((epath.Path(workdir) / "config.json").read_text())
+  assert (config["model"], config["normalization"]) == ("resnet18", "torchvision")
+  _, state = trainer_lib.restore(workdir)
+  converted = pretrained.from_torchvision(tv.state_dict())
+  for a, b in zip(jax.tree_util.tree_leaves({"params": state.params, "batch_stats": state.batch_stats}),
+                  jax.tree_util.tree_leaves(converted)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
 def test_convert_writes_torchvisions_network_not_the_paper_presets(tmp_path, capsys):
   """configs/imagenet.py:resnet50 is the paper's v1 network (stride on the first 1x1); torchvision's
   is v1.5. Both have the same shapes, so only the config can say which one the weights belong to."""

@@ -12,6 +12,7 @@ import contextlib
 import numpy as np
 
 from resnet_jax.data import augment as aug
+from resnet_jax.data import decode
 from resnet_jax.data import on_device
 from resnet_jax.data import sampling
 from resnet_jax.data.readahead import ReadAhead
@@ -57,7 +58,7 @@ class TfdsDataset:
     self.size = native[0] if self.fixed else image_size
 
     decoders = {self.image_key: tfds_module().decode.SkipDecoding()}  # we decode (and crop) with PIL
-    aug.keep_image_blocks()
+    decode.keep_image_blocks()
     self._train = builder.as_data_source(split="train", decoders=decoders)
     n = len(self._train)
     if check is not None:
@@ -114,7 +115,7 @@ class TfdsDataset:
 
   def __setstate__(self, state: dict) -> None:
     self.__dict__.update(state)
-    aug.keep_image_blocks()
+    decode.keep_image_blocks()
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -155,7 +156,7 @@ class TfdsDataset:
     """An image of `records` that cannot be decoded becomes a DataError naming its record."""
     try:
       yield
-    except aug.UnreadableImageError as e:
+    except decode.UnreadableImageError as e:
       where = self._where(split, int(indices[e.position]), records[e.position])
       raise DataError(f"{where} is not a readable image ({e.cause}); replace it and prepare "
                       f"{self.name} again (resnet-jax prepare).") from e
@@ -198,19 +199,19 @@ class TfdsDataset:
     at several scales of the shorter side; a batch needs one shape per scale, so each scale sees the
     central square of the image at that scale (75% of a 4:3 photograph) rather than all of it.
     """
-    images = aug.load_images([r[self.image_key] for r in records], self.channels)
+    images = decode.load_images([r[self.image_key] for r in records], self.channels)
     heights = np.array([im.height for im in images])
     widths = np.array([im.width for im in images])
     boxes = aug.center_boxes(heights, widths, fraction=1.0)
-    return np.stack([aug.crop_resize(im, b, side, self.channels) for im, b in zip(images, boxes)])
+    return np.stack([decode.crop_resize(im, b, side, self.channels) for im, b in zip(images, boxes)])
 
   def ten_crops(self, records) -> np.ndarray:
     """uint8 (B, 10, size, size, C): the five `ten_crop_boxes` crops of each image, then their flips."""
-    images = aug.load_images([r[self.image_key] for r in records], self.channels)
+    images = decode.load_images([r[self.image_key] for r in records], self.channels)
     heights = np.array([im.height for im in images])
     widths = np.array([im.width for im in images])
     boxes = aug.ten_crop_boxes(heights, widths)
-    crops = np.stack([np.stack([aug.crop_resize(im, b, self.size, self.channels) for b in bs])
+    crops = np.stack([np.stack([decode.crop_resize(im, b, self.size, self.channels) for b in bs])
                       for im, bs in zip(images, boxes)])
     return np.concatenate([crops, crops[:, :, :, ::-1]], axis=1)
 
@@ -221,15 +222,15 @@ class TfdsDataset:
     """uint8 images (B, size, size, C) of `records`: augmented if `train`, else the eval view.
 
     With `normalizer`, variable-size images come back normalised (float32, PCA offsets of `params`
-    added): the same values as normalising the uint8 images, in one pass (`aug.decode_crops`).
+    added): the same values as normalising the uint8 images, in one pass (`decode.decode_crops`).
     """
     data = [r[self.image_key] for r in records]
     if self.fixed and not (train and self.augment in ("inception", "scale")):
-      images = np.stack([aug.to_array(im, self.channels) for im in aug.load_images(data, self.channels)])
+      images = np.stack([decode.to_array(im, self.channels) for im in decode.load_images(data, self.channels)])
       if normalizer is None:
         return images
       return normalizer(images, aug.pca_offsets(params["alpha"]) if "alpha" in params else None)
-    return aug.decode_crops(data, self.augment if train else "none", params, self.size,
+    return decode.decode_crops(data, self.augment if train else "none", params, self.size,
                             self.channels, normalizer)
 
   def _images(self, records, params: dict, train: bool) -> np.ndarray:

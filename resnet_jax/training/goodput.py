@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 from typing import Callable, Optional
 
 import jax
@@ -76,7 +77,15 @@ def step_flops(fn, state, args: tuple, steps: int) -> float:
   is compiled); NaN where the compiler gives no cost analysis."""
   shapes = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state)
-  cost = fn.lower(shapes, *args).compile().cost_analysis()
+  try:
+    cost = fn.lower(shapes, *args).compile().cost_analysis()
+  except Exception as e:  # pylint: disable=broad-except
+    # A rate on the log line must never end a run: pmap over several processes, for one, cannot
+    # re-lower from shapes (its host-local to global conversion fails inside JAX). The run goes on
+    # with TFLOP/s and the peak share left out (NaN), and says why once.
+    warnings.warn(f"TFLOP/s and share of peak are not reported: the compiled step's FLOPs could not "
+                  f"be read ({type(e).__name__}: {e})")
+    return math.nan
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
   return float(cost.get("flops", math.nan)) / steps if cost else math.nan

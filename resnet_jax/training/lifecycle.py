@@ -30,7 +30,7 @@ from resnet_jax.config import resume
 from resnet_jax.models import flops
 from resnet_jax.run import metrics_log, storage
 from resnet_jax.run import workdir as workdir_lib
-from resnet_jax.run.errors import DiskFullError, WorkdirError
+from resnet_jax.run.errors import DiskFullError, StorageUnavailableError, WorkdirError
 from resnet_jax.training import checkpoints
 
 
@@ -85,12 +85,48 @@ class RunFiles:
 
   def save(self, step: int, state) -> None:
     """Starts an asynchronous save; makes every row logged so far durable with it."""
-    self.ckpt.save(step, state, force=True)
+    try:
+      self.ckpt.save(step, state, force=True)  # it first waits for the previous save, whose error
+    except Exception as e:  # pylint: disable=broad-except  # surfaces here; sorted by is_transient
+      unavailable = self._unavailable(e)
+      if unavailable is None:
+        raise
+      raise unavailable from e
     if self.log is not None:
       self.log.flush()  # the rows up to a checkpoint must outlive the run (gs:// uploads lazily)
 
   def wait(self) -> None:
-    self.ckpt.wait()  # an asynchronous save's error (e.g. a full disk) surfaces here
+    try:
+      self.ckpt.wait()  # an asynchronous save's error (e.g. a full disk) surfaces here
+    except Exception as e:  # pylint: disable=broad-except  # sorted by is_transient
+      unavailable = self._unavailable(e)
+      if unavailable is None:
+        raise
+      raise unavailable from e
+
+  def _unavailable(self, error: Exception) -> Optional[StorageUnavailableError]:
+    """A background save that failed transiently (Orbax retries none of its uploads: a lost
+    resumable upload, a 503 past gcsfs's retries) becomes StorageUnavailableError, exit 75: the
+    same command resumes from the last committed checkpoint. None for any other error."""
+    if not storage.is_transient(error) or storage.refusal(error):
+      return None
+    try:
+      self.ckpt.wait()  # a save still in flight may yet commit: the message must name it if it does
+    except Exception:  # pylint: disable=broad-except  # it failed too (the same fault, most likely)
+      pass
+    try:  # Orbax lists only committed steps (in a bucket the failed step's folder exists, half)
+      self.ckpt.manager.reload()
+      committed = self.ckpt.all_steps()
+    except Exception:  # pylint: disable=broad-except  # the storage may still be away
+      committed = None
+    last = ("the last committed checkpoint could not be listed" if committed is None else
+            f"the last committed checkpoint is step {committed[-1]}" if committed else
+            "no checkpoint was committed yet")
+    first = str(error).splitlines()[0][:200] if str(error) else ""
+    return StorageUnavailableError(
+        f"a checkpoint save to {self.ckpt.directory} failed with a transient storage error "
+        f"({type(error).__name__}: {first}); {last}, and nothing was moved or deleted. Run the "
+        "same command again to resume (exit 75: restart me).")
 
   def write_goodput(self, summary: dict) -> None:
     """Writes this process's wall time by phase and goodput (`training.goodput`) beside the log."""
@@ -107,7 +143,10 @@ class RunFiles:
     except Exception as e:  # pylint: disable=broad-except  # raised only when nothing failed before
       if storage.refusal(e):
         raise self.disk_full(e) from e
-      raise
+      unavailable = self._unavailable(e)
+      if unavailable is None:
+        raise
+      raise unavailable from e
     finally:
       self._release()
       if exc_type is not None and self._created and self.log is None:
