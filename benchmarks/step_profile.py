@@ -49,7 +49,9 @@ CATEGORIES = ("conv forward", "conv backward-input", "conv backward-weight",
               "batch norm / reductions", "elementwise", "copies / transposes",
               "optimizer update", "other", "idle / runtime")
 CONV_CATEGORIES = CATEGORIES[:3]
+IDLE = CATEGORIES[-1]
 ASYNC_CATEGORIES = CONV_CATEGORIES + ("other",)  # Eigen convolutions and matmuls (the head's dot)
+TOP_OPS = 10  # the largest ops, and the largest outside the convolutions, listed under the table
 _MOVEMENT = {"copy", "transpose", "bitcast", "reshape", "slice", "pad", "concatenate", "broadcast",
              "dynamic-slice", "dynamic-update-slice", "parameter", "constant", "tuple",
              "get-tuple-element", "iota", "reverse"}
@@ -164,8 +166,8 @@ def consumers_of(instructions: dict, computations: dict, entry: str) -> dict:
   return out
 
 
-def attribute(events: list[dict], category: dict, consumers: dict) -> collections.Counter:
-  """µs per category over the runtime threads' whole time in each traced step (thread x span).
+def attribute(events: list[dict], category, consumers: dict) -> collections.Counter:
+  """µs per HLO instruction (and IDLE) over the runtime threads' whole time in each traced step.
 
   An op's event covers its own time, except for XLA:CPU's Eigen convolutions and matmuls: their
   event ends once the work is handed to the thread pool, whose tasks (on the same threads) the
@@ -182,13 +184,13 @@ def attribute(events: list[dict], category: dict, consumers: dict) -> collection
       name = e["args"]["hlo_op"]
       start.setdefault(name, e["ts"])
       end[name] = max(end.get(name, 0), e["ts"] + e["dur"])
-      total[category(name)] += e["dur"]
+      total[name] += e["dur"]
     in_flight = []
     for name in end:
       if category(name) in ASYNC_CATEGORIES:
         done = _first_read(name, consumers, start, t1)
         if done > end[name]:
-          in_flight.append((end[name], done, category(name)))
+          in_flight.append((end[name], done, name))
     for tid in {e["tid"] for e in evs}:
       mine = [e for e in evs if e["tid"] == tid]
       edges = [t0] + [x for e in mine for x in (e["ts"], e["ts"] + e["dur"])] + [t1]
@@ -221,7 +223,7 @@ def _share_gap(g0: float, g1: float, in_flight: list, total: collections.Counter
     for c in live:
       total[c] += (b - a) / len(live)
     if not live:
-      total["idle / runtime"] += b - a
+      total[IDLE] += b - a
 
 
 def profile_ours(model: str, batch_size: int, dtype: str, cpu_fusion, steps: int) -> dict:
@@ -253,8 +255,16 @@ def profile_ours(model: str, batch_size: int, dtype: str, cpu_fusion, steps: int
   entry = re.search(r"^ENTRY %([\w.\-]+)", hlo, re.M).group(1)
   kinds = {name: categorize(name, instructions, computations)
            for name in {e["args"]["hlo_op"] for e in events}}
-  totals = attribute(events, kinds.__getitem__, consumers_of(instructions, computations, entry))
+  per_op = attribute(events, kinds.__getitem__, consumers_of(instructions, computations, entry))
+  kinds[IDLE] = IDLE
+  totals = collections.Counter()
+  for name, us in per_op.items():
+    totals[kinds[name]] += us
   ms = {c: totals[c] / 1e3 / steps for c in CATEGORIES}
+  ranked = [{"op": name, "category": kinds[name], "ms": us / 1e3 / steps,
+             "source": _source(name, instructions, computations)}
+            for name, us in per_op.most_common() if name != IDLE]
+  top = ranked[:TOP_OPS] + [op for op in ranked if op["category"] not in CONV_CATEGORIES][:TOP_OPS]
   threads = len({e["tid"] for e in events})
   traced_us = 0.0  # each step's span on each runtime thread: what the categories share
   for run in {e["args"].get("run_id") for e in events}:
@@ -264,8 +274,19 @@ def profile_ours(model: str, batch_size: int, dtype: str, cpu_fusion, steps: int
   return {"ms": ms, "total_ms": sum(ms.values()), "wall_ms": 1e3 * min(walls),
           "wall_ms_all": [1e3 * w for w in walls], "threads": threads,
           "traced_ms": traced_us / 1e3 / steps,
-          "events_ms": sum(e["dur"] for e in events) / 1e3 / steps, "ops": len(kinds),
-          "module": module}
+          "events_ms": sum(e["dur"] for e in events) / 1e3 / steps, "ops": len(kinds) - 1,
+          "module": module, "top": top}
+
+
+def _source(name: str, instructions: dict, computations: dict) -> str:
+  """The op_name metadata of `name` (or of the first instruction inside it that has one)."""
+  if name not in instructions:
+    return ""
+  for n in [name] + _contents(name, instructions, computations):
+    m = re.search(r'op_name="([^"]*)"', instructions[n][2])
+    if m:
+      return m.group(1)
+  return ""
 
 
 def profile_torch(depth: int, batch_size: int, dtype: str, steps: int,
@@ -312,6 +333,10 @@ def table(result: dict, args) -> str:
     lines.append(f"| {c} | {ours['ms'][c]:.1f} | {100 * ours['ms'][c] / total:.1f}% "
                  f"| {step_ms[c]:.1f} |")
   lines.append(f"| **total** | {total:.1f} | 100% | {wall:.1f} |")
+  lines += ["", "| largest ops, then the largest outside the convolutions | category | "
+            "thread-ms/step | op_name |", "|---|---|---|---|"]
+  for op in ours["top"]:
+    lines.append(f"| {op['op']} | {op['category']} | {op['ms']:.1f} | {op['source'][:90]} |")
   if "torch" in result:
     t = result["torch"]
     lines += ["", "| wall ms/step (PyTorch's ops run one at a time, each on all threads) | ms |",
