@@ -142,7 +142,7 @@ def grad_norm_panels(runs) -> list[list[dict]]:
 
 def _suptitle(fig, text: str):
   """The figure's title, wrapped at spaces until it fits the canvas (matplotlib clips a long one on
-  both sides, and `tight_layout` then makes room for the lines it has)."""
+  both sides, and `tight_layout` then leaves space for the lines it has)."""
   title = fig.suptitle(text)
   renderer = fig.canvas.get_renderer()
   for width in range(len(text), 19, -4):
