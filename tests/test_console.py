@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import small_config
 from resnet_jax.experiments import report
-from resnet_jax.run import console
+from resnet_jax.run import console, progress
 from resnet_jax.training import loop
 
 
@@ -26,7 +26,7 @@ def test_progress_bar_rate_from_two_timed_steps_not_the_log_cadence(monkeypatch)
   clock = iter([10.0, 10.0, 10.5, 10.5, 11.0, 11.0, 11.0, 11.0])
   monkeypatch.setattr(console.time, "perf_counter", lambda: next(clock))
   out = io.StringIO()  # not a terminal: plain lines
-  bar = console.ProgressBar(total=100, start=0, stream=out, interval_s=0.0)
+  bar = progress.ProgressBar(total=100, start=0, stream=out, interval_s=0.0)
   bar.update(1)  # the first finished step (compilation is before it): shown at once, no rate yet
   bar.update(2)  # one step in 0.5 s
   lines = out.getvalue().splitlines()
@@ -94,7 +94,7 @@ def test_on_a_terminal_a_phase_counts_its_seconds_and_the_bar_redraws_between_st
   assert text.endswith(" s)\n")  # the phase's last redraw stays, with its seconds
 
   out = _Terminal()
-  with console.ProgressBar(total=10, start=0, stream=out, redraw_s=0.05) as bar:
+  with progress.ProgressBar(total=10, start=0, stream=out, redraw_s=0.05) as bar:
     bar.update(1)
     before = out.getvalue().count("step 1/10")
     time.sleep(0.3)  # one slow step: no update, the bar is redrawn anyway
@@ -215,7 +215,7 @@ def test_bar_and_phases_fit_the_terminal_and_leave_no_stale_lines(width):
       con.say("a line said meanwhile, which is long enough to need more than one row at sixty "
               "columns, and stays whole")
       time.sleep(0.1)
-    with console.ProgressBar(total=300, start=0, stream=stream, redraw_s=0.02, interval_s=0.0) as bar:
+    with progress.ProgressBar(total=300, start=0, stream=stream, redraw_s=0.02, interval_s=0.0) as bar:
       for step in range(1, 301, 7):
         bar.update(step, {"train/loss": 0.1234, "train/accuracy": 0.5, "eval/accuracy": 0.927})
         if step == 99:
@@ -235,14 +235,14 @@ def test_bar_and_phases_fit_the_terminal_and_leave_no_stale_lines(width):
   assert text in joined and "stays whole" in " ".join(r.strip() for r in rows[:phase[0]])
   bars = [r for r in rows if r.startswith("step ")]
   assert len(bars) == 1 and bars[0].startswith("step 300/300"), rows
-  if width == 200:  # room for everything
+  if width == 200:  # wide enough for everything
     assert re.fullmatch(r"step 300/300 \[#{24}\] 100\.0% .* step/s ETA 00:00 loss 0\.1234 acc 0\.500 "
                         r"eval_acc 0\.927", bars[0]), bars
 
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_the_bar_drops_its_picture_then_metrics_and_keeps_the_phase_seconds(width):
-  bar = console.ProgressBar(total=60, start=0, stream=io.StringIO())
+  bar = progress.ProgressBar(total=60, start=0, stream=io.StringIO())
   bar.update(1, {"train/loss": 0.5, "train/accuracy": 0.25, "eval/accuracy": 0.75})
   bar._phase = ("evaluating 8 members at step 60 and writing what they say to the log", 0.0)
   line = bar.line(12.0, width)
@@ -260,17 +260,17 @@ def test_the_bar_drops_its_picture_then_metrics_and_keeps_the_phase_seconds(widt
 
 def test_a_stall_is_named_after_what_the_loop_is_doing(monkeypatch):
   monkeypatch.setattr(console, "QUIET_PHASE_S", 0.1)
-  monkeypatch.setitem(console.__dict__, "_DOING",
+  monkeypatch.setitem(progress.__dict__, "_DOING",
                       (("tests/test_console.py", "_waiting_for_metrics", "fetching metrics"),))
   with pseudo_terminal(80) as (stream, out):
-    with console.ProgressBar(total=60, start=0, stream=stream, redraw_s=0.02) as bar:
+    with progress.ProgressBar(total=60, start=0, stream=stream, redraw_s=0.02) as bar:
       bar.update(1)
       _waiting_for_metrics(0.4)  # the loop's thread is stuck here: no update, no phase named
       bar.update(2)
       time.sleep(0.05)  # moving again: the stall is no longer shown
   assert re.search(r"step 1/60 .*timing\.\.\. \| fetching metrics \(0 s\)", out[0]), out[0]
   assert not re.search(r"step 2/60 .*fetching", out[0])
-  assert console.doing(-1) == "waiting"  # no such thread
+  assert progress.doing(-1) == "waiting"  # no such thread
 
 
 def _waiting_for_metrics(seconds):
@@ -362,7 +362,7 @@ def test_the_bar_counts_tracked_steps_while_the_loop_is_blocked():
   the steps as they finish (its ticker polls them), so it never sits at step 1 meanwhile."""
   outputs = {step: _Output() for step in range(1, 21)}
   with pseudo_terminal(80) as (stream, out):
-    with console.ProgressBar(total=20, start=0, stream=stream, redraw_s=0.02) as bar:
+    with progress.ProgressBar(total=20, start=0, stream=stream, redraw_s=0.02) as bar:
       for step, output in outputs.items():  # 20 asynchronous dispatches: nothing done yet
         bar.track(step, output)
       assert bar._step == 0  # pylint: disable=protected-access
@@ -403,7 +403,7 @@ def test_help_wraps_to_the_terminal(width):
 
 
 def test_the_line_says_tflops_share_of_peak_and_input_wait():
-  bar = console.ProgressBar(total=10, start=0, stream=io.StringIO())
+  bar = progress.ProgressBar(total=10, start=0, stream=io.StringIO())
   bar.update(5, {"train/loss": 0.5, "train/accuracy": 0.5, "perf/tflops_per_device": 0.0912,
                  "perf/peak_share": 0.48, "perf/input_wait_share": 0.031})
   assert bar.line(time.perf_counter()).endswith("0.0912 TFLOP/s (48% of peak) input 3%")

@@ -25,6 +25,7 @@ from etils import epath
 import ml_collections
 
 from resnet_jax.run import console, metrics_log
+from resnet_jax.run.progress import ProgressBar
 from resnet_jax.run.errors import StoppedEarly
 from resnet_jax.training import goodput, grouping, memory, profiling, validation
 from resnet_jax.training.cadence import Cadence
@@ -189,7 +190,7 @@ def _segment(trainer: Trainer, segment: list[Member], start: int, until: int, st
     profile.before(n, k)
     state, metrics = _compile(trainer, state, n, k, ledger)
   first = (k, metrics)
-  progress = console.ProgressBar(c.total_steps, start) if lead else None
+  progress = ProgressBar(c.total_steps, start) if lead else None
   with progress or contextlib.nullcontext(), profile:
     inflight = collections.deque()  # an output of each dispatch not yet seen done
     while n < until and any(m.error is None for m in segment):
