@@ -61,6 +61,10 @@ _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+) .*\{\s*$")
 _STEP_LEVEL = re.compile(r'op_name="jit\([^)]*\)/[\w\-]+"')
 
 
+# A copy this large moves a whole activation (ResNet-20 at batch 128: 2-8 MiB), not a kernel.
+LARGE_COPY_BYTES = 1 << 20
+
+
 def parse_hlo(text: str) -> tuple[dict, dict]:
   """({instruction name: (opcode, shape, rest of line)}, {computation: [instruction names]})."""
   instructions, computations, current = {}, {}, None
@@ -137,6 +141,26 @@ def categorize(name: str, instructions: dict, computations: dict) -> str:
                                       "rsqrt", "sqrt", "exponential", "log", "compare", "negate"}:
     return "elementwise"
   return "other"
+
+
+def layout_copies(instructions: dict, computations: dict, entry: str,
+                  min_bytes: int = LARGE_COPY_BYTES) -> list[tuple[str, str]]:
+  """(name, shape) of the step's copies and transposes that move at least `min_bytes`.
+
+  Small ones (kernels, per-channel vectors) cost nothing; the large ones are whole activations moved
+  between layouts, e.g. for the weight-gradient convolutions: each is one more pass over memory.
+  """
+  from resnet_jax.targets import analysis  # pylint: disable=g-import-not-at-top
+  out = []
+  for name in computations[entry]:
+    opcode, shape, _ = instructions[name]
+    inner = {instructions[i][0] for i in _contents(name, instructions, computations)}
+    if (not ({opcode} | inner) & {"copy", "transpose"}
+        or categorize(name, instructions, computations) != "copies / transposes"):
+      continue  # bitcasts and reshapes are free; broadcasts and pads are not layout changes
+    if analysis.shape_bytes(shape) >= min_bytes:
+      out.append((name, shape))
+  return out
 
 
 def op_events(trace_dir: str, module: str) -> list[dict]:
@@ -271,7 +295,11 @@ def profile_ours(model: str, batch_size: int, dtype: str, cpu_fusion, steps: int
     evs = [e for e in events if e["args"].get("run_id") == run]
     span = max(e["ts"] + e["dur"] for e in evs) - min(e["ts"] for e in evs)
     traced_us += span * len({e["tid"] for e in evs})
-  return {"ms": ms, "total_ms": sum(ms.values()), "wall_ms": 1e3 * min(walls),
+  copies = layout_copies(instructions, computations, entry)
+  from resnet_jax.targets import analysis  # pylint: disable=g-import-not-at-top
+  copy_mib = sum(analysis.shape_bytes(shape) for _, shape in copies) / 2**20
+  return {"ms": ms, "total_ms": sum(ms.values()), "large_copies": len(copies),
+          "large_copies_mib": copy_mib, "wall_ms": 1e3 * min(walls),
           "wall_ms_all": [1e3 * w for w in walls], "threads": threads,
           "traced_ms": traced_us / 1e3 / steps,
           "events_ms": sum(e["dur"] for e in events) / 1e3 / steps, "ops": len(kinds) - 1,
@@ -333,6 +361,8 @@ def table(result: dict, args) -> str:
     lines.append(f"| {c} | {ours['ms'][c]:.1f} | {100 * ours['ms'][c] / total:.1f}% "
                  f"| {step_ms[c]:.1f} |")
   lines.append(f"| **total** | {total:.1f} | 100% | {wall:.1f} |")
+  lines += ["", f"The compiled step holds {ours['large_copies']} copies or transposes of at least "
+            f"{LARGE_COPY_BYTES >> 20} MiB ({ours['large_copies_mib']:.0f} MiB written a step)."]
   lines += ["", "| largest ops, then the largest outside the convolutions | category | "
             "thread-ms/step | op_name |", "|---|---|---|---|"]
   for op in ours["top"]:

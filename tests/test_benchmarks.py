@@ -287,6 +287,7 @@ def test_step_profile_splits_the_traced_step_into_categories_with_all_three_conv
   out.write_text(profile.table({"ours": result}, args))
   text = out.read_text()
   assert text.splitlines()[0].startswith(profile.cpu_model()) and "conv backward-weight" in text
+  assert f"holds {result['large_copies']} copies or transposes" in text
 
 
 def test_step_profile_tells_the_three_convolutions_apart_from_the_hlo():
@@ -310,6 +311,10 @@ ENTRY %main.1 (x: f32[8,32,32,16], k: f32[3,3,16,16]) -> f32[16,3,3,16] {
                    "dw": "conv backward-weight", "t": "copies / transposes"}, kinds
   consumers = profile.consumers_of(instructions, computations, "main.1")
   assert consumers["fwd"] == {"din", "strided"} and consumers["t"] == {"dw"}
+  # The batch-minor copy feeding the weight gradient (512 KiB) is a layout copy; a kernel is not.
+  assert profile.layout_copies(instructions, computations, "main.1", min_bytes=1 << 19) == [
+      ("t", "f32[16,32,32,8]{3,2,1,0}")]
+  assert profile.layout_copies(instructions, computations, "main.1", min_bytes=(1 << 19) + 1) == []
 
 
 def test_soak_kinds_are_a_comma_list_of_known_interruptions():

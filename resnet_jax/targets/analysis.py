@@ -93,7 +93,7 @@ def kernel_bytes(hlo_text: str) -> float:
     if not m or current is None:
       continue
     name, shape, op, rest = m.groups()
-    shapes[name] = _shape_bytes(shape)
+    shapes[name] = shape_bytes(shape)
     current.append((op, shape, rest))
   total, seen = 0.0, set()
 
@@ -110,13 +110,14 @@ def kernel_bytes(hlo_text: str) -> float:
       if op in _FREE or op.endswith("-done"):
         continue
       operands = rest.split(")", 1)[0]
-      total += _shape_bytes(shape) + sum(shapes.get(o, 0) for o in re.findall(r"%([\w.\-]+)", operands))
+      total += shape_bytes(shape) + sum(shapes.get(o, 0) for o in re.findall(r"%([\w.\-]+)", operands))
 
   walk(entry)
   return total
 
 
-def _shape_bytes(shape: str) -> int:
+def shape_bytes(shape: str) -> int:
+  """Bytes of an HLO result shape (`f32[128,32,32,16]{3,2,1,0}`, or a tuple of them)."""
   total = 0
   for dtype, dims in _ARRAY.findall(shape):
     n = 1
@@ -132,7 +133,7 @@ def collectives(hlo_text: str) -> dict[str, dict]:
   for shape, kind in _INSTRUCTION.findall(hlo_text):
     entry = out.setdefault(kind, {"count": 0, "bytes": 0})
     entry["count"] += 1
-    entry["bytes"] += _shape_bytes(shape)
+    entry["bytes"] += shape_bytes(shape)
   return out
 
 
