@@ -13,6 +13,7 @@
 its signal handler only records the request (the loop speaks), so a signal never waits on a lock.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -85,19 +86,21 @@ class RunFiles:
 
   def save(self, step: int, state) -> None:
     """Starts an asynchronous save; makes every row logged so far durable with it."""
-    try:
-      self.ckpt.save(step, state, force=True)  # it first waits for the previous save, whose error
-    except Exception as e:  # pylint: disable=broad-except  # surfaces here; sorted by is_transient
-      unavailable = self._unavailable(e)
-      if unavailable is None:
-        raise
-      raise unavailable from e
+    with self._transient_saves():
+      self.ckpt.save(step, state, force=True)  # waits for the previous save: its error surfaces here
     if self.log is not None:
       self.log.flush()  # the rows up to a checkpoint must outlive the run (gs:// uploads lazily)
 
   def wait(self) -> None:
-    try:
+    with self._transient_saves():
       self.ckpt.wait()  # an asynchronous save's error (e.g. a full disk) surfaces here
+
+  @contextlib.contextmanager
+  def _transient_saves(self):
+    """Raises a background save's transient storage error as `_unavailable`'s exit 75; any other
+    error as it is."""
+    try:
+      yield
     except Exception as e:  # pylint: disable=broad-except  # sorted by is_transient
       unavailable = self._unavailable(e)
       if unavailable is None:
@@ -139,14 +142,12 @@ class RunFiles:
     try:
       # A second Ctrl-C waits for nothing. After another error, an error while closing (the same
       # full disk, say) must not hide the one on its way up.
-      _close(None if aborted else self.ckpt, self.log, quiet=exc_type is not None)
+      with self._transient_saves():
+        _close(None if aborted else self.ckpt, self.log, quiet=exc_type is not None)
     except Exception as e:  # pylint: disable=broad-except  # raised only when nothing failed before
-      if storage.refusal(e):
+      if storage.refusal(e):  # _unavailable leaves refusals (a full disk) alone
         raise self.disk_full(e) from e
-      unavailable = self._unavailable(e)
-      if unavailable is None:
-        raise
-      raise unavailable from e
+      raise
     finally:
       self._release()
       if exc_type is not None and self._created and self.log is None:
