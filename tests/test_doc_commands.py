@@ -368,7 +368,7 @@ def test_compile_command_is_valid_for_its_slice(doc, monkeypatch):
   from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax.cli import commands as commands_lib, parser  # pylint: disable=g-import-not-at-top
   from resnet_jax.run import process  # pylint: disable=g-import-not-at-top
-  from resnet_jax.targets import chips, compile as target  # pylint: disable=g-import-not-at-top
+  from resnet_jax.targets import chips, devices as target  # pylint: disable=g-import-not-at-top
   from resnet_jax.training import validation  # pylint: disable=g-import-not-at-top
 
   args, extra = parser.build_parser(commands_lib.COMMANDS).parse_known_args(shlex.split(doc)[1:])

@@ -13,7 +13,7 @@ from resnet_jax import bench
 from resnet_jax.run import process as runtime
 from resnet_jax.data import on_device
 from resnet_jax.run.errors import ConfigError
-from resnet_jax.training import loop, parallel
+from resnet_jax.training import loop, xla_cpu
 from resnet_jax.training.cadence import Cadence
 from tests.helpers import max_abs_diff, reference_batch, small_config
 
@@ -61,8 +61,8 @@ def test_cpu_fusion_keeps_the_numerics_and_reaches_the_compiled_step():
   with_fusion, without = hlo("eltwise"), hlo("")
   assert with_fusion.count("__ynn_fusion") > without.count("__ynn_fusion")
   assert with_fusion.count("transpose") < without.count("transpose")
-  assert parallel.cpu_compiler_options("", "cpu") == {}
-  assert parallel.cpu_compiler_options("eltwise", "cuda") == {}  # CPU-only option
+  assert xla_cpu.cpu_compiler_options("", "cpu") == {}
+  assert xla_cpu.cpu_compiler_options("eltwise", "cuda") == {}  # CPU-only option
   with pytest.raises(ConfigError, match="unknown fusion \\['winograd'\\].*dot.*eltwise.*reduce.*conv"):
     loop.Trainer(small_config(cpu_fusion="eltwise,winograd"))
 
@@ -74,7 +74,7 @@ def test_cpu_fusion_conv_hands_convolutions_to_ynnpack():
     fn, args = trainer.dispatch_call(0, 1, abstract=True)
     return fn.lower(trainer.abstract_state(), *args).compile().as_text().count("__ynn_fusion")
   assert ynn_fusions("eltwise,reduce,conv") > ynn_fusions("eltwise,reduce")
-  assert parallel.cpu_compiler_options("eltwise,conv", "cpu")["xla_cpu_experimental_ynn_fusion_type"] == (
+  assert xla_cpu.cpu_compiler_options("eltwise,conv", "cpu")["xla_cpu_experimental_ynn_fusion_type"] == (
       "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
 
 

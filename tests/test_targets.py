@@ -12,12 +12,14 @@ import types
 import pytest
 
 from resnet_jax import cli
-from resnet_jax.cli import commands
+from resnet_jax.cli import compile_report
 from resnet_jax.config import default_config
 from resnet_jax.run import extras, process
 from resnet_jax.run.errors import ConfigError
 from resnet_jax.targets import analysis, chips, gpu
 from resnet_jax.targets import compile as target
+from resnet_jax.targets import devices as target_devices
+from resnet_jax.targets import max_batch
 
 HAS_CUDA_PLUGIN = importlib.util.find_spec("jax_cuda12_plugin") is not None
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +72,7 @@ def test_known_slices_and_names():
   assert chips.find("v5e-16").cloud_name == "v5litepod-16" and chips.find("v4-8").cloud_name == "v4-8"
   with pytest.raises(ConfigError, match=r"unknown TPU topology or GPU machine 'v9-8'; known: v3-8 "
                                        r"\(v3:2x2\).*; GPU machines: h100-1 \(a3-highgpu-1g\)"):
-    target.find_target("v9-8")
+    target_devices.find_target("v9-8")
 
 
 def test_libtpu_is_told_of_a_host_without_chips_and_nothing_else_changes(tmp_path):
@@ -88,14 +90,14 @@ def test_a_step_the_compiler_refuses_for_want_of_hbm_is_reported_as_not_fitting(
   # libtpu does not compile a program larger than HBM: it raises, and that is the answer "no".
   message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
              "temporaries (16.46G) exceeds available HBM (15.75G).")
-  monkeypatch.setattr(target, "devices_of", lambda slice_: [types.SimpleNamespace(process_index=0)] * 8)
+  monkeypatch.setattr(target_devices, "devices_of", lambda slice_: [types.SimpleNamespace(process_index=0)] * 8)
   monkeypatch.setattr(target, "build", lambda config, devices: None)
   monkeypatch.setattr(target, "compile_step",
                       lambda trainer, say: (_ for _ in ()).throw(RuntimeError(message)))
   r = target.compile_for(_tiny(batch_size=4096), "v5e-8")
   assert (r["hbm"]["fits"], r["batch_per_chip"], r["chips"]) == (False, 512, 8)
   assert r["hbm"]["needed"] == pytest.approx(16.46 * 2**30)
-  text = commands.describe_compile(r)
+  text = compile_report.describe_compile(r)
   assert "does NOT fit, 16.46 GiB needed of 16 GiB" in text and "RESOURCE_EXHAUSTED" in text
   monkeypatch.setattr(target, "compile_step",
                       lambda trainer, say: (_ for _ in ()).throw(RuntimeError("other")))
@@ -104,23 +106,23 @@ def test_a_step_the_compiler_refuses_for_want_of_hbm_is_reported_as_not_fitting(
 
 
 def test_max_batch_doubles_then_bisects_in_multiples_of_8(monkeypatch):
-  monkeypatch.setattr(target, "devices_of", lambda slice_: [None] * 4)
+  monkeypatch.setattr(target_devices, "devices_of", lambda slice_: [None] * 4)
   asked = []
 
   def fake_compile(config, topology, per_chip, say):
     asked.append(per_chip)
     return {"hbm": {"fits": per_chip <= 300, "needed": per_chip, "chip": 300, "usable": 300}}
   monkeypatch.setattr(target, "compile_for", fake_compile)
-  batch, report = target.max_batch(_tiny(batch_size=512), "v5e-4", say=lambda _: None)
+  batch, report = max_batch.max_batch(_tiny(batch_size=512), "v5e-4", say=lambda _: None)
   assert batch == 296 and report["hbm"]["fits"]  # the largest multiple of 8 that fits
   assert asked[:3] == [128, 256, 512]  # from the config's 128 per chip, doubling
   assert len(asked) <= 8
-  batch, _ = target.max_batch(_tiny(batch_size=8192), "v5e-4", say=lambda _: None)
+  batch, _ = max_batch.max_batch(_tiny(batch_size=8192), "v5e-4", say=lambda _: None)
   assert batch == 296  # from 2048 per chip, halving first
   # BN statistics over groups of 32 of the global batch: on one chip, batches of 32s only.
-  monkeypatch.setattr(target, "devices_of", lambda slice_: [None])
+  monkeypatch.setattr(target_devices, "devices_of", lambda slice_: [None])
   asked.clear()
-  batch, _ = target.max_batch(_tiny(batch_size=256, bn_group_size=32), "v5e-1", say=lambda _: None)
+  batch, _ = max_batch.max_batch(_tiny(batch_size=256, bn_group_size=32), "v5e-1", say=lambda _: None)
   assert batch == 288 and all(b % 32 == 0 for b in asked), asked
 
 
@@ -131,11 +133,11 @@ def test_bad_input_is_exit_2_with_the_fix(capsys, monkeypatch):
   assert cli.main(["compile", "--topology", "v5e-8", "--config", "configs/cifar10.py:resnet20",
                    "--config.parallelism=pmap"]) == 2
   assert "compiles the jit strategy" in capsys.readouterr().err
-  real = target.importlib.util.find_spec
-  monkeypatch.setattr(target.importlib.util, "find_spec",
+  real = target_devices.importlib.util.find_spec
+  monkeypatch.setattr(target_devices.importlib.util, "find_spec",
                       lambda name, *a: None if name == "libtpu" else real(name, *a))
   with pytest.raises(Exception, match=r"pip install 'resnet-jax\[tpu\]'"):
-    target.devices_of(chips.find("v5e-8"))
+    target_devices.devices_of(chips.find("v5e-8"))
 
 
 def test_gpu_machines_by_name_and_by_machine_type():
@@ -154,8 +156,8 @@ def test_gpu_machines_by_name_and_by_machine_type():
   assert t.chip.allreduce_bandwidth == 450e9 and multi.chip.allreduce_bandwidth == 1000e9 / 8 / 8
   assert t.chip.vcpus_per_chip == 208 / 8
   # The header `compile` says first, before minutes of compiling.
-  assert commands.describe_where(multi) == "16 x NVIDIA H100 80GB HBM3 on 2 hosts"
-  assert commands.describe_where(chips.find("v3-8")) == "4 x TPU v3"  # 2 devices per chip
+  assert compile_report.describe_where(multi) == "16 x NVIDIA H100 80GB HBM3 on 2 hosts"
+  assert compile_report.describe_where(chips.find("v3-8")) == "4 x TPU v3"  # 2 devices per chip
 
 
 def test_every_gpu_field_is_published_and_cited():
@@ -224,7 +226,7 @@ def test_small_images_explain_the_flops_ratio_and_tiny_times_keep_their_digits()
   note = target._flops_note(_tiny(), (8, 8, 1), xla=0.71, counted=1.0)
   assert "8x8 images" in note and "padding" in note and "not identified" not in note
   assert "not identified" in target._flops_note(_tiny(), (224, 224, 3), xla=0.5, counted=1.0)
-  assert [commands._ms(x) for x in (60.657, 0.042, 0.0044)] == ["60.66 ms", "0.042 ms", "4.4 us"]
+  assert [compile_report._ms(x) for x in (60.657, 0.042, 0.0044)] == ["60.66 ms", "0.042 ms", "4.4 us"]
 
 
 def test_a_gpu_machine_compiles_and_reports_with_exit_0_fits_and_1_does_not(capsys, monkeypatch):
@@ -233,7 +235,7 @@ def test_a_gpu_machine_compiles_and_reports_with_exit_0_fits_and_1_does_not(caps
   # share of its memory JAX takes, and the exit codes.
   import jax  # pylint: disable=g-import-not-at-top
 
-  monkeypatch.setattr(target, "devices_of", lambda t: jax.devices()[:8])
+  monkeypatch.setattr(target_devices, "devices_of", lambda t: jax.devices()[:8])
   monkeypatch.setattr(extras, "missing", lambda modules: [])  # the plugin is not needed here
   for name in ("XLA_FLAGS", "JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "XLA_PYTHON_CLIENT_MEM_FRACTION"):
     monkeypatch.setenv(name, os.environ.get(name, ""))  # the command sets them; they go with the test
@@ -263,11 +265,11 @@ def test_no_cuda_plugin_is_exit_2_naming_the_gpu_extra(capsys, monkeypatch):
                                                           if m == "jax_cuda12_plugin"])
   assert cli.main(["compile", "--topology", "h100-8", "--config", "configs/cifar10.py:resnet8"]) == 2
   assert "pip install 'resnet-jax[gpu]'" in capsys.readouterr().err
-  real = target.importlib.util.find_spec
-  monkeypatch.setattr(target.importlib.util, "find_spec",
+  real = target_devices.importlib.util.find_spec
+  monkeypatch.setattr(target_devices.importlib.util, "find_spec",
                       lambda name, *a: None if name == "jax_cuda12_plugin" else real(name, *a))
   with pytest.raises(Exception, match=r"pip install 'resnet-jax\[gpu\]'"):
-    target.devices_of(gpu.find("h100-8"))
+    target_devices.devices_of(gpu.find("h100-8"))
 
 
 def test_a_step_lowered_for_cuda_has_no_cpu_only_piece_and_a_real_loop():

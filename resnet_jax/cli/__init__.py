@@ -1,4 +1,5 @@
-"""The `resnet-jax` command: parses arguments (`parser`), calls the library (`commands`), and maps how a
+"""The `resnet-jax` command: parses arguments (`parser`), calls the library (`commands`; `compile_report`:
+the compile report in words), and maps how a
 command ends to its exit code: a user's mistake is one sentence and exit 2, a stop or a full disk its
 own code, anything else a bug with its traceback (`resnet_jax.run.errors`).
 """

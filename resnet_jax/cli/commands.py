@@ -1,10 +1,10 @@
 """What each `resnet-jax` command does: parsed arguments in, library calls, results out."""
 
 import json
-import math
 import os
 import sys
 
+from resnet_jax.cli import compile_report
 from resnet_jax.run import errors, extras, process
 
 
@@ -212,91 +212,24 @@ def _compile(args) -> int:
   from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax.run import console  # pylint: disable=g-import-not-at-top
   from resnet_jax.targets import compile as target  # pylint: disable=g-import-not-at-top
+  from resnet_jax.targets import max_batch  # pylint: disable=g-import-not-at-top
 
   config = config_lib.load(args.config, split_overrides(args.overrides))
   say = console.Console().say
   found = slice_ or machine
   if found is not None:  # what is compiled, for where: first, before minutes of compiling
     say(f"compiling {config.model} ({config.dtype}, batch {config.batch_size}) for {found.name} "
-        f"({found.cloud_name}: {describe_where(found)})" + (", searching the largest batch per chip"
+        f"({found.cloud_name}: {compile_report.describe_where(found)})" + (", searching the largest batch per chip"
                                                            if args.max_batch else ""))
   if args.max_batch:
-    batch, result = target.max_batch(config, args.topology, say=say)
+    batch, result = max_batch.max_batch(config, args.topology, say=say)
     result["max_batch_per_chip"] = batch
     say(f"largest batch per chip that fits: {batch}")
   else:
     result = target.compile_for(config, args.topology, say=say)
-  print(describe_compile(result), file=sys.stderr, flush=True)
+  print(compile_report.describe_compile(result), file=sys.stderr, flush=True)
   print(json.dumps(result))  # last line: machine-readable
   return 0 if result["hbm"]["fits"] else 1
-
-
-def describe_where(target) -> str:
-  """`8 x NVIDIA H100 80GB HBM3 on 1 host`: the chips of a slice or GPU machine, in words."""
-  hosts = getattr(target, "hosts", None)
-  if hosts is None:  # a TPU slice: its chips, from libtpu's topology (v5e:2x4 is 8 chips)
-    n = math.prod(int(d) for d in target.topology.split(":")[1].split("x"))
-    return f"{n} x {target.chip.name}"
-  return f"{hosts * target.machine.gpus} x {target.gpu.name} on {hosts} host{'s' * (hosts > 1)}"
-
-
-def _ms(seconds_ms: float) -> str:
-  """A time in ms with the digits that matter: 60.66 ms, 0.042 ms, 3.1 us."""
-  if seconds_ms >= 0.1:
-    return f"{seconds_ms:.2f} ms"
-  if seconds_ms >= 0.01:
-    return f"{seconds_ms:.3f} ms"
-  return f"{1e3 * seconds_ms:.1f} us"
-
-
-def describe_compile(r: dict) -> str:
-  """The human-readable report of `resnet-jax compile` (its JSON has every figure)."""
-  gib, hbm = 2**30, r["hbm"]
-  gpu = r.get("platform") == "cuda"
-  unit, memory = ("GPU", "memory") if gpu else ("chip", "HBM")
-  where = (f"{r['machine']}, CUDA topology {r['cuda_topology']}" if gpu else r["libtpu_topology"])
-  head = (f"{r['model']} ({r['dtype']}) on {r['topology']} ({where}): {r['chips']} x "
-          f"{r['chip']} on {r['hosts']} host(s), batch {r['batch_size']} ({r['batch_per_chip']} per "
-          f"{unit})")
-  of = f"{hbm['chip'] / gib:.0f} GiB"
-  if gpu:  # JAX's allocator takes a fraction of the GPU's memory, not all of it
-    of = (f"{hbm['usable'] / gib:.1f} GiB usable ({hbm['usable'] / hbm['chip']:.0%} of the "
-          f"datasheet's {hbm['chip'] / 1e9:.0f} GB; XLA_PYTHON_CLIENT_MEM_FRACTION sets the share)")
-  if "flops" not in r:  # the compiler refused it for want of HBM: nothing else to report
-    return "\n".join([head, f"  {memory} per {unit}: does NOT fit, {hbm['needed'] / gib:.2f} GiB "
-                             f"needed of {of} (the compiler: {hbm['compiler']})"])
-  f, e, h = r["flops"], r["estimate"], r["host"]
-  per_chip = r["devices_per_chip"]  # memory analyses are per device
-  comms = ", ".join(f"{k} x{v['count']} {v['bytes'] / 1e6:.2f} MB" for k, v in r["collectives"].items())
-  verdict = (f"fits, {hbm['margin'] / gib:.2f} GiB to spare" if hbm["fits"]
-             else f"does NOT fit, {-hbm['margin'] / gib:.2f} GiB short")
-  xla = ("XLA (before optimisation: no cost analysis for CUDA here)"
-         if f.get("xla_source", "compiler") != "compiler" else "XLA")
-  bounds = [f"compute {_ms(e['compute_ms'])} at {e['peak_flops'] / 1e12:.0f} TFLOP/s",
-            f"{memory} {_ms(e['hbm_ms'])}"]
-  if r["chips"] > 1:
-    bounds.append(f"interconnect {_ms(e['interconnect_ms'])}")
-  vm = "its VM" if gpu else "its TPU VM"
-  phases = r.get("phases_s", {})
-  lines = [
-      head,
-      f"  {memory} per {unit}: {hbm['needed'] / gib:.2f} GiB needed of {of}: {verdict} "
-      f"(train step {per_chip * hbm['train']['needed'] / gib:.2f} GiB, eval step "
-      f"{per_chip * hbm['eval']['needed'] / gib:.2f})",
-      f"  FLOPs per step per {unit}: {xla} {f['xla_per_step']:.3g}, counted {f['counted_per_step']:.3g} "
-      f"(ratio {f['ratio']:.2f}: {f['note']})",
-      f"  collectives per step: {comms or 'none'} (parameters: {r['param_bytes'] / 1e6:.2f} MB)",
-      f"  ESTIMATE (a roofline from published peaks, not a measurement): {_ms(e['step_ms'])} per "
-      f"step, {e['images_per_sec_per_chip']:,.0f} images/s per {unit}, bound by {e['bound']} "
-      f"({', '.join(bounds)})",
-      f"  host input: {h['input']}; {h['cores_needed']:.0f} cores per host needed, {vm} has "
-      f"{h['vcpus']:.0f} vCPUs",
-      f"  compiled in {r['compile_s']['train']:.1f} s (train) + {r['compile_s']['eval']:.1f} s (eval)"
-      + (f"; every phase: {', '.join(f'{k} {v:.1f} s' for k, v in phases.items())}" if phases else "")]
-  if gpu:
-    lines.append("  not known without a GPU: the kernels XLA's autotuner would pick (here its "
-                 "defaults), the cuDNN workspace they take, and the real step time")
-  return "\n".join(lines)
 
 
 COMMANDS = {"models": _models, "compile": _compile, "train": _train, "sweep": _sweep, "report": _report, "eval": _eval,

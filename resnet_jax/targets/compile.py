@@ -12,13 +12,11 @@ decoding images would keep up.
 """
 
 import contextlib
-import importlib.metadata
-import importlib.util
 import math
 import os
 import re
 import time
-from typing import Optional, Union
+from typing import Optional
 
 import jax
 import ml_collections
@@ -26,8 +24,9 @@ import ml_collections
 from resnet_jax import data
 from resnet_jax.models import flops as flops_lib
 from resnet_jax.run import console
-from resnet_jax.run.errors import ConfigError, MissingExtraError
-from resnet_jax.targets import analysis, chips, gpu
+from resnet_jax.run.errors import ConfigError
+from resnet_jax.targets import analysis, gpu
+from resnet_jax.targets import devices as devices_lib
 from resnet_jax.training import derived
 from resnet_jax.training.trainer import Trainer
 
@@ -45,69 +44,6 @@ FLOPS_TOLERANCE = 0.25
 IMAGES_PER_CORE = {"jpeg": 786.0, "png": 3373.0}
 RATE_MEASURED_ON = {"jpeg": "one Intel Xeon core, benchmarks/input_pipeline.py",
                     "png": "one core, resnet-jax data-bench"}
-MAX_PER_CHIP_BATCH = 1 << 16  # --max-batch stops doubling here
-# --max-batch tries per-chip batches in multiples of this: a TPU vreg's sublane tile is 8 rows (a
-# batch of 8k fills whole tiles), and GPU kernels favour batches in multiples of 8 too.
-BATCH_GRANULE = 8
-
-Target = Union[chips.Slice, gpu.Target]
-
-
-def find_target(name: str) -> Target:
-  """The TPU slice or GPU machine called `name`; an unknown name is a user's mistake."""
-  found = chips.find(name) or gpu.find(name)
-  if found is None:
-    raise ConfigError(f"unknown TPU topology or GPU machine {name!r}; known: {', '.join(chips.known())}; "
-                      f"GPU machines: {', '.join(gpu.known())}.")
-  return found
-
-
-def is_gpu(target: Target) -> bool:
-  return isinstance(target, gpu.Target)
-
-
-def devices_of(target: Target) -> list:
-  """The target's compile-only devices (libtpu's or the CUDA plugin's topology description)."""
-  if is_gpu(target):
-    return _gpu_devices(target)
-  if importlib.util.find_spec("libtpu") is None:
-    raise MissingExtraError("compiling for a TPU slice needs libtpu, which this install leaves out: "
-                            "pip install 'resnet-jax[tpu]'")
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-
-  return list(topologies.get_topology_desc(topology_name=target.topology, platform="tpu",
-                                           **target.topology_kwargs()).devices)
-
-
-def _gpu_devices(target: gpu.Target) -> list:
-  if importlib.util.find_spec("jax_cuda12_plugin") is None:
-    raise MissingExtraError("compiling for a GPU machine needs the CUDA plugin, which this install "
-                            "leaves out: pip install 'resnet-jax[gpu]'")
-  os.environ.update(gpu.environment(os.environ))  # in time unless JAX's backends already started
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-
-  config = gpu.target_config(target.gpu, _version("nvidia-cudnn-cu12"),
-                             _version("nvidia-cuda-runtime-cu12"))
-  return list(topologies.get_topology_desc(platform="cuda", target_config=config,
-                                           topology=target.topology).devices)
-
-
-def _version(package: str) -> tuple:
-  """(major, minor, 0) of an NVIDIA library: the installed one (`jax[cuda12]`), which a run would
-  load, or else the oldest the CUDA plugin accepts (`jax[cuda12-local]`, the `gpu` extra: the
-  plugin compiles without NVIDIA's wheels, to the same optimised program; checked for ResNet-8)."""
-  try:
-    version = importlib.metadata.version(package)
-  except importlib.metadata.PackageNotFoundError:
-    wanted = [r for r in importlib.metadata.requires("jax-cuda12-plugin") or ()
-              if r.startswith(package)]
-    found = re.search(r">=\s*([\d.]+)", wanted[0]) if wanted else None
-    if found is None:
-      raise
-    version = found.group(1)
-  major, minor = version.split(".")[:2]
-  return int(major), int(minor), 0
-
 
 def build(config: ml_collections.ConfigDict, devices: list) -> Trainer:
   """The trainer a run of `config` builds, on `devices`, from the data's shapes alone."""
@@ -157,17 +93,17 @@ def _timed(say, text: str, seconds: dict, key: str):
     seconds[key] = time.perf_counter() - t0
 
 
-def usable_memory(target: Target, environ=None) -> int:
+def usable_memory(target: devices_lib.Target, environ=None) -> int:
   """Bytes of a chip's memory a run's buffers may take: all of a TPU's HBM (libtpu refuses more);
   on a GPU the fraction JAX's allocator takes (XLA_PYTHON_CLIENT_MEM_FRACTION, default 0.75)."""
-  if not is_gpu(target):
+  if not devices_lib.is_gpu(target):
     return target.chip.hbm_bytes
   environ = os.environ if environ is None else environ
   fraction = float(environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION") or gpu.DEFAULT_MEM_FRACTION)
   return int(fraction * target.chip.hbm_bytes)
 
 
-def report(config: ml_collections.ConfigDict, target: Target, devices: list,
+def report(config: ml_collections.ConfigDict, target: devices_lib.Target, devices: list,
            trainer: Trainer, compiled: dict) -> dict:
   """Per chip: memory fit, FLOPs, collectives, roofline, host cores; everything a user needs to decide."""
   chip, per_device = target.chip, target.devices_per_chip  # figures per chip; JAX's devices per chip
@@ -206,12 +142,12 @@ def report(config: ml_collections.ConfigDict, target: Target, devices: list,
   }
 
 
-def _header(config: ml_collections.ConfigDict, target: Target, devices: list) -> dict:
+def _header(config: ml_collections.ConfigDict, target: devices_lib.Target, devices: list) -> dict:
   """What was compiled, for where: the fields every report starts with. A GPU is a "chip" in the
   JSON's keys (batch_per_chip, ...), as a TPU chip is."""
   n = len(devices) // target.devices_per_chip  # chips
   where = ({"platform": "cuda", "machine": target.cloud_name, "cuda_topology": target.topology}
-           if is_gpu(target) else {"platform": "tpu", "libtpu_topology": target.topology})
+           if devices_lib.is_gpu(target) else {"platform": "tpu", "libtpu_topology": target.topology})
   return {"topology": target.name, **where, "chip": target.chip.name,
           "chips": n, "devices_per_chip": target.devices_per_chip,
           "hosts": derived.device_counts(config, devices)[1], "model": config.model,
@@ -224,7 +160,7 @@ def _per_step(cost: dict, comms: dict) -> tuple[float, float, float]:
 
   On TPU and GPU the K steps of a dispatch are a loop (`lax.scan`), and XLA's analyses count a
   loop's body once: its figures are already one step's. (On CPU the K steps are unrolled; see
-  parallel.scan.)
+  training.xla_cpu.scan.)
   """
   return cost["flops"], cost["bytes_accessed"], float(sum(c["bytes"] for c in comms.values()))
 
@@ -254,7 +190,8 @@ def _flops_note(config, image_shape, xla: float, counted: float) -> str:
 SMALL_IMAGE = 16
 
 
-def _host(config, target: Target, images_per_s_per_chip: float, chips_per_host: int) -> dict:
+def _host(config, target: devices_lib.Target, images_per_s_per_chip: float,
+          chips_per_host: int) -> dict:
   """Host cores needed to decode and augment the images the chips consume, against the VM's."""
   vcpus = target.chip.vcpus_per_chip * chips_per_host
   if config.data_on_device or config.dataset in ("digits", "synthetic"):
@@ -272,10 +209,10 @@ def compile_for(config: ml_collections.ConfigDict, topology: str,
   """Builds, compiles and reports the config's step on the slice or GPU machine `topology` (see
   module doc), naming each phase on `say`'s console."""
   say = say or (lambda text: None)
-  target = find_target(topology)
+  target = devices_lib.find_target(topology)
   seconds = {}
   with _timed(say, f"describing {target.name}'s devices", seconds, "devices"):
-    devices = devices_of(target)
+    devices = devices_lib.devices_of(target)
   if per_chip_batch is not None:
     config = config.copy_and_resolve_references()
     config.batch_size = per_chip_batch * (len(devices) // target.devices_per_chip)
@@ -304,7 +241,7 @@ def out_of_hbm(message: str) -> bool:
   return "RESOURCE_EXHAUSTED" in message and "HBM" in message
 
 
-def not_fitting(config: ml_collections.ConfigDict, target: Target, devices: list,
+def not_fitting(config: ml_collections.ConfigDict, target: devices_lib.Target, devices: list,
                 message: str) -> dict:
   """The report of a step the compiler refused for want of HBM: what it needed, per chip, if said."""
   found = _OUT_OF_HBM.search(message)
@@ -316,42 +253,3 @@ def not_fitting(config: ml_collections.ConfigDict, target: Target, devices: list
           "hbm": {"needed": needed, "chip": target.chip.hbm_bytes, "usable": usable, "fits": False,
                   "margin": usable - needed, "compiler": line},
           "chip_source": target.chip.source}
-
-
-def max_batch(config: ml_collections.ConfigDict, topology: str, say=print) -> tuple[int, dict]:
-  """The largest per-chip batch whose step fits the chip's memory: doubling, then bisection over
-  compiles, in multiples of BATCH_GRANULE that keep the global batch a multiple of
-  `bn_group_size`. Returns (batch per chip, its report)."""
-  target = find_target(topology)
-  n = len(devices_of(target)) // target.devices_per_chip  # chips (a v3 chip is two devices)
-  group = config.bn_group_size  # under jit BN groups split the global batch: n x per-chip batch
-  step = math.lcm(BATCH_GRANULE, group // math.gcd(group, n)) if group else BATCH_GRANULE
-  fits = {}
-
-  def fit(b: int) -> bool:
-    if b not in fits:
-      r = compile_for(config, topology, b, say=say)
-      fits[b] = r
-      say(f"batch {b} per chip: {r['hbm']['needed'] / 2**30:.2f} GiB of "
-          f"{r['hbm']['usable'] / 2**30:.0f} GiB, {'fits' if r['hbm']['fits'] else 'does not fit'}")
-    return fits[b]["hbm"]["fits"]
-
-  down = lambda b: b // step * step
-  start = max(step, down(config.batch_size // n))
-  if fit(start):  # double until one does not fit
-    low, high = start, None
-    while high is None:
-      if 2 * low > MAX_PER_CHIP_BATCH:
-        return low, fits[low]
-      low, high = (2 * low, None) if fit(2 * low) else (low, 2 * low)
-  else:  # halve until one fits
-    low, high = None, start
-    while low is None:
-      if down(high // 2) < step:
-        return 0, fits[high]
-      half = down(high // 2)
-      low, high = (half, high) if fit(half) else (None, half)
-  while high - low > step:  # bisect, in multiples of the step
-    mid = down((low + high) // 2)
-    low, high = (mid, high) if fit(mid) else (low, mid)
-  return low, fits[low]

@@ -3,8 +3,9 @@
 What lives here, in data-flow order: `validation` (every config key checked once, before any I/O),
 `step` (TrainState, `train_step(state, batch) -> (state, metrics)`, `eval_step`: pure, no I/O),
 `optim` (the learning-rate schedule and one `optax.chain`), `parallel` (the step bound one way and
-compiled with `jax.jit` over a device mesh or with `jax.pmap`), `group_step` (the same step vmapped
-over the members of a vectorised group; its rules in `grouping`, their memory in `memory`),
+compiled with `jax.jit` over a device mesh or with `jax.pmap`; `xla_cpu`: what XLA:CPU needs of
+the compiled steps), `group_step` (the same step vmapped over the members of a vectorised group;
+its rules in `grouping`, their memory in `memory`),
 `trainer` (everything a run builds from its config; `restore` a run from its workdir), `init_from`
 (a fine-tuning run seeded from another's checkpoint), `cadence` (which steps log, evaluate,
 checkpoint), `lifecycle` (a run's workdir while it trains, and how it stops), `loop` (the one

@@ -13,7 +13,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax.data import EvalLayout, on_device
-from resnet_jax.training import parallel
+from resnet_jax.training import parallel, xla_cpu
 from resnet_jax.training import step as step_lib
 from resnet_jax.training.grouping import HPARAMS
 
@@ -59,7 +59,7 @@ class GroupJit(parallel.MeshJit):
     """K steps of the group per dispatch; batches [K, M, B, ...], metrics [K, M]."""
     if ("group", k) not in self._compiled:
       def run(states, batches, hparams):
-        return parallel.scan(self, lambda s, b: self._group_step(s, b, hparams), states, batches, k)
+        return xla_cpu.scan(self, lambda s, b: self._group_step(s, b, hparams), states, batches, k)
       self._compiled["group", k] = self._jit(
           run, in_shardings=(self.replicated, NamedSharding(self.mesh, P(None, None, parallel.AXIS)),
                              self.replicated),
@@ -77,7 +77,7 @@ class GroupJit(parallel.MeshJit):
                                                                      augment))(seeds, states.step)
           batch = jax.lax.with_sharding_constraint(batch, self.member_sharded)
           return self._group_step(states, batch, hparams)
-        return parallel.scan(self, body, states, None, k)
+        return xla_cpu.scan(self, body, states, None, k)
       self._compiled[key] = self._jit(run, in_shardings=(self.replicated,) * 4,
                                       out_shardings=(self.replicated, self.replicated),
                                       donate_argnums=0)

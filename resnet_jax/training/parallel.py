@@ -8,16 +8,14 @@ values come back as they are.
 """
 
 import functools
-import warnings
 from typing import Any, Callable, Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from resnet_jax.data import EvalLayout, on_device
-from resnet_jax.training import optim, validation
+from resnet_jax.training import optim, xla_cpu
 from resnet_jax.training.step import eval_step, train_step
 
 AXIS = "data"
@@ -117,34 +115,6 @@ def select_devices(num_devices: int = 0) -> list:
   return devices[:num_devices] if num_devices else devices
 
 
-def cpu_compiler_options(cpu_fusion: str, platform: str) -> dict:
-  """XLA compiler options for the train and eval steps on the CPU platform: `{}` elsewhere.
-
-  `cpu_fusion` names YNNPACK library fusions (comma-separated; "" = XLA's default; validated).
-  Handing element-wise ops to YNNPACK lets XLA:CPU drop most of the layout transposes in front of
-  the weight-gradient convolutions, about half of a ResNet-56 step on CPU (docs/PERFORMANCE.md).
-  The option is experimental in XLA, so a jaxlib that does not accept it gets a warning and its
-  defaults rather than a failed run.
-  """
-  names = [n.strip() for n in cpu_fusion.split(",") if n.strip()]
-  if not names or platform != "cpu":
-    return {}
-  return dict(_probed_cpu_options(tuple(names)))
-
-
-@functools.lru_cache(maxsize=None)
-def _probed_cpu_options(names: tuple[str, ...]) -> tuple:
-  options = {"xla_cpu_experimental_ynn_fusion_type":
-             ",".join(f"LIBRARY_FUSION_TYPE_{validation.CPU_FUSIONS[n]}" for n in names)}
-  try:  # Probe once: an unknown option only fails at compile time, deep inside the first step.
-    jax.jit(lambda x: x * 2 + 1, compiler_options=options).lower(np.zeros(4, np.float32)).compile()
-  except Exception as e:  # pylint: disable=broad-except  # jaxlib raises several types
-    warnings.warn(f"cpu_fusion={','.join(names)!r} is not supported by this jaxlib ({e}); using "
-                  "XLA's default CPU fusions.", stacklevel=3)
-    return ()
-  return tuple(options.items())
-
-
 class MeshJit(OneMember):
   """`jax.jit` with the batch sharded on its leading axis over a 1-D mesh and the state replicated.
 
@@ -183,7 +153,7 @@ class MeshJit(OneMember):
     Returns (state, metrics) with every metric stacked [K], so each step is still recorded.
     """
     if ("host", k) not in self._compiled:
-      run = lambda state, batches: scan(self, self._step, state, batches, k)
+      run = lambda state, batches: xla_cpu.scan(self, self._step, state, batches, k)
       self._compiled["host", k] = self._jit(
           run, in_shardings=(self.replicated, NamedSharding(self.mesh, P(None, AXIS))),
           out_shardings=(self.replicated, self.replicated), donate_argnums=0)
@@ -205,7 +175,7 @@ class MeshJit(OneMember):
           batch = on_device.sample_batch(data, seed, state.step, batch_size, augment)
           batch = jax.lax.with_sharding_constraint(batch, self.sharded)  # each device its share
           return self._step(state, batch)
-        return scan(self, body, state, None, k)
+        return xla_cpu.scan(self, body, state, None, k)
 
       self._compiled[key] = self._jit(run, in_shardings=(self.replicated, self.replicated),
                                       out_shardings=(self.replicated, self.replicated), donate_argnums=0)
@@ -260,7 +230,7 @@ class Pmap(OneMember):
   def multi_step(self, k: int):
     """K steps per dispatch: `lax.scan` inside the pmap; metrics come back stacked [K]."""
     if k not in self._compiled:
-      self._compiled[k] = jax.pmap(lambda state, batches: scan(self, self._step, state, batches, k),
+      self._compiled[k] = jax.pmap(lambda state, batches: xla_cpu.scan(self, self._step, state, batches, k),
                                    axis_name=AXIS, devices=self._all_devices, donate_argnums=0)
     return self._compiled[k]
 
@@ -307,20 +277,6 @@ class Pmap(OneMember):
   def fetch(self, tree):
     """Host copy of the (identical, averaged) first device's outputs."""
     return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
-
-
-def scan(strategy, body, state, xs, k: int):
-  """`lax.scan(body, state, xs, length=k)`, with per-step outputs stacked [k]."""
-  # XLA:CPU runs convolutions inside loop bodies ~30x slower than outside (jax-ml/jax#12868; we
-  # measured 0.28 s vs 0.007 s per step of a small conv net), and a loop of one trip is still a loop:
-  # on CPU the k steps become straight-line code. Accelerators keep a real loop, compiled once.
-  if strategy.platform != "cpu":
-    return jax.lax.scan(body, state, xs, length=k)
-  outputs = []
-  for i in range(k):
-    state, out = body(state, None if xs is None else jax.tree_util.tree_map(lambda x: x[i], xs))
-    outputs.append(out)
-  return state, jax.tree_util.tree_map(lambda *ys: jnp.stack(ys), *outputs)
 
 
 def create(parallelism: str, devices, step: Callable, model, compiler_options=None,

@@ -25,7 +25,7 @@ from resnet_jax import data as data_lib
 from resnet_jax import models
 from resnet_jax.run import workdir as workdir_lib
 from resnet_jax.run.errors import WorkdirError
-from resnet_jax.training import checkpoints, derived, parallel, validation
+from resnet_jax.training import checkpoints, derived, parallel, validation, xla_cpu
 from resnet_jax.training.group_step import GroupJit
 from resnet_jax.training.init_from import seed_from
 from resnet_jax.training.step import TrainState, create_train_state
@@ -69,7 +69,7 @@ class Trainer:
     # The optimizer the step was bound with: every member's state has its tree.
     self.tx = self.step.keywords["tx"]
     self.platform = platform or self.devices[0].platform
-    options = parallel.cpu_compiler_options(config.cpu_fusion, self.platform)
+    options = xla_cpu.cpu_compiler_options(config.cpu_fusion, self.platform)
     if members is not None:
       self.strategy = GroupJit(self.devices, self.model, config, options, self.platform,
                                eval_layout=self.derived.eval_layout)
