@@ -24,8 +24,8 @@ from resnet_jax.data.in_memory import (DIGITS_TRAIN, InMemoryDataset, hold_out, 
 from resnet_jax.data.sampling import batch_plan, eval_plan, example_indices, process_slice
 
 __all__ = ["get_dataset", "spec", "DataSpec", "EvalLayout", "InMemoryDataset", "load_digits",
-           "make_synthetic",
-           "hold_out", "example_indices", "batch_plan", "eval_plan", "process_slice"]
+           "make_synthetic", "hold_out", "example_indices", "batch_plan", "eval_plan",
+           "process_slice"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +79,8 @@ def spec(config, image_size: int) -> Optional[DataSpec]:
   if config.dataset == "digits":
     return DataSpec((8, 8, 1), 10, DIGITS_TRAIN, True, True)
   if config.dataset == "synthetic":
-    return DataSpec((image_size, image_size, config.synthetic_channels), config.num_classes or SYNTHETIC_CLASSES,
-                    SYNTHETIC_TRAIN, True, True)
+    return DataSpec((image_size, image_size, config.synthetic_channels),
+                    config.num_classes or SYNTHETIC_CLASSES, SYNTHETIC_TRAIN, True, True)
   from resnet_jax.data.tfds_builder import base_name  # pylint: disable=g-import-not-at-top
 
   known = KNOWN_TFDS.get(base_name(config.dataset))

@@ -60,16 +60,14 @@ def sample_batch(data: dict, seed: int, step, batch_size: int, augment: str) -> 
   return {"image": images, "label": labels}
 
 
-
 class DeviceNormalizer:
   """A host `augment.Normalizer` applied on the devices to batches the host left uint8.
 
   Sending uint8 crops and normalising on the device takes the host's float32 pass off each image
   (666 -> 786 images/s per core on photographs, docs/results/input_pipeline) and sends a quarter of
-  the bytes. The
-  arithmetic is the host's, in float32 and in its order (x * (1/255) + PCA offset - mean, / std);
-  XLA may fuse the multiply-add, so values differ from the host's by float32 rounding (<= 5e-7 on
-  standardised pixels, tested). Only uint8 images are normalised: the evaluation views
+  the bytes. The arithmetic is the host's, in float32 and in its order (x * (1/255) + PCA offset -
+  mean, / std); XLA may fuse the multiply-add, so values differ from the host's by float32 rounding
+  (<= 5e-7 on standardised pixels, tested). Only uint8 images are normalised: the evaluation views
   the host normalises itself (ten crops, several scales) come as float32 and pass through.
   """
 

@@ -11,13 +11,13 @@ import contextlib
 
 import numpy as np
 
+from resnet_jax.data import DataSpec, EvalLayout
 from resnet_jax.data import augment as aug
 from resnet_jax.data import decode
 from resnet_jax.data import on_device
 from resnet_jax.data import sampling
 from resnet_jax.data.readahead import ReadAhead
 from resnet_jax.data.tfds_builder import base_name, open_builder, tfds_module
-from resnet_jax.data import DataSpec, EvalLayout
 from resnet_jax.run.errors import ConfigError, DataError
 
 # Datasets whose `test` split carries no labels (ImageNet's test images are unlabelled: label -1).
