@@ -268,12 +268,7 @@ def profile_ours(model: str, batch_size: int, dtype: str, cpu_fusion, steps: int
   jax.block_until_ready(state)
   with tempfile.TemporaryDirectory() as trace_dir:
     jax.profiler.start_trace(trace_dir)
-    walls = []
-    for _ in range(steps):
-      t = time.perf_counter()
-      state, metrics = compiled(state, *args)
-      jax.block_until_ready(metrics)
-      walls.append(time.perf_counter() - t)
+    walls, state, _ = bench_step.time_calls(compiled, state, args, steps)
     jax.profiler.stop_trace()
     events = op_events(trace_dir, module)
   entry = re.search(r"^ENTRY %([\w.\-]+)", hlo, re.M).group(1)

@@ -20,6 +20,7 @@ import time
 
 import jax
 
+from resnet_jax.bench import step as bench_step
 from resnet_jax.config import default_config
 from resnet_jax.training import memory
 from resnet_jax.training.trainer import Trainer
@@ -39,13 +40,7 @@ def _config(model: str, batch_size: int, members: int):
 
 def _time(fn, args, steps: int) -> float:
   """Median seconds of one call over `steps` calls; the state (first arg) is threaded through."""
-  state, rest = args[0], args[1:]
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    state, metrics = fn(state, *rest)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t)
+  times, state, _ = bench_step.time_calls(fn, args[0], args[1:], steps)
   return statistics.median(times), state
 
 

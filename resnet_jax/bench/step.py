@@ -86,13 +86,21 @@ def _time(fn, state, args, k: int, warmup_steps: int, steps: int):
   for _ in range(warmup_steps):
     state, metrics = compiled(state, *args)
   jax.block_until_ready(state)
-  times = []
+  times, _, metrics = time_calls(compiled, state, args, steps, k)
+  return compiled, compile_s, times, metrics
+
+
+def time_calls(fn, state, args, steps: int, k: int = 1):
+  """`steps` calls of `fn(state, *args) -> (state, metrics)`, the state threaded through, each timed
+  until its metrics are ready: (seconds per step of each call, the last state, its metrics). Every
+  step timer here and in benchmarks/ times this way."""
+  times, metrics = [], None
   for _ in range(steps):
     t = time.perf_counter()
-    state, metrics = compiled(state, *args)
+    state, metrics = fn(state, *args)
     jax.block_until_ready(metrics)
     times.append((time.perf_counter() - t) / k)
-  return compiled, compile_s, times, metrics
+  return times, state, metrics
 
 
 def _memory(compiled) -> dict:
